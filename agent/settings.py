@@ -112,7 +112,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     # allow a [recagent] table or top-level keys
     section = data.get("recagent", data)
     if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [recagent] must be a table", hint="write `[recagent]` followed by key = value lines")
+        raise ConfigError(
+            f"{path}: [recagent] must be a table", hint="write `[recagent]` followed by key = value lines"
+        )
     return section
 
 
@@ -144,9 +146,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     try:
         return Settings(**init)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}" for err in exc.errors())
         raise ConfigError(
             f"invalid settings: {problems}",
             hint="check RECAGENT_* environment variables and recagent.toml; `recagent config` lists every setting",

@@ -105,9 +105,7 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     try:
         jsonschema.validate(value, schema)
     except jsonschema.ValidationError as exc:
-        raise StructuredOutputError(
-            f"the model's JSON does not match the schema: {exc.message}", raw=text
-        ) from exc
+        raise StructuredOutputError(f"the model's JSON does not match the schema: {exc.message}", raw=text) from exc
     return value
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agent.errors import InputError
+from agent.errors import EngineError, InputError
 from agent.llm.base import ChatMessage, LLMRequest
 
 
@@ -64,6 +64,16 @@ def encode_request(tokenizer: Any, request: LLMRequest) -> list[int]:
     return [int(i) for i in ids]
 
 
+def check_length(ids: list[int], max_model_len: int) -> list[int]:
+    """Reject a prompt that leaves no room for output in the context window."""
+    if len(ids) >= max_model_len:
+        raise EngineError(
+            f"prompt of {len(ids)} tokens does not fit the context length {max_model_len}",
+            hint="shorten the prompt (fewer candidates or shorter item texts) or raise RECAGENT_LLM_MAX_MODEL_LEN",
+        )
+    return ids
+
+
 def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> dict[str, int]:
     """The single token id of each label; labels that are not one token are an error."""
     out: dict[str, int] = {}
@@ -71,7 +81,8 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> dict[str, int]:
         ids = tokenizer.encode(label, add_special_tokens=False)
         if len(ids) != 1:
             raise InputError(
-                f"label {label!r} is {len(ids)} tokens for this model's tokenizer; option scoring needs one-token labels",
+                f"label {label!r} is {len(ids)} tokens for this model's tokenizer; "
+                "option scoring needs one-token labels",
                 hint="use single letters or digits as labels (A, B, C ... or 1, 2, 3)",
             )
         out[label] = int(ids[0])

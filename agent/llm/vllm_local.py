@@ -22,7 +22,7 @@ from agent.llm.base import (
     check_schema,
     parse_structured,
 )
-from agent.llm.prompting import encode_request, label_token_ids
+from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class VLLMEngine(LLMEngine):
             "seed": settings.seed,
             "max_logprobs": settings.llm_max_logprobs,
             "enable_prefix_caching": True,
+            # compact JSON: no free whitespace between tokens (a weak model otherwise pads until max_tokens)
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
         if settings.llm_adapter:
             kwargs.update(enable_lora=True, max_lora_rank=64)
@@ -88,12 +90,18 @@ class VLLMEngine(LLMEngine):
     def _prompts(self, requests: Sequence[RequestLike]) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
-        return [TokensPrompt(prompt_token_ids=encode_request(self.tokenizer, LLMRequest.of(r))) for r in requests]
+        limit = self.settings.llm_max_model_len
+        return [
+            TokensPrompt(prompt_token_ids=check_length(encode_request(self.tokenizer, LLMRequest.of(r)), limit))
+            for r in requests
+        ]
 
     def _run(self, prompts: list[Any], params: Any) -> list[Any]:
+        from vllm.exceptions import VLLMValidationError
+
         try:
             return list(self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora))
-        except ValueError as exc:  # e.g. prompt longer than max_model_len
+        except (ValueError, VLLMValidationError) as exc:
             raise EngineError(
                 f"vLLM rejected the request: {exc}",
                 hint="shorten the prompt (fewer candidates or shorter item texts) or raise RECAGENT_LLM_MAX_MODEL_LEN",
@@ -147,8 +155,15 @@ class VLLMEngine(LLMEngine):
             return []
         label_ids = label_token_ids(self.tokenizer, check_labels(labels))
         prompts = self._prompts(requests)
-        k = self.settings.llm_max_logprobs
-        outputs = self._run(prompts, SamplingParams(max_tokens=1, temperature=0.0, logprobs=k))
+        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS
+
+        ids = list(label_ids.values())
+        if len(ids) <= MAX_LOGPROB_TOKEN_IDS:
+            # exact log-probs of exactly these tokens, one forward pass
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
+        else:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.settings.llm_max_logprobs)
+        outputs = self._run(prompts, params)
         scores: list[dict[str, float]] = []
         missing: list[tuple[int, str]] = []
         for i, out in enumerate(outputs):

@@ -1,0 +1,136 @@
+"""transformers in-process engine: the fallback where vLLM is not installed, and the benchmark baseline.
+
+Requests are served one at a time (no batching: that is vLLM's job). Structured output is constrained with
+xgrammar's transformers logits processor, the same grammar engine vLLM uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from agent.errors import ModelError
+from agent.llm.base import (
+    Generation,
+    LLMEngine,
+    LLMRequest,
+    OptionScores,
+    RequestLike,
+    check_labels,
+    check_schema,
+    parse_structured,
+)
+from agent.llm.prompting import check_length, encode_request, label_token_ids
+from agent.settings import Settings
+
+
+class HFEngine(LLMEngine):
+    backend = "hf"
+
+    def __init__(self, settings: Settings, model_path: str) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        self.settings = settings
+        self.model_id = model_path
+        self._torch = torch
+        dtype = getattr(torch, settings.llm_dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ModelError(
+                f"unknown dtype {settings.llm_dtype!r}", hint="set RECAGENT_LLM_DTYPE to bfloat16, float16 or float32"
+            )
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.config = AutoConfig.from_pretrained(model_path)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"transformers could not load model {model_path!r}: {exc}",
+                hint="check RECAGENT_LLM_MODEL points at a complete model folder (config.json, weights, tokenizer)",
+            ) from exc
+        if settings.llm_adapter:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, settings.llm_adapter)
+        self.model.eval()
+        self._grammar_compiler: Any = None
+
+    def _ids(self, request: RequestLike) -> list[int]:
+        return check_length(encode_request(self.tokenizer, LLMRequest.of(request)), self.settings.llm_max_model_len)
+
+    def _grammar_processor(self, schema: dict[str, Any]) -> Any:
+        import xgrammar as xgr
+
+        if self._grammar_compiler is None:
+            vocab = getattr(self.config, "vocab_size", None) or len(self.tokenizer)
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab)
+            self._grammar_compiler = xgr.GrammarCompiler(info)
+        compiled = self._grammar_compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+        return xgr.contrib.hf.LogitsProcessor(compiled)
+
+    def generate(
+        self,
+        requests: Sequence[RequestLike],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        torch = self._torch
+        if json_schema is not None:
+            check_schema(json_schema)
+        eos = self.tokenizer.eos_token_id
+        results: list[Generation] = []
+        for request in requests:
+            ids = self._ids(request)
+            kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id or eos}
+            if temperature > 0:
+                torch.manual_seed(seed)
+                kwargs.update(do_sample=True, temperature=temperature)
+            else:
+                kwargs.update(do_sample=False, top_p=None, top_k=None)
+            if json_schema is not None:
+                kwargs["logits_processor"] = [self._grammar_processor(json_schema)]
+            with torch.inference_mode():
+                out = self.model.generate(torch.tensor([ids]), **kwargs)
+            new = out[0, len(ids) :].tolist()
+            stopped = bool(new) and new[-1] in _as_list(eos)
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            parsed = parse_structured(text, json_schema) if json_schema is not None else None
+            results.append(
+                Generation(
+                    text=text,
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(new),
+                    finish_reason="stop" if stopped or len(new) < max_tokens else "length",
+                    parsed=parsed,
+                )
+            )
+        return results
+
+    def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
+        torch = self._torch
+        label_ids = label_token_ids(self.tokenizer, check_labels(labels))
+        index = torch.tensor(list(label_ids.values()))
+        results: list[OptionScores] = []
+        for request in requests:
+            ids = self._ids(request)
+            with torch.inference_mode():
+                logits = self.model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)[index].tolist()
+            results.append(
+                OptionScores(
+                    logprobs=dict(zip(label_ids, logprobs, strict=True)),
+                    prompt_tokens=len(ids),
+                    exact=dict.fromkeys(label_ids, True),
+                )
+            )
+        return results
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]

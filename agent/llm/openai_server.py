@@ -1,0 +1,263 @@
+"""Backend for any OpenAI-compatible server, in particular ``vllm serve``.
+
+- Plain prompts go to ``/v1/completions``; chat messages to ``/v1/chat/completions`` unless the served model has no
+  chat template (vLLM answers 400), in which case they are flattened locally like for the local engines.
+- Structured output: ``response_format = {"type": "json_schema", ...}``; the result is validated here too.
+- Option scoring: ``max_tokens=1`` with top log-probs; on vLLM the label token ids are looked up with its
+  ``/tokenize`` endpoint and sent as ``logprob_token_ids`` so every label comes back exactly. Elsewhere a label
+  outside the returned top-k gets the lowest returned value as an upper bound, flagged ``exact=False``.
+- Several base URLs (replicas) are used round-robin; a request that fails on one is retried on the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+import openai
+
+from agent.errors import EngineError, EngineUnavailableError, ModelError
+from agent.llm.base import (
+    Generation,
+    LLMEngine,
+    LLMRequest,
+    OptionScores,
+    RequestLike,
+    check_labels,
+    check_schema,
+    parse_structured,
+)
+from agent.llm.prompting import flatten_messages
+from agent.settings import Settings
+
+T = TypeVar("T")
+
+
+class OpenAIServerEngine(LLMEngine):
+    backend = "openai"
+
+    def __init__(self, settings: Settings, urls: Sequence[str] | None = None) -> None:
+        self.settings = settings
+        self.urls = list(urls or settings.server_urls)
+        if not self.urls:
+            raise EngineUnavailableError(
+                "no LLM server URL configured", hint="set RECAGENT_LLM_SERVER_URL=http://HOST:PORT/v1"
+            )
+        self.clients = [
+            openai.OpenAI(
+                base_url=u if u.endswith("/v1") else u + "/v1",
+                api_key=settings.llm_api_key,
+                timeout=settings.llm_timeout_s,
+                max_retries=0,
+            )
+            for u in self.urls
+        ]
+        self._next = itertools.cycle(range(len(self.clients)))
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=settings.llm_max_concurrency, thread_name_prefix="recagent-llm")
+        self._chat_ok: bool | None = None
+        self._label_ids: dict[str, int] | None = None
+        self.model_id = settings.llm_served_model_name or self._discover_model()
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+    def _call(self, fn: Callable[[openai.OpenAI], T]) -> T:
+        """Run ``fn`` on the next replica, retrying on the others when a replica cannot be reached."""
+        with self._lock:
+            start = next(self._next)
+        last: Exception | None = None
+        for attempt in range(len(self.clients)):
+            client = self.clients[(start + attempt) % len(self.clients)]
+            try:
+                return fn(client)
+            except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as exc:
+                last = exc
+        raise EngineUnavailableError(
+            f"LLM server unreachable at {', '.join(self.urls)}: {last}",
+            hint="start it (`recagent llm serve`) or fix RECAGENT_LLM_SERVER_URL; raise RECAGENT_LLM_TIMEOUT_S "
+            "for slow machines",
+        ) from last
+
+    def _map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        return list(self._pool.map(fn, items))
+
+    def _discover_model(self) -> str:
+        try:
+            models = self._call(lambda c: c.models.list())
+        except openai.APIStatusError as exc:
+            raise EngineUnavailableError(f"LLM server answered {exc.status_code} to /v1/models: {exc.message}") from exc
+        ids = [m.id for m in models.data]
+        if not ids:
+            raise ModelError("the LLM server serves no model", hint="start the server with --model")
+        return ids[0]
+
+    def _root(self, url: str) -> str:
+        return url[: -len("/v1")] if url.endswith("/v1") else url
+
+    # -- chat or completion ------------------------------------------------------------------------------------
+    def _use_chat(self, request: LLMRequest) -> bool:
+        return request.messages is not None and self._chat_ok is not False
+
+    def _completion_prompt(self, request: LLMRequest) -> str:
+        return request.prompt if request.prompt is not None else flatten_messages(request.messages or ())
+
+    def _with_chat_fallback(self, request: LLMRequest, chat: Callable[[], T], completion: Callable[[], T]) -> T:
+        if not self._use_chat(request):
+            return completion()
+        try:
+            result = chat()
+            self._chat_ok = True
+            return result
+        except openai.BadRequestError as exc:
+            if "chat template" not in str(exc).lower():
+                raise
+            self._chat_ok = False  # a base model: flatten messages from now on
+            return completion()
+
+    # -- interface ---------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        requests: Sequence[RequestLike],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        if json_schema is not None:
+            check_schema(json_schema)
+        extra: dict[str, Any] = {}
+        if json_schema is not None:
+            extra["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": json_schema, "strict": True},
+            }
+        common = {"model": self.model_id, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+
+        def one(req: RequestLike) -> Generation:
+            request = LLMRequest.of(req)
+
+            def chat() -> Generation:
+                msgs = [m.model_dump() for m in request.messages or ()]
+                r = self._call(lambda c: c.chat.completions.create(messages=msgs, **common, **extra))
+                ch = r.choices[0]
+                return _generation(ch.message.content or "", ch.finish_reason, r.usage)
+
+            def completion() -> Generation:
+                prompt = self._completion_prompt(request)
+                body = {"response_format": extra["response_format"]} if extra else None
+                r = self._call(lambda c: c.completions.create(prompt=prompt, **common, extra_body=body))
+                ch = r.choices[0]
+                return _generation(ch.text, ch.finish_reason, r.usage)
+
+            try:
+                gen = self._with_chat_fallback(request, chat, completion)
+            except openai.BadRequestError as exc:
+                raise EngineError(
+                    f"LLM server rejected the request: {exc.message}",
+                    hint="shorten the prompt or check the server's --max-model-len",
+                ) from exc
+            if json_schema is not None:
+                gen.parsed = parse_structured(gen.text, json_schema)
+            return gen
+
+        return self._map(one, requests)
+
+    def _tokenize_labels(self, labels: list[str]) -> dict[str, int] | None:
+        """Label token ids via vLLM's /tokenize; None on servers without it."""
+        if self._label_ids is not None and all(lab in self._label_ids for lab in labels):
+            return self._label_ids
+        found: dict[str, int] = dict(self._label_ids or {})
+        root = self._root(self.urls[0])
+        try:
+            with httpx.Client(timeout=self.settings.llm_timeout_s) as http:
+                for label in labels:
+                    resp = http.post(
+                        f"{root}/tokenize",
+                        json={"model": self.model_id, "prompt": label, "add_special_tokens": False},
+                        headers={"Authorization": f"Bearer {self.settings.llm_api_key}"},
+                    )
+                    if resp.status_code != 200:
+                        return None
+                    tokens = resp.json().get("tokens", [])
+                    if len(tokens) != 1:
+                        raise EngineError(
+                            f"label {label!r} is {len(tokens)} tokens for the served model",
+                            hint="use single letters or digits as labels",
+                        )
+                    found[label] = int(tokens[0])
+        except httpx.HTTPError:
+            return None
+        self._label_ids = found
+        return found
+
+    def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
+        labels = check_labels(labels)
+        ids = self._tokenize_labels(labels)
+        k = len(labels) if ids else min(self.settings.llm_max_logprobs, 20)
+        body: dict[str, Any] = {"logprob_token_ids": [ids[lab] for lab in labels]} if ids else {}
+
+        def one(req: RequestLike) -> OptionScores:
+            request = LLMRequest.of(req)
+
+            def chat() -> tuple[dict[str, float], int]:
+                msgs = [m.model_dump() for m in request.messages or ()]
+                r = self._call(
+                    lambda c: c.chat.completions.create(
+                        model=self.model_id,
+                        messages=msgs,
+                        max_tokens=1,
+                        temperature=0.0,
+                        logprobs=True,
+                        top_logprobs=min(k, 20),
+                        extra_body=body or None,
+                    )
+                )
+                content = (r.choices[0].logprobs.content or []) if r.choices[0].logprobs else []
+                top = {t.token: t.logprob for t in content[0].top_logprobs} if content else {}
+                return top, r.usage.prompt_tokens if r.usage else 0
+
+            def completion() -> tuple[dict[str, float], int]:
+                prompt = self._completion_prompt(request)
+                r = self._call(
+                    lambda c: c.completions.create(
+                        model=self.model_id,
+                        prompt=prompt,
+                        max_tokens=1,
+                        temperature=0.0,
+                        logprobs=k,
+                        extra_body=body or None,
+                    )
+                )
+                lp = r.choices[0].logprobs
+                top = dict(lp.top_logprobs[0]) if lp and lp.top_logprobs else {}
+                return top, r.usage.prompt_tokens if r.usage else 0
+
+            top, n_prompt = self._with_chat_fallback(request, chat, completion)
+            floor = min(top.values()) if top else -math.inf
+            logprobs = {lab: float(top.get(lab, floor)) for lab in labels}
+            exact = {lab: lab in top for lab in labels}
+            return OptionScores(logprobs=logprobs, prompt_tokens=n_prompt, exact=exact)
+
+        return self._map(one, requests)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model_id, "servers": self.urls}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for c in self.clients:
+            c.close()
+
+
+def _generation(text: str, finish_reason: str | None, usage: Any) -> Generation:
+    return Generation(
+        text=text,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        finish_reason=finish_reason,
+    )

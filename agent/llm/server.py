@@ -1,0 +1,101 @@
+"""Start and wait for a ``vllm serve`` (OpenAI-compatible) process on the configured model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from agent.errors import ConfigError, EngineUnavailableError
+from agent.llm.models import resolve_model
+from agent.settings import Settings
+
+
+def serve_command(settings: Settings, *, host: str | None = None, port: int | None = None) -> list[str]:
+    """The command line of the server. ``python -m vllm.entrypoints.openai.api_server`` takes the same flags as
+    ``vllm serve`` and also works with the CPU build, whose ``vllm`` console script is broken."""
+    host = host or settings.llm_server_host
+    port = port or settings.llm_server_port
+    model = resolve_model(settings)
+    name = settings.llm_served_model_name or Path(model).name
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        name,
+        "--max-model-len",
+        str(settings.llm_max_model_len),
+        "--dtype",
+        settings.llm_dtype,
+        "--max-logprobs",
+        str(max(settings.llm_max_logprobs, 20)),
+        "--seed",
+        str(settings.seed),
+        "--structured-outputs-config",
+        '{"backend": "xgrammar", "disable_any_whitespace": true}',
+    ]
+    if settings.llm_enforce_eager:
+        cmd.append("--enforce-eager")
+    if settings.llm_memory_fraction:
+        cmd += ["--gpu-memory-utilization", str(settings.llm_memory_fraction)]
+    if settings.llm_api_key and settings.llm_api_key != "EMPTY":
+        cmd += ["--api-key", settings.llm_api_key]
+    if settings.llm_adapter:
+        cmd += ["--enable-lora", "--lora-modules", f"adapter={settings.llm_adapter}"]
+    return cmd
+
+
+def check_bind(host: str, api_key: str) -> None:
+    if host not in {"127.0.0.1", "localhost", "::1"} and (not api_key or api_key == "EMPTY"):
+        raise ConfigError(
+            f"refusing to serve the LLM on {host} without an API key",
+            hint="set RECAGENT_LLM_API_KEY, or bind to 127.0.0.1 (the default)",
+        )
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's CPU default fraction is refused on NUMA machines
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def start_server(
+    settings: Settings, *, host: str | None = None, port: int | None = None, log_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    cmd = serve_command(settings, host=host, port=port)
+    check_bind(host or settings.llm_server_host, settings.llm_api_key)
+    out = log_file.open("wb") if log_file else subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env())
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 300) -> float:
+    """Poll ``GET {root}/health`` until it answers 200; returns the seconds waited."""
+    root = url[: -len("/v1")] if url.endswith("/v1") else url
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if proc is not None and proc.poll() is not None:
+            raise EngineUnavailableError(
+                f"the LLM server exited with code {proc.returncode} before it became healthy",
+                hint="read its log; common causes: port in use, model folder incomplete, not enough memory",
+            )
+        try:
+            if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise EngineUnavailableError(
+        f"the LLM server at {root} was not healthy after {timeout_s:.0f}s", hint="check its log, or wait longer"
+    )

@@ -1,0 +1,76 @@
+"""The `recagent` console command: thin wiring of agent, retrieval, prompts and eval. No logic lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from agent.errors import RecagentError
+from recagent import cmd_llm, cmd_models
+from recagent.context import app_state
+
+app = typer.Typer(
+    name="recagent",
+    help="LLM prompt-based recommender agent: explainable suggestions, conversational recommendations, offline "
+    "evaluation. Settings come from RECAGENT_* environment variables and recagent.toml (`recagent config`).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(cmd_models.app, name="models")
+app.add_typer(cmd_llm.app, name="llm")
+
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: str | None = typer.Option(None, "--config", help="TOML settings file (default: ./recagent.toml)."),
+) -> None:
+    ctx.obj = app_state(config)
+
+
+@app.command("config")
+def config_cmd(ctx: typer.Context) -> None:
+    """Show every setting with its current value (env RECAGENT_<NAME> or recagent.toml key <name>)."""
+    from recagent.render import print_settings
+
+    print_settings(ctx.obj.settings)
+
+
+@app.command("demo")
+def demo_cmd(ctx: typer.Context) -> None:
+    """Run the demo on the bundled defaults (what `make demo` runs)."""
+    from agent.demo import run_demo
+
+    run_demo(ctx.obj.settings, Console())
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except RecagentError as exc:
+        if os.environ.get("RECAGENT_DEBUG") == "1":
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        if exc.hint:
+            err_console.print(f"[yellow]how to fix:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise

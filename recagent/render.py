@@ -1,0 +1,29 @@
+"""Console rendering shared by the commands (presentation only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.settings import Settings
+
+
+def print_settings(settings: Settings, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table("setting", "env variable", "value", "description", title="recagent settings")
+    for name, field in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if "key" in name and value and value != "EMPTY":
+            value = "***"
+        table.add_row(name, f"RECAGENT_{name.upper()}", str(value), field.description or "")
+    console.print(table)
+
+
+def print_rows(title: str, columns: list[str], rows: list[list[Any]], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    console.print(table)
