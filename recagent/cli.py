@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agent.errors import RecagentError
 from recagent import cmd_llm, cmd_models
@@ -56,9 +57,9 @@ def main() -> None:
     except RecagentError as exc:
         if os.environ.get("RECAGENT_DEBUG") == "1":
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err_console.print(f"[yellow]how to fix:[/] {exc.hint}", highlight=False)
+            err_console.print(f"[yellow]how to fix:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_model import build_tiny_model, copy_with_chat_template
-
 from agent.settings import Settings, load_settings
+
+from tiny_model import build_tiny_model, copy_with_chat_template
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
