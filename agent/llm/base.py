@@ -109,6 +109,29 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     return value
 
 
+Schema = dict[str, Any]
+SchemaArg = Schema | Sequence[Schema | None] | None
+
+
+def schemas_per_request(json_schema: SchemaArg, n: int) -> list[Schema | None]:
+    """One schema (or None) per request: a single schema applies to all; a list gives each its own
+    (e.g. a ranking schema whose id enum is that request's candidates). Every schema is checked."""
+    if json_schema is None:
+        return [None] * n
+    if isinstance(json_schema, dict):
+        check_schema(json_schema)
+        return [json_schema] * n
+    schemas = list(json_schema)
+    if len(schemas) != n:
+        raise InputError(
+            f"got {len(schemas)} JSON schemas for {n} requests", hint="pass one schema, or exactly one per request"
+        )
+    for schema in schemas:
+        if schema is not None:
+            check_schema(schema)
+    return schemas
+
+
 def check_labels(labels: Sequence[str]) -> list[str]:
     labels = list(labels)
     if not labels:
@@ -139,13 +162,14 @@ class LLMEngine(ABC):
         self,
         requests: Sequence[RequestLike],
         *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: SchemaArg = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
     ) -> list[Generation]:
-        """Generate one completion per request, batched. With ``json_schema`` decoding is constrained and the
-        output validated (:class:`StructuredOutputError` carries the raw text when it still fails)."""
+        """Generate one completion per request, batched. With ``json_schema`` (one for all requests, or one per
+        request) decoding is constrained and the output validated (:class:`StructuredOutputError` carries the raw
+        text when it still fails)."""
 
     @abstractmethod
     def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:

@@ -17,9 +17,10 @@ from agent.llm.base import (
     LLMRequest,
     OptionScores,
     RequestLike,
+    SchemaArg,
     check_labels,
-    check_schema,
     parse_structured,
+    schemas_per_request,
 )
 from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
@@ -73,17 +74,16 @@ class HFEngine(LLMEngine):
         self,
         requests: Sequence[RequestLike],
         *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: SchemaArg = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
     ) -> list[Generation]:
         torch = self._torch
-        if json_schema is not None:
-            check_schema(json_schema)
+        schemas = schemas_per_request(json_schema, len(requests))
         eos = self.tokenizer.eos_token_id
         results: list[Generation] = []
-        for request in requests:
+        for request, schema in zip(requests, schemas, strict=True):
             ids = self._ids(request)
             kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id or eos}
             if temperature > 0:
@@ -91,14 +91,14 @@ class HFEngine(LLMEngine):
                 kwargs.update(do_sample=True, temperature=temperature)
             else:
                 kwargs.update(do_sample=False, top_p=None, top_k=None)
-            if json_schema is not None:
-                kwargs["logits_processor"] = [self._grammar_processor(json_schema)]
+            if schema is not None:
+                kwargs["logits_processor"] = [self._grammar_processor(schema)]
             with torch.inference_mode():
                 out = self.model.generate(torch.tensor([ids]), **kwargs)
             new = out[0, len(ids) :].tolist()
             stopped = bool(new) and new[-1] in _as_list(eos)
             text = self.tokenizer.decode(new, skip_special_tokens=True)
-            parsed = parse_structured(text, json_schema) if json_schema is not None else None
+            parsed = parse_structured(text, schema) if schema is not None else None
             results.append(
                 Generation(
                     text=text,

@@ -28,9 +28,11 @@ from agent.llm.base import (
     LLMRequest,
     OptionScores,
     RequestLike,
+    Schema,
+    SchemaArg,
     check_labels,
-    check_schema,
     parse_structured,
+    schemas_per_request,
 )
 from agent.llm.prompting import flatten_messages
 from agent.settings import Settings
@@ -123,33 +125,32 @@ class OpenAIServerEngine(LLMEngine):
         self,
         requests: Sequence[RequestLike],
         *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: SchemaArg = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
     ) -> list[Generation]:
-        if json_schema is not None:
-            check_schema(json_schema)
-        extra: dict[str, Any] = {}
-        if json_schema is not None:
-            extra["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": json_schema, "strict": True},
-            }
+        schemas = schemas_per_request(json_schema, len(requests))
         common = {"model": self.model_id, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
 
-        def one(req: RequestLike) -> Generation:
-            request = LLMRequest.of(req)
+        def one(job: tuple[RequestLike, Schema | None]) -> Generation:
+            request, schema = LLMRequest.of(job[0]), job[1]
+            fmt = (
+                {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
+                if schema is not None
+                else None
+            )
 
             def chat() -> Generation:
                 msgs = [m.model_dump() for m in request.messages or ()]
+                extra = {"response_format": fmt} if fmt else {}
                 r = self._call(lambda c: c.chat.completions.create(messages=msgs, **common, **extra))
                 ch = r.choices[0]
                 return _generation(ch.message.content or "", ch.finish_reason, r.usage)
 
             def completion() -> Generation:
                 prompt = self._completion_prompt(request)
-                body = {"response_format": extra["response_format"]} if extra else None
+                body = {"response_format": fmt} if fmt else None
                 r = self._call(lambda c: c.completions.create(prompt=prompt, **common, extra_body=body))
                 ch = r.choices[0]
                 return _generation(ch.text, ch.finish_reason, r.usage)
@@ -161,11 +162,11 @@ class OpenAIServerEngine(LLMEngine):
                     f"LLM server rejected the request: {exc.message}",
                     hint="shorten the prompt or check the server's --max-model-len",
                 ) from exc
-            if json_schema is not None:
-                gen.parsed = parse_structured(gen.text, json_schema)
+            if schema is not None:
+                gen.parsed = parse_structured(gen.text, schema)
             return gen
 
-        return self._map(one, requests)
+        return self._map(one, list(zip(requests, schemas, strict=True)))
 
     def _tokenize_labels(self, labels: list[str]) -> dict[str, int] | None:
         """Label token ids via vLLM's /tokenize; None on servers without it."""

@@ -18,9 +18,10 @@ from agent.llm.base import (
     LLMRequest,
     OptionScores,
     RequestLike,
+    SchemaArg,
     check_labels,
-    check_schema,
     parse_structured,
+    schemas_per_request,
 )
 from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
@@ -112,7 +113,7 @@ class VLLMEngine(LLMEngine):
         self,
         requests: Sequence[RequestLike],
         *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: SchemaArg = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
@@ -122,27 +123,27 @@ class VLLMEngine(LLMEngine):
 
         if not requests:
             return []
-        structured = None
-        if json_schema is not None:
-            check_schema(json_schema)
-            structured = StructuredOutputsParams(json=json_schema)
-        params = SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, seed=seed, structured_outputs=structured
-        )
+        schemas = schemas_per_request(json_schema, len(requests))
+        params = [
+            SamplingParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
+            )
+            for schema in schemas
+        ]
         outputs = self._run(self._prompts(requests), params)
         results: list[Generation] = []
-        for out in outputs:
+        for out, schema in zip(outputs, schemas, strict=True):
             comp = out.outputs[0]
-            parsed = None
-            if json_schema is not None:
-                parsed = parse_structured(comp.text, json_schema)
             results.append(
                 Generation(
                     text=comp.text,
                     prompt_tokens=len(out.prompt_token_ids or []),
                     completion_tokens=len(comp.token_ids),
                     finish_reason=comp.finish_reason,
-                    parsed=parsed,
+                    parsed=parse_structured(comp.text, schema) if schema is not None else None,
                 )
             )
         return results
