@@ -43,7 +43,7 @@ class LLMRequest(BaseModel):
             return item
         if isinstance(item, str):
             return cls(prompt=item)
-        return cls(messages=tuple(m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in item))
+        return cls(messages=tuple(m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in item))
 
 
 RequestLike = str | Sequence[ChatMessage] | Sequence[dict[str, str]] | LLMRequest

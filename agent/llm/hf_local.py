@@ -94,10 +94,10 @@ class HFEngine(LLMEngine):
             if schema is not None:
                 kwargs["logits_processor"] = [self._grammar_processor(schema)]
             with torch.inference_mode():
-                out = self.model.generate(torch.tensor([ids]), **kwargs)
+                out = self.model.generate(torch.tensor([ids]), **kwargs)  # type: ignore[operator,misc]
             new = out[0, len(ids) :].tolist()
             stopped = bool(new) and new[-1] in _as_list(eos)
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(new, skip_special_tokens=True))
             parsed = parse_structured(text, schema) if schema is not None else None
             results.append(
                 Generation(

@@ -94,7 +94,7 @@ def prepare_default_model(settings: Settings, *, force: bool = False, log: Calla
         )
     model.save_pretrained(staging)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
-    tokenizer.add_bos_token = True
+    tokenizer.add_bos_token = True  # type: ignore[misc]  # read-only property in some versions
     tokenizer.save_pretrained(staging)
     check = AutoTokenizer.from_pretrained(str(staging))
     ids = check("Hello")["input_ids"]

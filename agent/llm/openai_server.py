@@ -50,7 +50,7 @@ class OpenAIServerEngine(LLMEngine):
             raise EngineUnavailableError(
                 "no LLM server URL configured", hint="set RECAGENT_LLM_SERVER_URL=http://HOST:PORT/v1"
             )
-        self.clients = [
+        self.clients: list[Any] = [
             openai.OpenAI(
                 base_url=u if u.endswith("/v1") else u + "/v1",
                 api_key=settings.llm_api_key,
@@ -67,7 +67,7 @@ class OpenAIServerEngine(LLMEngine):
         self.model_id = settings.llm_served_model_name or self._discover_model()
 
     # -- plumbing ----------------------------------------------------------------------------------------------
-    def _call(self, fn: Callable[[openai.OpenAI], T]) -> T:
+    def _call(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn`` on the next replica, retrying on the others when a replica cannot be reached."""
         with self._lock:
             start = next(self._next)
@@ -261,4 +261,5 @@ def _generation(text: str, finish_reason: str | None, usage: Any) -> Generation:
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         finish_reason=finish_reason,
+        parsed=None,
     )

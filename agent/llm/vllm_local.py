@@ -208,7 +208,7 @@ class VLLMEngine(LLMEngine):
             shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
             if callable(shutdown):
                 shutdown()
-            self.llm = None
+            self.llm = None  # type: ignore[assignment]
 
 
 def get_engine(settings: Settings, model_path: str) -> VLLMEngine:
