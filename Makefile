@@ -43,6 +43,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/llm_engine.py
+	$(PY) bench/retrieval.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

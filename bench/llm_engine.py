@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--hf-repeats", type=int, default=1, help="repeats of the (slow, sequential) transformers baseline")
     ap.add_argument("--k", type=int, default=10, help="ranked ids in the listwise JSON")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args()
@@ -144,6 +145,7 @@ def main() -> None:
         "prompts": args.prompts,
         "candidates": args.candidates,
         "repeats": args.repeats,
+        "hf_repeats": args.hf_repeats,
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
     }
 
@@ -181,6 +183,7 @@ def main() -> None:
         fig["c_ms_per_token_unconstrained"] = round(1000 * per_tok_free, 2)
         fig["c_ratio_structured_over_unconstrained"] = round(per_tok_struct / per_tok_free, 3)
         engine.close()
+    print(json.dumps(fig, indent=2), flush=True)
     fig["d_vllm_peak_rss_gb"] = round(mem.peak / 1e9, 2)
 
     with PeakRSS() as mem_hf:
@@ -188,7 +191,7 @@ def main() -> None:
         hf = HFEngine(settings, model_path)
         fig["hf_start_s"] = round(time.perf_counter() - t, 1)
         generate_each(hf, prompts[:1], args.k, max_tokens)  # warm-up
-        t_hf, res_hf = timed(lambda: generate_each(hf, prompts, args.k, max_tokens), args.repeats)
+        t_hf, res_hf = timed(lambda: generate_each(hf, prompts, args.k, max_tokens), args.hf_repeats)
     fig["a_hf_sequential_s"] = round(t_hf, 2)
     fig["a_hf_req_per_s"] = round(len(prompts) / t_hf, 3)
     fig["a_hf_tokens"] = tokens_of(res_hf)

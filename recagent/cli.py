@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.errors import RecagentError
-from recagent import cmd_llm, cmd_models, cmd_prompts
+from recagent import cmd_ingest, cmd_llm, cmd_models, cmd_prompts
 from recagent.context import app_state
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(cmd_models.app, name="models")
 app.add_typer(cmd_llm.app, name="llm")
 app.add_typer(cmd_prompts.app, name="prompts")
+app.add_typer(cmd_ingest.app)  # merges `recagent ingest PATH` into the root
 
 err_console = Console(stderr=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent.settings import Settings, load_settings
+from agent.settings import load_settings
 
+from testkit import tiny_settings
 from tiny_model import build_tiny_model, copy_with_chat_template
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +34,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_with_chat_template(tiny_model_dir, tmp_path_factory.mktemp("models") / "tiny-chat")
-
-
-def tiny_settings(model: Path, **kw: object) -> Settings:
-    return load_settings(llm_model=str(model), llm_dtype="float32", llm_max_model_len=1024, **kw)
 
 
 @pytest.fixture(scope="session")

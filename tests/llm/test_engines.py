@@ -86,7 +86,7 @@ def test_labels_far_outside_the_top_k_are_exact(vllm_tiny: LLMEngine, hf_tiny: L
 def test_chat_requests_use_the_chat_template(tiny_chat_model_dir: Path) -> None:
     from agent.llm.hf_local import HFEngine
 
-    from conftest import tiny_settings
+    from testkit import tiny_settings
     from tiny_model import CHAT_TEMPLATE  # noqa: F401  (documents which template is in use)
 
     engine = HFEngine(tiny_settings(tiny_chat_model_dir), str(tiny_chat_model_dir))

@@ -14,7 +14,7 @@ from agent.llm.base import LLMEngine
 from agent.llm.openai_server import OpenAIServerEngine
 from agent.llm.server import serve_command, start_server, wait_healthy
 
-from conftest import free_port, tiny_settings
+from testkit import free_port, tiny_settings
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,327 @@
+"""Candidate sources and their fusion.
+
+Every source has one method, ``retrieve(request) -> [(item_id, score), ...]`` (best first, at most ``request.k``,
+never an excluded or disallowed item). Chroma sources apply the constraints as a ``where`` filter; the others
+post-filter on ``request.allowed`` (the ids matching the same filter). :func:`rrf_fuse` merges the lists with
+weighted reciprocal-rank fusion and :class:`CandidateGenerator` runs the whole thing for a :class:`UserQuery`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from retrieval.config import FusionConfig
+from retrieval.embed import Embedder, LangChainEmbeddings
+from retrieval.interactions import Interactions
+from retrieval.store import ItemCollection, chroma_errors
+from retrieval.types import Candidate, SourceHit, UserQuery, Where
+
+Scored = list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What a source is asked: the query, how many results, and what it may return."""
+
+    query: UserQuery
+    k: int
+    where: Where | None = None
+    allowed: frozenset[str] | None = None
+    exclude: frozenset[str] = frozenset()
+
+    def keep(self, item_id: str) -> bool:
+        return item_id not in self.exclude and (self.allowed is None or item_id in self.allowed)
+
+    def fetch_size(self, available: int) -> int:
+        """How many results to ask a vector index for so that ``k`` survive the exclusions."""
+        return max(0, min(available, self.k + len(self.exclude)))
+
+
+@runtime_checkable
+class CandidateSource(Protocol):
+    name: str
+
+    def retrieve(self, request: SourceRequest) -> Scored: ...
+
+
+def seed_weights(
+    query: UserQuery, *, like_threshold: float = 4.0, half_life: float = 20.0, max_seeds: int = 20
+) -> dict[str, float]:
+    """Weights of the items a user liked, used as seeds by the item-to-item sources.
+
+    History entries rated >= ``like_threshold`` (or unrated: implicit feedback) weigh ``1 + rating - threshold``,
+    halved every ``half_life`` interactions back in time; if nothing reaches the threshold, entries at or above the
+    user's mean rating are used instead. Items liked in the conversation (``query.liked``) weigh 2. The
+    ``max_seeds`` heaviest are kept.
+    """
+    history = sorted(enumerate(query.history), key=lambda p: (p[1].timestamp or 0, p[0]))
+    entries = [h for _, h in history]
+    rated = [h.rating for h in entries if h.rating is not None]
+    threshold = like_threshold
+    if rated and not any(r >= like_threshold for r in rated) and not any(h.rating is None for h in entries):
+        threshold = sum(rated) / len(rated)
+    weights: dict[str, float] = {}
+    n = len(entries)
+    for position, entry in enumerate(entries):
+        if entry.rating is not None and entry.rating < threshold:
+            continue
+        base = 1.0 if entry.rating is None else 1.0 + (entry.rating - threshold)
+        recency = 0.5 ** ((n - 1 - position) / half_life) if half_life > 0 else 1.0
+        weights[entry.item_id] = max(weights.get(entry.item_id, 0.0), base * recency)
+    for item_id in query.liked:
+        weights[item_id] = max(weights.get(item_id, 0.0), 2.0)
+    for item_id in query.disliked:
+        weights.pop(item_id, None)
+    top = sorted(weights.items(), key=lambda kv: -kv[1])[:max_seeds]
+    return dict(top)
+
+
+def _top_k(scores: np.ndarray, ids: Sequence[str], request: SourceRequest) -> Scored:
+    """Best ``request.k`` positive scores whose ids the request keeps."""
+    nonzero = np.nonzero(scores > 0)[0]
+    order = nonzero[np.argsort(-scores[nonzero], kind="stable")]
+    out: Scored = []
+    for index in order:
+        item_id = ids[int(index)]
+        if request.keep(item_id):
+            out.append((item_id, float(scores[index])))
+            if len(out) >= request.k:
+                break
+    return out
+
+
+class SemanticSource:
+    """Free-text need -> nearest item documents, through LangChain's Chroma vector store (``where`` applied)."""
+
+    name = "semantic"
+
+    def __init__(self, collection: ItemCollection, embedder: Embedder) -> None:
+        from langchain_chroma import Chroma
+
+        collection.check_embedder(embedder)
+        self.collection = collection
+        with chroma_errors(f"opening {collection.name!r} through LangChain"):
+            self.vectorstore = Chroma(
+                client=collection.store.client,
+                collection_name=collection.name,
+                embedding_function=LangChainEmbeddings(embedder),
+                create_collection_if_not_exists=False,
+            )
+
+    def retrieve(self, request: SourceRequest) -> Scored:
+        need = request.query.need
+        n = request.fetch_size(self.collection.count())
+        if not need or n == 0:
+            return []
+        with chroma_errors(f"searching {self.collection.name!r}", hint="check the constraint field names and types"):
+            found = self.vectorstore.similarity_search_with_score(need, k=n, filter=request.where)
+        out: Scored = []
+        for doc, distance in found:
+            if doc.id is not None and request.keep(doc.id):
+                out.append((doc.id, 1.0 - float(distance)))
+        return out[: request.k]
+
+
+class ItemToItemSource:
+    """Neighbours (stored embeddings) of the items the user liked, weighted by rating and recency."""
+
+    name = "item2item"
+
+    def __init__(self, collection: ItemCollection, *, like_threshold: float = 4.0, half_life: float = 20.0,
+                 max_seeds: int = 20) -> None:  # fmt: skip
+        self.collection = collection
+        self.like_threshold, self.half_life, self.max_seeds = like_threshold, half_life, max_seeds
+
+    def retrieve(self, request: SourceRequest) -> Scored:
+        seeds = seed_weights(
+            request.query, like_threshold=self.like_threshold, half_life=self.half_life, max_seeds=self.max_seeds
+        )
+        vectors = self.collection.get_embeddings(list(seeds))
+        if not vectors:
+            return []
+        ids = list(vectors)
+        n = request.fetch_size(self.collection.count())
+        results = self.collection.query(np.stack([vectors[i] for i in ids]), n, where=request.where)
+        total = sum(seeds[i] for i in ids)
+        scores: dict[str, float] = {}
+        for seed, hits in zip(ids, results, strict=True):
+            for item_id, similarity in hits:
+                if item_id not in seeds and request.keep(item_id):
+                    scores[item_id] = scores.get(item_id, 0.0) + seeds[seed] * similarity / total
+        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        return best[: request.k]
+
+
+class CollaborativeSource:
+    """Item-item cosine over the user-item interaction matrix, summed over the user's weighted history.
+
+    ``score(i) = sum_j w_j cos(i, j)`` is computed as ``Xn^T (Xn w)`` with ``Xn`` the column-normalised matrix,
+    two sparse products and no item-item matrix.
+    """
+
+    name = "collab"
+
+    def __init__(self, interactions: Interactions, *, min_rating: float | None = None, like_threshold: float = 4.0,
+                 half_life: float = 20.0, max_seeds: int = 50) -> None:  # fmt: skip
+        self.interactions = interactions
+        self.like_threshold, self.half_life, self.max_seeds = like_threshold, half_life, max_seeds
+        matrix = interactions.matrix(min_rating=min_rating, binary=True)
+        norms = np.sqrt(np.asarray(matrix.power(2).sum(axis=0)).ravel())
+        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        self.xn = sp.csr_matrix(matrix @ sp.diags(inverse.astype(np.float32)))
+        self.xnt = sp.csr_matrix(self.xn.T)
+
+    def scores(self, weights: Mapping[str, float]) -> np.ndarray:
+        index = self.interactions.item_index
+        h = np.zeros(self.interactions.n_items, np.float32)
+        for item_id, weight in weights.items():
+            if item_id in index:
+                h[index[item_id]] = weight
+        return np.asarray(self.xnt @ (self.xn @ h)).ravel()
+
+    def retrieve(self, request: SourceRequest) -> Scored:
+        seeds = seed_weights(
+            request.query, like_threshold=self.like_threshold, half_life=self.half_life, max_seeds=self.max_seeds
+        )
+        if not any(s in self.interactions.item_index for s in seeds):
+            return []
+        scores = self.scores(seeds)
+        for seed in seeds:
+            if seed in self.interactions.item_index:
+                scores[self.interactions.item_index[seed]] = 0.0
+        return _top_k(scores, self.interactions.item_ids, request)
+
+
+class PopularitySource:
+    """Most-interacted items overall, or within the constraints (post-filter on ``request.allowed``)."""
+
+    name = "popularity"
+
+    def __init__(self, interactions: Interactions, *, min_rating: float | None = None) -> None:
+        self.interactions = interactions
+        counts = interactions.popularity(min_rating=min_rating)
+        self.counts = counts.astype(np.float64)
+
+    def retrieve(self, request: SourceRequest) -> Scored:
+        return _top_k(self.counts, self.interactions.item_ids, request)
+
+
+def rrf_fuse(
+    rankings: Mapping[str, Sequence[tuple[str, float]]],
+    *,
+    weights: Mapping[str, float] | None = None,
+    rrf_k: int = 60,
+    n: int = 50,
+    exclude: Iterable[str] = (),
+) -> list[Candidate]:
+    """Weighted reciprocal-rank fusion: ``score(d) = sum_s w_s / (rrf_k + rank_s(d))``, ranks from 1.
+
+    Each source's list is de-duplicated (first occurrence kept) after removing ``exclude``; a source missing from
+    ``weights`` weighs 1, a weight of 0 drops the source. Ties go to the better best rank, then to the id.
+    """
+    excluded = set(exclude)
+    weights = weights or {}
+    fused: dict[str, float] = {}
+    hits: dict[str, dict[str, SourceHit]] = {}
+    for source, ranked in rankings.items():
+        weight = float(weights.get(source, 1.0))
+        if weight == 0:
+            continue
+        seen: set[str] = set()
+        rank = 0
+        for item_id, score in ranked:
+            if item_id in excluded or item_id in seen:
+                continue
+            seen.add(item_id)
+            rank += 1
+            fused[item_id] = fused.get(item_id, 0.0) + weight / (rrf_k + rank)
+            hits.setdefault(item_id, {})[source] = SourceHit(rank=rank, score=_finite(score))
+    order = sorted(fused, key=lambda i: (-fused[i], min(h.rank for h in hits[i].values()), i))
+    return [Candidate(item_id=i, score=fused[i], sources=hits[i]) for i in order[:n]]
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+class CandidateGenerator:
+    """Runs the sources for a :class:`UserQuery` and fuses their lists."""
+
+    def __init__(
+        self,
+        collection: ItemCollection,
+        sources: Sequence[CandidateSource],
+        fusion: FusionConfig | None = None,
+        *,
+        restrict_to_catalog: bool = True,
+    ) -> None:
+        self.collection = collection
+        self.sources = list(sources)
+        self.fusion = fusion or FusionConfig()
+        self.restrict_to_catalog = restrict_to_catalog
+        self._allowed_cache: dict[str, frozenset[str]] = {}
+
+    @classmethod
+    def default(
+        cls,
+        collection: ItemCollection,
+        embedder: Embedder,
+        interactions: Interactions | None = None,
+        fusion: FusionConfig | None = None,
+    ) -> CandidateGenerator:
+        """semantic + item2item, and collab + popularity when an interaction log is given."""
+        sources: list[CandidateSource] = [SemanticSource(collection, embedder), ItemToItemSource(collection)]
+        if interactions is not None:
+            sources += [CollaborativeSource(interactions), PopularitySource(interactions)]
+        return cls(collection, sources, fusion)
+
+    def allowed_ids(self, where: Where | None) -> frozenset[str] | None:
+        """Ids matching ``where`` (all catalog ids when ``where`` is None and results are restricted to the
+        catalog); cached per filter. ``None`` means no restriction."""
+        if where is None and not self.restrict_to_catalog:
+            return None
+        key = json.dumps(where, sort_keys=True)
+        if key not in self._allowed_cache:
+            if len(self._allowed_cache) > 256:
+                self._allowed_cache.clear()
+            self._allowed_cache[key] = frozenset(self.collection.ids(where=where))
+        return self._allowed_cache[key]
+
+    def refresh(self) -> None:
+        """Forget cached id sets (call after the collection changed)."""
+        self._allowed_cache.clear()
+
+    def run_sources(self, query: UserQuery) -> dict[str, Scored]:
+        """Each enabled source's ranked list for ``query``."""
+        where = query.constraints.to_where()
+        request = SourceRequest(
+            query=query,
+            k=query.k_per_source or self.fusion.k,
+            where=where,
+            allowed=self.allowed_ids(where),
+            exclude=frozenset(query.excluded_ids()),
+        )
+        out: dict[str, Scored] = {}
+        for source in self.sources:
+            if self.fusion.weights.get(source.name, 1.0) == 0:
+                continue
+            out[source.name] = source.retrieve(request)
+        return out
+
+    def generate(self, query: UserQuery) -> list[Candidate]:
+        """Fused candidates: no seen (when ``exclude_seen``), disliked, excluded or constraint-violating item."""
+        rankings = self.run_sources(query)
+        return rrf_fuse(
+            rankings,
+            weights=self.fusion.weights,
+            rrf_k=self.fusion.rrf_k,
+            n=query.n or self.fusion.n,
+            exclude=query.excluded_ids(),
+        )

@@ -1,0 +1,121 @@
+"""Small, explicit configuration objects for the retrieval layer.
+
+``retrieval`` never reads settings or the environment: the caller (the CLI, the agent, a test) builds these objects
+and passes them down. ``agent.settings`` maps its ``RECAGENT_*`` fields onto them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval.errors import ConfigError
+
+DEFAULT_COLLECTION = "movies"
+DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0.5}
+_COLLECTION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+
+
+class StoreConfig(BaseModel):
+    """Where the Chroma collections live: an embedded folder (default) or a ``chroma run`` server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(
+        default=Path(".recagent/chroma"), description="Folder of the embedded Chroma store (PersistentClient)."
+    )
+    url: str | None = Field(
+        default=None, description="URL of a Chroma server (e.g. http://127.0.0.1:8000); wins over path."
+    )
+    collection: str = Field(default=DEFAULT_COLLECTION, description="Default collection name.")
+    hnsw_ef_search: int = Field(default=100, ge=1, description="HNSW ef at query time (recall vs latency).")
+    hnsw_ef_construction: int = Field(
+        default=200, ge=1, description="HNSW ef at build time (used when a collection is made)."
+    )
+    hnsw_max_neighbors: int = Field(default=16, ge=2, description="HNSW M (used when a collection is made).")
+    timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a Chroma server to answer its heartbeat."
+    )
+
+
+class EmbedConfig(BaseModel):
+    """Which sentence-transformers model embeds item documents and free-text needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        default="default", description="'default' (bundled all-MiniLM-L6-v2), a model folder or a HF id."
+    )
+    batch_size: int = Field(default=64, ge=1, description="Texts per encoder batch.")
+    device: str | None = Field(
+        default=None, description="torch device (cpu, cuda, mps); None lets sentence-transformers pick."
+    )
+    normalize: bool = Field(default=True, description="L2-normalise embeddings (cosine = dot product).")
+    progress: bool = Field(default=True, description="Show a tqdm progress bar while embedding.")
+    num_threads: int | None = Field(
+        default=None, ge=1, description="torch threads while embedding batches; None keeps torch's setting."
+    )
+    query_threads: int | None = Field(
+        default=1,
+        ge=1,
+        description="torch threads while embedding small calls (<= 8 texts: queries). 1 by default: on a shared "
+        "CPU, two threads made one query 40x slower (see docs/retrieval.md); None keeps torch's setting.",
+    )
+
+
+class FusionConfig(BaseModel):
+    """How candidate sources are combined (weighted reciprocal-rank fusion)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS), description="Per-source RRF weight; 0 disables."
+    )
+    k: int = Field(default=100, ge=1, description="Candidates asked from each source.")
+    rrf_k: int = Field(default=60, ge=0, description="RRF constant: score = sum(weight / (rrf_k + rank)).")
+    n: int = Field(default=50, ge=1, description="Candidates returned after fusion.")
+
+
+class CleanConfig(BaseModel):
+    """Limits applied while cleaning a catalog."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_field_chars: int = Field(default=10_000, ge=16, description="Longer text fields are truncated (and counted).")
+    max_title_chars: int = Field(default=500, ge=8, description="Longer titles are truncated (and counted).")
+    max_list_items: int = Field(default=50, ge=1, description="Longer list fields (tags) keep their first N values.")
+    max_tags: int = Field(default=20, ge=0, description="MovieLens tags kept per movie (most frequent first).")
+
+
+def validate_collection_name(name: str) -> str:
+    """Return ``name`` if Chroma accepts it as a collection name, else raise :class:`ConfigError`."""
+    if not isinstance(name, str) or not _COLLECTION_RE.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid collection name {name!r}",
+            hint="use 3-512 characters from [a-zA-Z0-9._-], starting and ending with a letter or digit "
+            "(e.g. movies, books-2024)",
+        )
+    return name
+
+
+def parse_chroma_url(url: str) -> tuple[str, int, bool]:
+    """Split ``http(s)://host[:port]`` (or ``host:port``) into host, port, ssl."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid Chroma server URL {url!r}: {exc}", hint="write it as http://HOST:PORT, e.g. http://127.0.0.1:8000"
+        ) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"invalid Chroma server URL {url!r}", hint="write it as http://HOST:PORT, e.g. http://127.0.0.1:8000"
+        )
+    ssl = parts.scheme == "https"
+    return parts.hostname, port or (443 if ssl else 8000), ssl

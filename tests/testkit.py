@@ -1,0 +1,22 @@
+"""Helpers shared by test modules (importable as ``testkit``; conftest modules are not importable by name)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from agent.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_settings(model: Path, **kw: object) -> Settings:
+    """Settings for the tiny random test model (float32 so that engines agree to 1e-3)."""
+    return load_settings(llm_model=str(model), llm_dtype="float32", llm_max_model_len=1024, **kw)
