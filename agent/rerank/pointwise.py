@@ -1,0 +1,119 @@
+"""Pointwise strategy: one ``rank_pointwise`` prompt per candidate; score = log P(Yes) - log P(No) of the next
+token. The user part of the prompt comes first and is byte-identical across a user's candidates, so vLLM's
+prefix cache computes it once.
+
+Yes/No tokens: after ``Answer (Yes or No):`` a tokenizer may continue with ``" Yes"`` (leading space, the usual
+SentencePiece/BPE form) or ``"Yes"``. On Gemma 3 all four of ``" Yes"``, ``"Yes"``, ``" No"``, ``"No"`` are single
+tokens, so the score uses the log-sum-exp over both variants of each answer. Engines refuse labels that are not
+one token; we then fall back to ``[" Yes", " No"]``, then ``["Yes", "No"]``, and remember per engine which set
+works (so steady state costs one call).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from agent.batching import CallFailure, Outcome, call_batch, is_label_error
+from agent.llm.base import LLMEngine, OptionScores
+from agent.rerank.calibration import engine_key
+from agent.rerank.job import Job
+from prompts import PromptError, PromptRegistry
+
+__all__ = ["YES_NO_VARIANTS", "run_pointwise", "yes_no_score"]
+
+YES_NO_VARIANTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    ((" Yes", "Yes"), (" No", "No")),
+    ((" Yes",), (" No",)),
+    (("Yes",), ("No",)),
+)
+_WORKING: dict[str, int] = {}
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return -math.inf
+    top = max(finite)
+    return top + math.log(sum(math.exp(v - top) for v in finite))
+
+
+def yes_no_score(logprobs: dict[str, float], yes: Sequence[str], no: Sequence[str]) -> float:
+    """logsumexp(Yes variants) - logsumexp(No variants), clipped to a finite range."""
+    diff = _logsumexp([logprobs[y] for y in yes]) - _logsumexp([logprobs[n] for n in no])
+    return max(-1e6, min(1e6, diff)) if not math.isnan(diff) else 0.0
+
+
+def _score(
+    engine: LLMEngine, requests: list[list[dict[str, str]]], timeout: float | None
+) -> tuple[Outcome[OptionScores], tuple[tuple[str, ...], tuple[str, ...]]]:
+    key = engine_key(engine)
+    tries = list(range(len(YES_NO_VARIANTS)))
+    if key in _WORKING:
+        tries.remove(_WORKING[key])
+        tries.insert(0, _WORKING[key])
+    outcome: Outcome[OptionScores] = Outcome([], 0)
+    variant = YES_NO_VARIANTS[tries[0]]
+    for t in tries:
+        variant = YES_NO_VARIANTS[t]
+        names = [*variant[0], *variant[1]]
+        outcome = call_batch(
+            engine,
+            len(requests),
+            lambda idx: engine.score_options([requests[i] for i in idx], names),  # noqa: B023 (called at once)
+            timeout=timeout,
+        )
+        label_refused = all(
+            isinstance(r, CallFailure) and r.error is not None and is_label_error(r.error) for r in outcome.results
+        )
+        if not label_refused:
+            _WORKING[key] = t
+            break
+    return outcome, variant
+
+
+def run_pointwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
+    """One score_options call for every candidate of every job (more only while probing the Yes/No tokens)."""
+    entries: list[tuple[Job, int]] = []
+    requests: list[list[dict[str, str]]] = []
+    for job in jobs:
+        cfg = job.config
+        history, need = job.ctx.user.prompt_history(cfg.history_limit), job.ctx.user.prompt_need()
+        try:
+            mine = []
+            for i, cand in enumerate(job.cands):
+                rendered = registry.render(
+                    cfg.pointwise_template,
+                    {"history": history, "need": need, "candidate": cand.prompt_vars(include_text=cfg.include_text)},
+                    allow_extra=True,
+                )
+                job.add_version(rendered.version_id)
+                mine.append((i, rendered.chat_messages()))
+        except PromptError as exc:
+            job.fail(f"prompt_error: {exc.message}")
+            continue
+        for i, msgs in mine:
+            entries.append((job, i))
+            requests.append(msgs)
+    if not entries:
+        return
+    timeouts = [j.config.timeout_s for j, _ in entries if j.config.timeout_s is not None]
+    started = time.perf_counter()
+    outcome, (yes, no) = _score(engine, requests, min(timeouts) if timeouts else None)
+    elapsed = (time.perf_counter() - started) * 1000
+    scores: dict[int, list[float]] = {}
+    failed: set[int] = set()
+    for (job, i), result in zip(entries, outcome.results, strict=True):
+        job.timings["rank"] = elapsed
+        if isinstance(result, CallFailure):
+            job.llm_calls += 1
+            job.reasons.append(result.reason)
+            failed.add(job.index)
+            continue
+        job.took_scores({"candidate": job.cands[i].id, "logprobs": result.logprobs}, result.prompt_tokens)
+        scores.setdefault(job.index, [0.0] * job.n)[i] = yes_no_score(result.logprobs, yes, no)
+    for job in {id(j): j for j, _ in entries}.values():
+        if job.fallback_reason is None:
+            # a user's candidates are judged against each other: one failed judgement sends the user to fallback
+            job.conclude([] if job.index in failed else [scores[job.index]])
