@@ -6,11 +6,12 @@ import os
 import sys
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from agent.errors import RecagentError
-from recagent import cmd_ingest, cmd_llm, cmd_models, cmd_prompts
+from recagent import cmd_ingest, cmd_llm, cmd_models, cmd_prompts, cmd_recommend
 from recagent.context import app_state
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.add_typer(cmd_models.app, name="models")
 app.add_typer(cmd_llm.app, name="llm")
 app.add_typer(cmd_prompts.app, name="prompts")
 app.add_typer(cmd_ingest.app)  # merges `recagent ingest PATH` into the root
+app.add_typer(cmd_recommend.app)
 
 err_console = Console(stderr=True)
 
@@ -63,6 +65,12 @@ def main() -> None:
         if exc.hint:
             err_console.print(f"[yellow]how to fix:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except ValidationError as exc:
+        if os.environ.get("RECAGENT_DEBUG") == "1":
+            raise
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err_console.print(f"[bold red]error:[/] invalid input: {escape(problems)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

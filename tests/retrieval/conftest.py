@@ -7,7 +7,6 @@ marked ``slow``.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -24,45 +23,11 @@ from retrieval.config import EmbedConfig, StoreConfig
 from retrieval_helpers import FakeEmbedder, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-ML_SMALL = ROOT.parent / "shared" / "data" / "movielens-latest-small"
 
 
 @pytest.fixture
 def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder()
-
-
-@pytest.fixture(scope="session")
-def ml_small() -> Path:
-    if not (ML_SMALL / "movies.csv").is_file():
-        pytest.skip(f"MovieLens latest-small not found at {ML_SMALL}")
-    return ML_SMALL
-
-
-@pytest.fixture(scope="session")
-def ml_sample(ml_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A MovieLens-latest folder with 300 movies (the 200 most rated + 100 random), their tags and ratings."""
-    import csv
-
-    folder = tmp_path_factory.mktemp("ml-sample")
-    with (ml_small / "ratings.csv").open(newline="", encoding="utf-8") as fh:
-        ratings = list(csv.reader(fh))
-    counts: dict[str, int] = {}
-    for row in ratings[1:]:
-        counts[row[1]] = counts.get(row[1], 0) + 1
-    popular = sorted(counts, key=lambda m: (-counts[m], int(m)))[:200]
-    with (ml_small / "movies.csv").open(newline="", encoding="utf-8") as fh:
-        movies = list(csv.reader(fh))
-    rest = sorted({r[0] for r in movies[1:]} - set(popular), key=int)
-    keep = set(popular) | set(random.Random(0).sample(rest, 100))
-    for name, column in (("movies.csv", 0), ("ratings.csv", 1), ("tags.csv", 1)):
-        with (ml_small / name).open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-        with (folder / name).open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(rows[0])
-            writer.writerows(r for r in rows[1:] if r[column] in keep)
-    return folder
 
 
 @pytest.fixture
