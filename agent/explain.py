@@ -151,6 +151,19 @@ def _names_other(text: str, other: CandidateItem, item: CandidateItem, user: Use
     return False
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """The justification as shown: its first sentence, without leading markup, at most ``limit`` characters.
+
+    A weak model often starts well and then rambles into invented plot; only the first sentence is kept (and
+    checked), so the rambling never reaches the user."""
+    text = re.sub(r"^[\s>*:\-–—#]+", "", text.strip())
+    text = _SENTENCE_END.split(text, maxsplit=1)[0].strip()
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
 def check_grounding(
     text: str | None,
     cited: Sequence[Citation],
@@ -399,9 +412,10 @@ def explain_many(
                 else:
                     _use_template(out, req, f"{reason}: template justification")
                 continue
-            ok, note = check_grounding(answer.justification, answer.cited, req.item, req.user, req.others)
+            sentence = first_sentence(answer.justification)
+            ok, note = check_grounding(sentence, answer.cited, req.item, req.user, req.others)
             if ok:
-                out.text, out.cited, out.source, out.grounded = answer.justification.strip(), answer.cited, "llm", True
+                out.text, out.cited, out.source, out.grounded = sentence, answer.cited, "llm", True
                 out.note = note if not out.note else f"{out.note}; re-asked: {note}"
             elif last_try:
                 _use_template(out, req, f"LLM justification rejected ({note}): template justification")
