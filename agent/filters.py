@@ -17,14 +17,14 @@ def parse_filters(filters: Sequence[str], *, genre_field: str = "genres", year_f
     include: list[str] = []
     exclude: list[str] = []
     ranges: dict[str, dict[str, float]] = {}
-    equals: dict[str, str] = {}
+    equals: dict[str, str | int | float | bool] = {}
     year_min = year_max = None
     for raw in filters:
         text = raw.strip()
         if m := _RANGE.match(text):
-            field, op, value = m["field"], m["op"], float(m["value"])
+            field, op, number = m["field"], m["op"], float(m["value"])
             if field == year_field:  # whole years: > 1990 means from 1991
-                year = int(value)
+                year = int(number)
                 if op == ">=":
                     year_min = year
                 elif op == ">":
@@ -34,9 +34,9 @@ def parse_filters(filters: Sequence[str], *, genre_field: str = "genres", year_f
                 else:
                     year_max = year - 1
             elif op.startswith(">"):
-                ranges.setdefault(field, {})["min"] = value
+                ranges.setdefault(field, {})["min"] = number
             else:
-                ranges.setdefault(field, {})["max"] = value
+                ranges.setdefault(field, {})["max"] = number
         elif m := _EQ.match(text):
             field, value = m["field"], m["value"].strip()
             if field in ("genre", genre_field):

@@ -44,7 +44,7 @@ def recommend(
         disliked=dislike,
         constraints=parse_filters(filters),
         k=k or settings.k,
-        strategy=strategy,
+        strategy=strategy,  # type: ignore[arg-type]  # validated by pydantic: a clear error names the choices
     )
     recommender = Recommender(settings, collection=collection)
     result = recommender.recommend(request)

@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from agent.settings import load_settings
 
-from testkit import SHARED_DATA, tiny_settings
+from testkit import ROOT, tiny_settings
 from tiny_model import build_tiny_model, copy_with_chat_template
 
-ML_SMALL = SHARED_DATA / "movielens-latest-small"
+ML_SMALL = ROOT / "data" / "movielens-latest-small"  # the bundled copy (same bytes as ../shared/data)
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +73,7 @@ def vllm_gemma(gemma_dir: Path) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def ml_small() -> Path:
-    if not (ML_SMALL / "movies.csv").is_file():
-        pytest.skip(f"MovieLens latest-small not found at {ML_SMALL}")
+    assert (ML_SMALL / "movies.csv").is_file(), f"the bundled MovieLens copy is missing at {ML_SMALL}"
     return ML_SMALL
 
 

@@ -38,7 +38,7 @@ def embedded_config(tmp_path: Path) -> StoreConfig:
 def _chroma_cli() -> str:
     found = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     if not Path(found).exists():
-        pytest.skip("the `chroma` CLI is not installed next to the Python interpreter")
+        pytest.fail("the `chroma` CLI is not installed next to the Python interpreter (run `make setup`)")
     return found
 
 
