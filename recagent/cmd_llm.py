@@ -65,4 +65,4 @@ def serve(
     typer.echo("starting: " + " ".join(cmd), err=True)
     url = f"http://{host or settings.llm_server_host}:{port or settings.llm_server_port}/v1"
     typer.echo(f"use it with RECAGENT_LLM_SERVER_URL={url}", err=True)
-    os.execve(cmd[0], cmd, server_env())
+    os.execve(cmd[0], cmd, server_env(settings))

@@ -18,5 +18,7 @@ def free_port() -> int:
 
 
 def tiny_settings(model: Path, **kw: object) -> Settings:
-    """Settings for the tiny random test model (float32 so that engines agree to 1e-3)."""
+    """Settings for the tiny random test model (float32 so that engines agree to 1e-3; a small KV cache so that
+    several engines fit beside each other)."""
+    kw.setdefault("llm_memory_fraction", 0.05)
     return load_settings(llm_model=str(model), llm_dtype="float32", llm_max_model_len=1024, **kw)

@@ -64,9 +64,11 @@ def check_bind(host: str, api_key: str) -> None:
         )
 
 
-def server_env() -> dict[str, str]:
+def server_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's CPU default fraction is refused on NUMA machines
+    if not settings.llm_memory_fraction:
+        # GiB of KV cache on the CPU build; its default memory fraction is refused on NUMA machines
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     env.setdefault("HF_HUB_OFFLINE", "1")
     return env
 
@@ -77,7 +79,7 @@ def start_server(
     cmd = serve_command(settings, host=host, port=port)
     check_bind(host or settings.llm_server_host, settings.llm_api_key)
     out = log_file.open("wb") if log_file else subprocess.DEVNULL
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env())
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(settings))
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 300) -> float:

@@ -35,6 +35,8 @@ def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         print(log.read_text()[-4000:])
         raise
     yield url
+    if proc.poll() is not None:  # died during the tests: show why
+        print(f"vLLM server exited with {proc.returncode}; log tail:\n{log.read_text()[-6000:]}")
     proc.terminate()
     try:
         proc.wait(timeout=30)
@@ -98,6 +100,7 @@ def test_unreachable_server_is_a_clear_error(tiny_model_dir: Path) -> None:
 
 
 def test_replicas_retry_on_a_live_server(tiny_server: str, tiny_model_dir: Path) -> None:
+    wait_healthy(tiny_server, timeout_s=30)
     dead = f"http://127.0.0.1:{free_port()}/v1"
     engine = create_engine(tiny_settings(tiny_model_dir, llm_server_url=f"{dead},{tiny_server}", llm_timeout_s=5))
     gens = engine.generate(["a", "b", "c", "d"], max_tokens=2)
