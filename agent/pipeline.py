@@ -29,7 +29,7 @@ from retrieval.candidates import CandidateGenerator
 from retrieval.embed import Embedder, make_embedder
 from retrieval.interactions import Interactions, read_interactions
 from retrieval.store import ItemCollection, Store
-from retrieval.types import Constraints, HistoryEntry, Item, UserQuery
+from retrieval.types import Candidate, Constraints, HistoryEntry, Item, SourceHit, UserQuery
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, le=100)
     strategy: Strategy | None = Field(None, description="Overrides the configured ranking strategy.")
     n_candidates: int | None = Field(None, ge=1, le=500, description="Fused candidates given to the ranker.")
+    candidates: list[str] | None = Field(
+        None,
+        max_length=500,
+        description="Rank exactly these item ids (in this order) instead of retrieving them (evaluation protocols).",
+    )
 
 
 class RecommendedItem(RankedItem):
@@ -171,7 +176,16 @@ class Recommender:
         )
 
     def _context(self, req: RecommendRequest, query: UserQuery) -> tuple[RankingContext, dict[str, Item]]:
-        candidates = self.generator.generate(query)
+        if req.candidates is not None:
+            excluded = query.excluded_ids()
+            ids = [i for i in dict.fromkeys(req.candidates) if i not in excluded]
+            n = max(len(ids), 1)
+            candidates = [
+                Candidate(item_id=i, score=(n - r) / n, sources={"given": SourceHit(rank=r + 1, score=(n - r) / n)})
+                for r, i in enumerate(ids)
+            ]
+        else:
+            candidates = self.generator.generate(query)
         wanted = [c.item_id for c in candidates]
         history_ids = [h.item_id for h in query.history[-50:]] + list(query.liked)
         items = self.collection.get_items(list(dict.fromkeys(wanted + history_ids)))

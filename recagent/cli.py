@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.errors import RecagentError
-from recagent import cmd_ingest, cmd_llm, cmd_models, cmd_prompts, cmd_recommend
+from recagent import cmd_eval, cmd_ingest, cmd_llm, cmd_models, cmd_prompts, cmd_recommend
 from recagent.context import app_state
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(cmd_llm.app, name="llm")
 app.add_typer(cmd_prompts.app, name="prompts")
 app.add_typer(cmd_ingest.app)  # merges `recagent ingest PATH` into the root
 app.add_typer(cmd_recommend.app)
+app.add_typer(cmd_eval.app, name="eval")
 
 err_console = Console(stderr=True)
 

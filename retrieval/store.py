@@ -68,7 +68,8 @@ def item_from_record(item_id: str, meta: dict[str, Any]) -> Item:
     text_keys = list(meta.get(TEXTS_KEY) or [])
     texts = {k: str(meta[k]) for k in text_keys if k in meta}
     skip = {"title", HASH_KEY, TEXTS_KEY, *text_keys}
-    metadata = {k: v for k, v in meta.items() if k not in skip and v is not None}
+    # sorted: Chroma returns metadata keys in no fixed order, and prompts (and their cache keys) must not vary
+    metadata = {k: meta[k] for k in sorted(meta) if k not in skip and meta[k] is not None}
     return Item(id=item_id, title=str(meta.get("title") or item_id), texts=texts, metadata=metadata)
 
 

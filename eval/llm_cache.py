@@ -1,0 +1,211 @@
+"""A caching :class:`~agent.llm.base.LLMEngine` wrapper: every raw request/response is kept in SQLite.
+
+Keys: model id + engine description (backend, version) + the rendered request + sampling parameters (and the JSON
+schema or option labels). Only misses go to the inner engine. In replay mode there is no inner engine and a miss
+is an error, so a replayed evaluation provably uses the recorded outputs only (bit-identical metrics).
+
+Engine errors of a whole call (e.g. output that fails the schema) are recorded too, keyed by every request of the
+call, and raised again on replay: the ranking layer then takes the same fallback path as in the live run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.errors import EngineError, InputError, RecagentError, StructuredOutputError
+from agent.llm.base import (
+    Generation,
+    LLMEngine,
+    LLMRequest,
+    OptionScores,
+    RequestLike,
+    SchemaArg,
+    check_labels,
+    schemas_per_request,
+)
+
+__all__ = ["CacheMissError", "CachingEngine", "LLMCache"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, kind TEXT, request TEXT, response TEXT);
+CREATE TABLE IF NOT EXISTS errors (key TEXT PRIMARY KEY, kind TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS engines (name TEXT PRIMARY KEY, identity TEXT);
+"""
+
+
+class CacheMissError(EngineError):
+    """Replay asked for an LLM output that the cache does not hold."""
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class LLMCache:
+    """The SQLite file (thread-safe: one connection guarded by a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+        self._db.executescript(_SCHEMA)
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put(self, key: str, kind: str, request: Any, response: Any) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+                (key, kind, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)),
+            )
+
+    def get_error(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT error FROM errors WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_error(self, key: str, kind: str, error: dict[str, Any]) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", (key, kind, json.dumps(error)))
+
+    def set_engine(self, name: str, identity: dict[str, Any]) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO engines VALUES (?, ?)", (name, json.dumps(identity)))
+
+    def engine(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT identity FROM engines WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def engine_identity(engine: LLMEngine) -> dict[str, Any]:
+    """What identifies an engine's outputs: its description (backend, model, versions) and model id."""
+    info = {str(k): v for k, v in engine.describe().items()}
+    info.setdefault("model", engine.model_id)
+    info["model_id"] = engine.model_id
+    return json.loads(json.dumps(info, default=str))
+
+
+def _error_record(exc: RecagentError) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "message": exc.message,
+        "hint": exc.hint,
+        "raw": getattr(exc, "raw", None),
+    }
+
+
+def _raise_recorded(record: dict[str, Any]) -> None:
+    if record["type"] == "StructuredOutputError":
+        raise StructuredOutputError(record["message"], raw=record.get("raw") or "", hint=record.get("hint") or "")
+    if record["type"] == "InputError":
+        raise InputError(record["message"], hint=record.get("hint") or "")
+    raise EngineError(record["message"], hint=record.get("hint") or "")
+
+
+class CachingEngine(LLMEngine):
+    """Serves requests from ``cache``; sends misses to ``inner`` (None = replay: a miss raises CacheMissError)."""
+
+    def __init__(self, inner: LLMEngine | None, cache: LLMCache, *, identity: dict[str, Any] | None = None) -> None:
+        if inner is None and identity is None:
+            raise InputError("a replay engine needs the recorded engine identity", hint="pass identity=")
+        self.inner = inner
+        self.cache = cache
+        self.identity = identity if identity is not None else engine_identity(inner)  # type: ignore[arg-type]
+        self.backend = str(self.identity.get("backend", "?"))  # same name: batching locks in-process backends
+        self.model_id = str(self.identity.get("model_id", "?"))
+        self.replay = inner is None
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.identity, "cache": str(self.cache.path), "replay": self.replay}
+
+    def _key(self, kind: str, request: LLMRequest, params: dict[str, Any]) -> str:
+        return _hash({"engine": self.identity, "kind": kind, "request": request.model_dump(mode="json"), **params})
+
+    def _miss(self, what: str) -> CacheMissError:
+        return CacheMissError(
+            f"replay: no recorded LLM output for a {what} request (model {self.model_id})",
+            hint="the prompts, settings or data differ from the recorded run; run without --replay to record them",
+        )
+
+    def _call(self, kind: str, keys: list[str], reqs: list[LLMRequest], send: Any, decode: Any) -> list[Any]:
+        call_key = _hash([kind, keys])
+        recorded = self.cache.get_error(call_key)
+        if recorded is not None:
+            _raise_recorded(recorded)
+        out: list[Any] = [self.cache.get(k) for k in keys]
+        missing = [i for i, v in enumerate(out) if v is None]
+        self.cache.hits += len(keys) - len(missing)
+        self.cache.misses += len(missing)
+        if missing:
+            if self.inner is None:
+                raise self._miss(kind)
+            try:
+                fresh = send(missing)
+            except RecagentError as exc:
+                self.cache.put_error(call_key, kind, _error_record(exc))
+                raise
+            for i, value in zip(missing, fresh, strict=True):
+                dumped = value.model_dump(mode="json")
+                self.cache.put(keys[i], kind, reqs[i].model_dump(mode="json"), dumped)
+                out[i] = dumped
+        return [decode(v) for v in out]
+
+    def generate(
+        self,
+        requests: Sequence[RequestLike],
+        *,
+        json_schema: SchemaArg = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        reqs = [LLMRequest.of(r) for r in requests]
+        schemas = schemas_per_request(json_schema, len(reqs))
+        params = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        keys = [self._key("generate", r, {**params, "schema": s}) for r, s in zip(reqs, schemas, strict=True)]
+
+        def send(idx: list[int]) -> list[Generation]:
+            assert self.inner is not None
+            return self.inner.generate(
+                [reqs[i] for i in idx],
+                json_schema=[schemas[i] for i in idx],
+                **params,  # type: ignore[arg-type]
+            )
+
+        return self._call("generate", keys, reqs, send, Generation.model_validate)
+
+    def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
+        reqs = [LLMRequest.of(r) for r in requests]
+        names = check_labels(labels)
+        keys = [self._key("score_options", r, {"labels": names}) for r in reqs]
+
+        def send(idx: list[int]) -> list[OptionScores]:
+            assert self.inner is not None
+            return self.inner.score_options([reqs[i] for i in idx], names)
+
+        return self._call("score_options", keys, reqs, send, OptionScores.model_validate)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()

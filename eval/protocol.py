@@ -1,0 +1,160 @@
+"""Evaluation protocols: how cases are cut from a dataset and which candidates the ranker sees.
+
+Splits (interaction datasets): ``temporal`` = leave-last-positive-out (the user's last interaction rated
+>= ``min_rating``, and everything after it, is held out), ``random`` = one random positive per user held out
+(for logs without timestamps). Users need ``min_history`` earlier interactions; ``users`` samples them with
+``seed``. Candidates: ``full`` = the recommender's own retrieval over the whole catalog; ``sampled`` = the
+held-out items plus ``n_negatives`` unseen items (uniform or popularity-weighted, seeded), shuffled.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import InputError
+from eval.datasets import EvalCase, EvalDataset
+from retrieval.interactions import Interactions
+
+__all__ = ["Protocol", "Split", "make_split", "sample_candidates"]
+
+
+class Protocol(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split: Literal["temporal", "random"] = "temporal"
+    min_rating: float = Field(4.0, description="Ratings >= this are positives (held-out targets).")
+    min_history: int = Field(5, ge=0, description="Earlier interactions a user needs to be evaluated.")
+    users: int | None = Field(None, ge=1, description="Sample this many users/cases (None: all).")
+    seed: int = 0
+    candidates: Literal["full", "sampled"] = "full"
+    n_negatives: int = Field(99, ge=1, description="Sampled protocol: negatives per case.")
+    negatives: Literal["random", "popularity"] = "random"
+    ks: tuple[int, ...] = (10, 20)
+    n_candidates: int | None = Field(None, ge=1, le=500, description="Fused candidates (full protocol).")
+
+    @property
+    def k(self) -> int:
+        return max(self.ks)
+
+    def metric_names(self) -> list[str]:
+        names = ["ndcg", "hit_rate", "recall", "mrr", "precision", "map"]
+        return [f"{m}@{k}" for k in self.ks for m in names]
+
+
+@dataclass
+class Split:
+    """The cases to evaluate and the interactions the recommender may see (train; None for conversations)."""
+
+    cases: list[EvalCase]
+    train: Interactions | None
+    candidates: dict[str, list[str]] | None = None  # sampled protocol: case id -> candidate ids
+    notes: dict[str, int | float | str] | None = None
+
+
+def _eligible_users(log: Interactions, protocol: Protocol) -> list[str]:
+    out = []
+    for user in log.user_ids:
+        rows = log._rows(user)
+        ratings = log.ratings[rows]
+        positives = np.nonzero(ratings >= protocol.min_rating)[0]
+        if protocol.split == "temporal":
+            ok = len(positives) > 0 and positives[-1] >= max(protocol.min_history, 1)
+        else:
+            ok = len(positives) > 0 and len(ratings) - 1 >= max(protocol.min_history, 1)
+        if ok:
+            out.append(user)
+    return out
+
+
+def _random_holdout(log: Interactions, users: Sequence[str], protocol: Protocol) -> tuple[Interactions, dict[str, str]]:
+    rng = random.Random(protocol.seed)
+    keep = np.ones(len(log), bool)
+    held: dict[str, str] = {}
+    for user in users:
+        rows = log._rows(user)
+        positives = np.nonzero(log.ratings[rows] >= protocol.min_rating)[0]
+        pick = rows.start + int(positives[rng.randrange(len(positives))])
+        keep[pick] = False
+        held[user] = log.item_ids[int(log.items[pick])]
+    return log.subset(keep), held
+
+
+def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
+    """Cases (and the train log) of ``dataset`` under ``protocol``; InputError when nothing is left."""
+    if dataset.kind == "conversations":
+        cases = list(dataset.cases)
+        if protocol.users is not None and protocol.users < len(cases):
+            cases = random.Random(protocol.seed).sample(cases, protocol.users)
+            cases.sort(key=lambda c: c.case_id)
+        split = Split(cases=cases, train=None)
+    else:
+        log = dataset.interactions
+        if log is None or len(log) == 0:
+            raise InputError(f"dataset {dataset.name} has no interactions", hint="give a ratings file")
+        users = _eligible_users(log, protocol)
+        if not users:
+            raise InputError(
+                f"empty split: no user of {dataset.name} has a positive (rating >= {protocol.min_rating}) after at "
+                f"least {protocol.min_history} earlier interactions",
+                hint="lower --min-history or --min-rating, or check the rating scale of the log",
+            )
+        if protocol.users is not None and protocol.users < len(users):
+            users = sorted(random.Random(protocol.seed).sample(users, protocol.users), key=log.user_index.__getitem__)
+        if protocol.split == "temporal":
+            train, held = log.holdout_last_positive(protocol.min_rating, users=users)
+        else:
+            train, held = _random_holdout(log, users, protocol)
+        cases = [
+            EvalCase(case_id=user, user_id=user, history=train.history(user), gold={item: 1})
+            for user, item in held.items()
+        ]
+        split = Split(cases=cases, train=train)
+    if not split.cases:
+        raise InputError(f"empty split for {dataset.name}", hint="check the protocol options (users, min history)")
+    if protocol.candidates == "sampled":
+        split.candidates = sample_candidates(split, dataset, protocol)
+    return split
+
+
+def sample_candidates(split: Split, dataset: EvalDataset, protocol: Protocol) -> dict[str, list[str]]:
+    """Per case: its gold items plus ``n_negatives`` items it has not seen, uniform or by train popularity
+    (seeded per case id, so a case gets the same set whatever the other cases), shuffled."""
+    catalog = sorted(dataset.items)
+    index = {item: i for i, item in enumerate(catalog)}
+    weights = np.ones(len(catalog))
+    if protocol.negatives == "popularity":
+        if split.train is None:
+            raise InputError("popularity-weighted negatives need an interaction log", hint="use --negatives random")
+        counts = split.train.popularity()
+        for item_id, count in zip(split.train.item_ids, counts, strict=True):
+            if item_id in index:
+                weights[index[item_id]] += float(count)
+    out: dict[str, list[str]] = {}
+    for case in split.cases:
+        blocked = set(case.gold) | {h.item_id for h in case.history} | set(case.liked) | set(case.exclude)
+        free = np.array([i for i, item in enumerate(catalog) if item not in blocked])
+        n = min(protocol.n_negatives, len(free))
+        if n < protocol.n_negatives:
+            raise InputError(
+                f"case {case.case_id}: only {len(free)} unseen items for {protocol.n_negatives} negatives",
+                hint="lower --negatives-n",
+            )
+        rng = np.random.default_rng([protocol.seed, _stable(case.case_id)])
+        p = weights[free] / weights[free].sum()
+        picked = rng.choice(free, size=n, replace=False, p=p)
+        ids = list(case.gold) + [catalog[int(i)] for i in picked]
+        rng.shuffle(ids)  # type: ignore[arg-type]
+        out[case.case_id] = ids
+    return out
+
+
+def _stable(text: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

@@ -1,0 +1,486 @@
+"""The evaluation runner: the SAME Recommender over a dataset, for several variants and baselines, on identical cases.
+
+    dataset + protocol -> split (cases, train log) -> per arm, in chunks: Recommender.recommend_many
+    -> one record per case appended to cases.jsonl (resumable) -> metrics, CIs, paired comparisons -> report files
+
+Every LLM request goes through :class:`~eval.llm_cache.CachingEngine` (SQLite); ``replay=True`` re-runs everything
+from that cache with no engine at all, and a miss is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from agent.errors import ConfigError, InputError, RecagentError
+from agent.llm.base import LLMEngine
+from agent.pipeline import Recommendation, Recommender, RecommendRequest
+from agent.settings import Settings
+from eval import metrics as M
+from eval.baselines import BaselineRanker
+from eval.datasets import EvalCase, EvalDataset, file_sha256
+from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
+from eval.protocol import Protocol, Split, make_split
+from eval.variants import BASELINES, EvalSettings, Variant, variant_settings
+from prompts import PromptRegistry
+from retrieval.embed import Embedder, make_embedder
+from retrieval.store import ItemCollection, Store
+from retrieval.types import Candidate, SourceHit, UserQuery
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvalRun", "run_eval"]
+
+CASES_FILE = "cases.jsonl"
+CACHE_FILE = "llm_cache.sqlite"
+CONFIG_FILE = "run_config.json"
+REPLAY_DIR = "replay"
+_BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
+    "embedding": {"rerank_strategy": "retrieval", "explain_mode": "none",
+                  "fusion_weights": {"semantic": 1.0, "item2item": 1.0, "collab": 0.0, "popularity": 0.0}},
+    "retrieval": {"rerank_strategy": "retrieval", "explain_mode": "none"},
+}  # fmt: skip
+
+
+@dataclass
+class EvalRun:
+    """What a run produced: output folder, per-case records, and the results dict written to results.json."""
+
+    out: Path
+    records: list[dict[str, Any]]
+    results: dict[str, Any]
+    split: Split
+    arms: list[Variant] = field(default_factory=list)
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=root or Path(__file__).resolve().parents[1], check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _baseline_arms(names: Sequence[str], dataset: EvalDataset) -> list[Variant]:
+    arms = []
+    for name in names:
+        if name not in BASELINES:
+            raise ConfigError(f"unknown baseline {name!r}", hint=f"use one of {', '.join(BASELINES)}")
+        if name in ("popularity", "itemknn") and dataset.kind != "interactions":
+            raise ConfigError(
+                f"baseline {name} needs an interaction log; {dataset.name} is a conversation dataset",
+                hint="drop it (random, embedding and retrieval work on conversations)",
+            )
+        arms.append(Variant(name=name, baseline=name, settings=dict(_BASELINE_SETTINGS.get(name, {})), spec=name))
+    return arms
+
+
+def applicable_baselines(dataset: EvalDataset) -> list[str]:
+    if dataset.kind == "interactions":
+        return list(BASELINES)
+    return [b for b in BASELINES if b not in ("popularity", "itemknn")]
+
+
+class _SortedCollection(ItemCollection):
+    """Returns item metadata with sorted keys: Chroma does not keep the key order, and the order reaches the
+    rendered prompts, so without this the same case renders differently from run to run (no cache hits)."""
+
+    def get_metadata(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {i: dict(sorted(m.items())) for i, m in super().get_metadata(ids).items()}
+
+
+class DeterministicStore(Store):
+    """A :class:`Store` whose collections return metadata in a stable (sorted) key order."""
+
+    def open_for(self, embedder: Embedder, name: str | None = None) -> ItemCollection:
+        coll = super().open_for(embedder, name)
+        return _SortedCollection(coll.store, coll.raw)
+
+
+class _FixedCandidates:
+    """Stands in for the Recommender's candidate generator under the sampled protocol: returns the case's sampled
+    set (looked up by the query's user id), in the given order, with a rank-based score."""
+
+    def __init__(self, candidates: dict[str, list[str]]) -> None:
+        self.candidates = candidates
+
+    def generate(self, query: UserQuery) -> list[Candidate]:
+        ids = self.candidates[str(query.user_id)]
+        n = len(ids)
+        return [Candidate(item_id=i, score=(n - r) / n, sources={"sampled": SourceHit(rank=r + 1, score=(n - r) / n)})
+                for r, i in enumerate(ids)]  # fmt: skip
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    log.warning("ignoring a partial line in %s (interrupted run)", path)
+    return out
+
+
+def _attribution(gold: set[str], ranked: list[str], candidates: list[str] | None, fallback: str | None) -> str:
+    if gold & set(ranked):
+        return "hit"
+    if candidates is None:
+        return "missed"
+    if not gold & set(candidates):
+        return "not_retrieved"
+    return "lost_to_fallback" if fallback else "demoted_by_ranker"
+
+
+class _Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        dataset: EvalDataset,
+        protocol: Protocol,
+        arms: list[Variant],
+        out: Path,
+        *,
+        engine: LLMEngine | None,
+        embedder: Embedder | None,
+        store: Store | None,
+        registry: PromptRegistry,
+        collection: str | None,
+        replay: bool,
+        cache_path: Path,
+        batch_size: int,
+        progress: bool,
+    ) -> None:
+        self.settings, self.dataset, self.protocol, self.arms, self.out = settings, dataset, protocol, arms, out
+        self.engine, self.registry, self.replay = engine, registry, replay
+        self.batch_size, self.progress = batch_size, progress
+        self._embedder, self._store = embedder, store
+        self.collection = collection
+        self._owned: list[LLMEngine] = []
+        self.cache = LLMCache(cache_path)
+        self.split = make_split(dataset, protocol)
+        self.ranker = BaselineRanker(list(dataset.items), self.split.train, seed=protocol.seed)
+
+    # -- parts -------------------------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = make_embedder(self.settings.embed_config(progress=False))
+        return self._embedder
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = DeterministicStore(self.settings.store_config())
+        return self._store
+
+    def ensure_collection(self) -> str:
+        """The collection holding the dataset's catalog: the given one, or ``eval-<catalog hash>`` ingested now
+        (idempotent: unchanged items are not embedded again)."""
+        if self.collection:
+            return self.collection
+        from retrieval.ingest import ingest
+
+        digest = file_sha256(self.dataset.catalog_path) if self.dataset.catalog_path.is_file() else "dir"
+        name = f"eval-{digest[:12]}" if digest != "dir" else f"eval-{self.dataset.name}"[:60]
+        ingest(self.dataset.catalog_path, store_config=self.settings.store_config(),
+               embed_config=self.settings.embed_config(progress=False), format=self.dataset.catalog_format,
+               mapping=self.dataset.mapping, collection=name, embedder=self.embedder, store=self.store,
+               progress=False)  # fmt: skip
+        self.collection = name
+        return name
+
+    def _engine_for(self, arm: Variant, vs: EvalSettings) -> LLMEngine | None:
+        needs = vs.rerank_strategy != "retrieval" or vs.explain_mode == "llm"
+        if not needs:
+            return None
+        if self.replay:
+            identity = self.cache.engine(arm.name)
+            if identity is None:
+                raise CacheMissError(
+                    f"replay: the cache {self.cache.path} has no recorded engine for variant {arm.name!r}",
+                    hint="replay the run that recorded this cache with the same --variant names",
+                )
+            return CachingEngine(None, self.cache, identity=identity)
+        model_keys = {"llm_model", "llm_backend", "llm_server_url", "llm_adapter"}
+        inner = self.engine if self.engine is not None and not (set(arm.settings) & model_keys) else None
+        if inner is None:
+            from agent.llm import create_engine
+
+            try:
+                inner = create_engine(vs)
+            except RecagentError as exc:
+                raise type(exc)(
+                    f"variant {arm.name}: the LLM engine cannot start: {exc.message}", hint=exc.hint
+                ) from exc
+        if inner is not self.engine:
+            self._owned.append(inner)  # engines the runner started are closed after their arm
+        wrapped = CachingEngine(inner, self.cache)
+        self.cache.set_engine(arm.name, wrapped.identity)
+        return wrapped
+
+    def recommender(self, arm: Variant) -> Recommender:
+        vs = variant_settings(self.settings, arm)
+        rec = Recommender(vs, engine=self._engine_for(arm, vs), embedder=self.embedder, store=self.store,
+                          collection=self.ensure_collection(), interactions=self.split.train,
+                          registry=self.registry)  # fmt: skip
+        if self.split.candidates is not None and "candidates" not in RecommendRequest.model_fields:
+            rec.generator = _FixedCandidates(self._candidates_by_user())  # type: ignore[assignment]
+        return rec
+
+    def _candidates_by_user(self) -> dict[str, list[str]]:
+        assert self.split.candidates is not None
+        return {self._uid(c): self.split.candidates[c.case_id] for c in self.split.cases}
+
+    @staticmethod
+    def _uid(case: EvalCase) -> str:
+        return case.user_id or case.case_id
+
+    def request(self, case: EvalCase) -> RecommendRequest:
+        data: dict[str, Any] = {
+            "user_id": self._uid(case),
+            "history": [h.model_dump() for h in case.history],
+            "query": case.query,
+            "liked": case.liked,
+            "exclude": case.exclude,
+            "k": self.protocol.k,
+            "n_candidates": self.protocol.n_candidates,
+        }
+        if self.split.candidates is not None:
+            ids = self.split.candidates[case.case_id]
+            if "candidates" in RecommendRequest.model_fields:
+                data["candidates"] = ids
+            data["n_candidates"] = len(ids)
+        return RecommendRequest.model_validate(data)
+
+    # -- records -----------------------------------------------------------------------------------------------
+    def _record(
+        self, arm: Variant, case: EvalCase, ranked: list[tuple[str, float]], extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        ids = [i for i, _ in ranked]
+        gold = set(case.gold)
+        cands = extra.get("candidate_ids")
+        record = {
+            "variant": arm.name,
+            "kind": arm.kind,
+            "case_id": case.case_id,
+            "user_id": case.user_id,
+            "gold": sorted(gold),
+            "ranked": ids,
+            "scores": [s for _, s in ranked],
+            "metrics": M.per_case({"c": case.gold}, {"c": ids}, self.protocol.metric_names())["c"],
+            "retrieved": None if cands is None else len(gold & set(cands)) / len(gold),
+            "attribution": _attribution(gold, ids[: self.protocol.k], cands, extra.get("fallback_reason")),
+            **extra,
+        }
+        return record
+
+    def _pipeline_records(self, arm: Variant, rec: Recommender, cases: list[EvalCase]) -> list[dict[str, Any]]:
+        results: list[Recommendation] = rec.recommend_many([self.request(c) for c in cases])
+        out = []
+        for case, res in zip(cases, results, strict=True):
+            rr = res.rerank
+            latency = res.timings_ms.get("retrieve", 0.0) + res.timings_ms.get("rank_batch", 0.0) / len(cases)
+            extra = {
+                "candidate_ids": res.candidate_ids,
+                "llm_scores": [i.llm_score for i in res.items],
+                "retrieval_ranks": [i.retrieval_rank for i in res.items],
+                "fallback_reason": res.fallback_reason,
+                "grounded": [i.grounded for i in res.items],
+                "justifications": [i.justification for i in res.items],
+                "flags": sorted({f for i in res.items for f in i.flags}),
+                "llm_calls": rr.llm_calls,
+                "parse_failures": rr.parse_failures,
+                "off_candidate": rr.off_candidate,
+                "duplicates": rr.duplicates,
+                "appended_missing": rr.appended_missing,
+                "agreement": res.agreement,
+                "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": res.completion_tokens,
+                "prompt_versions": res.prompt_versions,
+                "model": res.model,
+                "latency_ms": round(latency, 1),
+                "timings_ms": res.timings_ms,
+            }
+            out.append(self._record(arm, case, [(i.item_id, i.score) for i in res.items], extra))
+        return out
+
+    def _baseline_records(self, arm: Variant, cases: list[EvalCase]) -> list[dict[str, Any]]:
+        out = []
+        for case in cases:
+            cands = self.split.candidates[case.case_id] if self.split.candidates is not None else None
+            ranked = self.ranker.rank(str(arm.baseline), case, self.protocol.k, cands)
+            out.append(self._record(arm, case, ranked, {"candidate_ids": None, "fallback_reason": None,
+                                                        "latency_ms": None}))  # fmt: skip
+        return out
+
+    def _check_replay(self, arm: Variant) -> None:
+        """The ranking layer turns engine errors into fallbacks; in replay a cache miss must stop the run."""
+        if self.replay and self.cache.misses:
+            raise CacheMissError(
+                f"replay: {self.cache.misses} LLM request(s) of variant {arm.name!r} are not in {self.cache.path}",
+                hint="replay needs the same data, protocol, variants, prompts and settings as the recorded run; "
+                "run without --replay to record the missing outputs",
+            )
+
+    # -- main loop ---------------------------------------------------------------------------------------------
+    def run(self, cases_path: Path, done: set[tuple[str, str]]) -> None:
+        todo = {arm.name: [c for c in self.split.cases if (arm.name, c.case_id) not in done] for arm in self.arms}
+        total = sum(len(v) for v in todo.values())
+        bar = tqdm(total=total, desc="eval", unit="case", disable=not self.progress, dynamic_ncols=True)
+        with cases_path.open("a", encoding="utf-8") as fh:
+            for arm in self.arms:
+                cases = todo[arm.name]
+                if not cases:
+                    continue
+                bar.set_postfix_str(arm.name)
+                rec = self.recommender(arm) if arm.baseline in (None, "embedding", "retrieval") else None
+                try:
+                    for at in range(0, len(cases), self.batch_size):
+                        chunk = cases[at : at + self.batch_size]
+                        if rec is not None:
+                            records = self._pipeline_records(arm, rec, chunk)
+                            self._check_replay(arm)
+                        else:
+                            records = self._baseline_records(arm, chunk)
+                        for record in records:
+                            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        fh.flush()
+                        bar.update(len(chunk))
+                finally:
+                    for owned in self._owned:
+                        owned.close()
+                    self._owned.clear()
+        bar.close()
+
+
+def _provenance(
+    settings: Settings, dataset: EvalDataset, protocol: Protocol, arms: list[Variant], registry: PromptRegistry
+) -> dict[str, Any]:
+    safe = settings.model_dump(mode="json", exclude={"llm_api_key"})
+    return {
+        "git_commit": git_commit(),
+        "dataset": {
+            "name": dataset.name,
+            "kind": dataset.kind,
+            "catalog": str(dataset.catalog_path),
+            "files": {str(f): file_sha256(f) for f in dataset.files if f.is_file()},
+            "notes": dataset.notes,
+            "match": dataset.match.model_dump() if dataset.match else None,
+        },
+        "protocol": protocol.model_dump(mode="json"),
+        "arms": [a.describe() for a in arms],
+        "settings": safe,
+        "prompt_templates": {t.name: t.version_id for t in registry.list()},
+        "seeds": {"protocol": protocol.seed, "rerank": settings.seed},
+    }
+
+
+def run_eval(
+    settings: Settings,
+    dataset: EvalDataset,
+    protocol: Protocol,
+    out: Path,
+    *,
+    variants: Sequence[Variant] = (),
+    baselines: Sequence[str] = (),
+    engine: LLMEngine | None = None,
+    embedder: Embedder | None = None,
+    store: Store | None = None,
+    registry: PromptRegistry | None = None,
+    collection: str | None = None,
+    replay: bool = False,
+    resume: bool = False,
+    cache_path: Path | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    reference: str | None = None,
+) -> EvalRun:
+    """Evaluate ``variants`` and ``baselines`` on the same cases; write cases.jsonl, results.json, report.md,
+    report.html and run.trec under ``out`` (``out/replay`` with ``replay=True``, reading ``out/llm_cache.sqlite``).
+
+    Everything that can be checked (dataset, split, variant settings, prompts, output folder) is checked before
+    the first LLM call; errors are InputError/ConfigError with a hint.
+    """
+    from eval.report import write_outputs
+
+    registry = registry or PromptRegistry()
+    out = Path(out)
+    arms = list(variants) + _baseline_arms(baselines, dataset)
+    if not arms:
+        raise ConfigError("nothing to evaluate", hint="give --variant NAME:strategy=... and/or --baselines")
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"arm names repeat: {names}", hint="give every --variant its own name")
+    for arm in arms:
+        vs = variant_settings(settings, arm)  # validates the settings overrides
+        vs.rerank_config()  # validates ranking overrides
+        for template in [t for k, t in arm.rerank.items() if k.endswith("_template")]:
+            if template not in registry:
+                raise ConfigError(
+                    f"variant {arm.name}: unknown prompt {template!r}", hint="see `recagent prompts list`"
+                )
+    cache_path = Path(cache_path) if cache_path else out / CACHE_FILE
+    if replay:
+        if not cache_path.is_file():
+            raise InputError(f"replay: no LLM cache at {cache_path}", hint="run without --replay first (same --out)")
+        out = out / REPLAY_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    cases_path = out / CASES_FILE
+    runner = _Runner(settings, dataset, protocol, arms, out, engine=engine, embedder=embedder, store=store,
+                     registry=registry, collection=collection, replay=replay, cache_path=cache_path,
+                     batch_size=batch_size, progress=progress)  # fmt: skip
+    config = {"dataset": dataset.name, "files": {f.name: file_sha256(f) for f in dataset.files if f.is_file()},
+              "protocol": protocol.model_dump(mode="json"), "arms": [a.describe() for a in arms],
+              "cases": [c.case_id for c in runner.split.cases]}  # fmt: skip
+    done: set[tuple[str, str]] = set()
+    if resume:
+        previous = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
+        if previous is not None and previous != config:
+            changed = sorted(k for k in config if previous.get(k) != config[k])
+            raise ConfigError(
+                f"--resume: {out} was started with a different {', '.join(changed)}",
+                hint="resume with the same dataset, protocol and variants, or use another --out",
+            )
+        kept = _read_records(cases_path)
+        if cases_path.exists():  # drop a partial last line (interrupted write) before appending
+            cases_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        done = {(r["variant"], r["case_id"]) for r in kept}
+    elif cases_path.exists() and cases_path.stat().st_size:
+        if replay:
+            cases_path.unlink()
+        else:
+            raise ConfigError(
+                f"{out} already holds an evaluation", hint="add --resume to continue it, or use another --out"
+            )
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    runner.run(cases_path, done)
+    wanted = {(a.name, c.case_id) for a in arms for c in runner.split.cases}
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in _read_records(cases_path):
+        if (r["variant"], r["case_id"]) in wanted:
+            records[(r["variant"], r["case_id"])] = r
+    order = {(a.name, c.case_id): n for n, (a, c) in enumerate((a, c) for a in arms for c in runner.split.cases)}
+    ordered = sorted(records.values(), key=lambda r: order[(r["variant"], r["case_id"])])
+    provenance = _provenance(settings, dataset, protocol, arms, registry)
+    provenance["replay"] = replay
+    provenance["llm_cache"] = {"path": str(cache_path), "hits": runner.cache.hits, "misses": runner.cache.misses}
+    results = write_outputs(out, ordered, arms, runner.split, dataset, protocol, provenance, reference=reference)
+    runner.cache.close()
+    return EvalRun(out=out, records=ordered, results=results, split=runner.split, arms=arms)
+
+
+def sample_seed_cases(cases: Sequence[EvalCase], n: int, seed: int) -> list[EvalCase]:
+    return random.Random(seed).sample(list(cases), min(n, len(cases)))

@@ -1,0 +1,128 @@
+"""`recagent eval run|compare`: offline evaluation of prompt/model variants. Thin wiring of :mod:`eval` only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Offline evaluation: run variants and baselines over a dataset, replay from the LLM cache, compare runs.",
+    no_args_is_help=True,
+)
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    from agent.errors import InputError
+
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1 or max(ks) > 100:
+        raise InputError(f"--k {text!r}: give cutoffs between 1 and 100", hint="e.g. --k 10,20")
+    return ks
+
+
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(..., help="MovieLens folder (movies + ratings), ReDial folder or turns .jsonl."),
+    variant: list[str] = typer.Option(
+        [], "--variant", "-v", help="NAME:strategy=options,weight=0.2,prompt=rank_options,model=... (repeatable)."
+    ),
+    baselines: bool = typer.Option(False, "--baselines", help="Add every baseline that fits the dataset."),
+    baseline: list[str] = typer.Option(
+        [], "--baseline", help="One baseline: random, popularity, itemknn, embedding, retrieval (repeatable)."
+    ),
+    users: int | None = typer.Option(None, "--users", min=1, help="Sample this many users / turns (default all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the user sample, the split and the negatives."),
+    out: Path = typer.Option(Path("eval-out"), "--out", help="Output folder (cases.jsonl, results.json, report.md)."),
+    replay: bool = typer.Option(False, "--replay", help="Recompute everything from OUT's LLM cache, no engine."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT (skips done cases)."),
+    split: str = typer.Option("temporal", "--split", help="temporal (leave last positive out) or random."),
+    candidates: str = typer.Option("full", "--candidates", help="full (own retrieval) or sampled (target + N)."),
+    negatives_n: int = typer.Option(99, "--negatives-n", min=1, help="Sampled protocol: negatives per case."),
+    negatives: str = typer.Option("random", "--negatives", help="Sampled protocol: random or popularity."),
+    min_rating: float = typer.Option(4.0, "--min-rating", help="Ratings >= this are positives."),
+    min_history: int = typer.Option(5, "--min-history", min=0, help="Earlier interactions a user needs."),
+    k: str = typer.Option("10,20", "--k", help="Metric cutoffs, comma separated."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Cases per recommend_many call."),
+    collection: str | None = typer.Option(
+        None,
+        "--collection",
+        help="Use this ingested collection (default: ingest the dataset's catalog into eval-<hash>).",
+    ),
+    catalog: Path | None = typer.Option(None, "--catalog", help="Catalog file/folder when not next to the data."),
+    prompts_dir: list[Path] = typer.Option([], "--prompts", help="Extra prompt template folder (repeatable)."),
+    reference: str | None = typer.Option(None, "--reference", help="Arm the others are compared with."),
+) -> None:
+    """Evaluate variants and baselines on identical cases; writes OUT/results.json, cases.jsonl, report.md/html,
+    run.trec and the LLM cache (OUT/llm_cache.sqlite). With --replay the results go to OUT/replay/."""
+    from eval.datasets import load_dataset
+    from eval.protocol import Protocol
+    from eval.runner import applicable_baselines, run_eval
+    from eval.variants import parse_variant
+    from prompts import PromptRegistry
+
+    settings = ctx.find_root().obj.settings
+    registry = PromptRegistry(prompts_dir) if prompts_dir else PromptRegistry()
+    arms = [parse_variant(v, registry) for v in variant]  # checked before the data is even read
+    protocol = Protocol.model_validate(
+        {
+            "split": split,
+            "min_rating": min_rating,
+            "min_history": min_history,
+            "users": users,
+            "seed": seed,
+            "candidates": candidates,
+            "n_negatives": negatives_n,
+            "negatives": negatives,
+            "ks": _ks(k),
+        }
+    )
+    data = load_dataset(dataset, catalog=catalog)
+    names = list(dict.fromkeys((applicable_baselines(data) if baselines else []) + list(baseline)))
+    result = run_eval(
+        settings,
+        data,
+        protocol,
+        out,
+        variants=arms,
+        baselines=names,
+        registry=registry,
+        collection=collection,
+        replay=replay,
+        resume=resume,
+        batch_size=batch_size,
+        reference=reference,
+    )
+    typer.echo((result.out / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"written: {result.out}/results.json, cases.jsonl, report.md, report.html, run.trec")
+
+
+@app.command("compare")
+def compare_cmd(
+    run_a: Path = typer.Argument(..., help="Output folder of run A."),
+    run_b: Path = typer.Argument(..., help="Output folder of run B."),
+    arm_a: str | None = typer.Option(None, "--arm-a", help="Arm of run A (default: its first variant)."),
+    arm_b: str | None = typer.Option(None, "--arm-b", help="Arm of run B (default: its first variant)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Paired comparison of two runs on their common cases: difference, bootstrap 95% CI, permutation p-value."""
+    from eval.compare import compare_runs
+
+    result = compare_runs(run_a, run_b, arm_a=arm_a, arm_b=arm_b)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    a, b = result["a"], result["b"]
+    typer.echo(f"A = {a['run']} [{a['arm']}]   B = {b['run']} [{b['arm']}]   unpaired: {result['unpaired_cases']}")
+    typer.echo(f"{'metric':<14} {'A':>8} {'B':>8} {'A-B':>8}  {'95% CI':<20} {'p':>6}  winner")
+    for r in result["rows"]:
+        ci = f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+        typer.echo(
+            f"{r['metric']:<14} {r['mean_a']:>8.4f} {r['mean_b']:>8.4f} {r['diff']:>+8.4f}  {ci:<20} "
+            f"{r['p_value']:>6.3f}  {r['winner']}"
+        )

@@ -1,0 +1,173 @@
+"""End to end: the runner over 10 MovieLens-sample users (real embedder + embedded Chroma, scripted engine):
+all output files, baselines, replay without an engine (bit-identical), resume, sampled protocol, conversations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import ConfigError, InputError
+from agent.settings import Settings
+from eval.datasets import load_dataset
+from eval.llm_cache import CacheMissError
+from eval.protocol import Protocol
+from eval.runner import run_eval
+from eval.variants import parse_variant
+from retrieval.embed import Embedder
+
+from fakes import FakeEngine, option_titles
+
+VOLATILE = {"latency_ms", "timings_ms"}
+
+
+def by_title(req: Any, labels: list[str]) -> dict[str, float]:
+    """Prefers alphabetically late titles (content, not position); deterministic."""
+    titles = option_titles(req)
+    order = sorted(titles, key=lambda lab: titles[lab])
+    return {lab: (float(order.index(lab)) if lab in titles else -50.0) for lab in labels}
+
+
+def _stable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+def _run(settings: Settings, embedder: Embedder, data: Path, out: Path, **kw: Any) -> Any:
+    kw.setdefault("variants", [parse_variant("opt:strategy=options,weight=1.0,explain=template")])
+    kw.setdefault("protocol", Protocol(users=10, seed=3, ks=(5, 10)))
+    kw.setdefault("engine", FakeEngine(score_fn=by_title))
+    return run_eval(settings, load_dataset(data), kw.pop("protocol"), out, embedder=embedder,
+                    collection="eval-test", progress=False, batch_size=4, **kw)  # fmt: skip
+
+
+def test_full_run_outputs_replay_and_resume(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    engine = FakeEngine(score_fn=by_title)
+    result = _run(eval_settings, eval_embedder, ml_sample, out, engine=engine,
+                  baselines=["random", "popularity", "itemknn", "retrieval"])  # fmt: skip
+    for name in ("results.json", "cases.jsonl", "report.md", "report.html", "run.trec", "qrels.trec",
+                 "llm_cache.sqlite"):  # fmt: skip
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["cases"] == 10
+    assert set(results["arms"]) == {"opt", "random", "popularity", "itemknn", "retrieval"}
+    opt = results["arms"]["opt"]
+    assert opt["cases"] == 10 and opt["llm"]["fallback_rate"] == 0.0
+    assert 0 <= opt["metrics"]["ndcg@10"]["ci_low"] <= opt["metrics"]["ndcg@10"]["mean"] <= 1
+    assert opt["retrieval_recall"]["mean"] is not None
+    assert sum(opt["attribution"].values()) == 10
+    assert set(opt["attribution"]) <= {"hit", "not_retrieved", "demoted_by_ranker", "lost_to_fallback"}
+    assert results["reference"] == "retrieval" and results["comparisons"]
+    prov = results["provenance"]
+    assert prov["protocol"]["seed"] == 3 and prov["dataset"]["files"] and "rank_options" in prov["prompt_templates"]
+    records = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert len(records) == 50
+    first = next(r for r in records if r["variant"] == "opt")
+    assert len(first["ranked"]) == 10 and first["gold"] and first["prompt_tokens"] > 0
+    case = next(c for c in result.split.cases if c.case_id == first["case_id"])
+    assert not set(first["ranked"]) & {h.item_id for h in case.history}  # seen items never recommended
+    assert "## Accuracy" in (out / "report.md").read_text()
+    n_calls = len(engine.calls)
+    assert n_calls > 0
+
+    # replay: no engine at all, everything from the cache, identical records and metrics
+    replayed = _run(eval_settings, eval_embedder, ml_sample, out, engine=None, replay=True,
+                    baselines=["random", "popularity", "itemknn", "retrieval"])  # fmt: skip
+    assert replayed.out == out / "replay"
+    again = json.loads((out / "replay" / "results.json").read_text())
+    assert again["arms"] == results["arms"]
+    assert again["comparisons"] == results["comparisons"]
+    assert again["provenance"]["llm_cache"]["misses"] == 0
+    assert _stable(replayed.records) == _stable(records)
+
+    # replay with a different variant: cache misses are a clear error
+    with pytest.raises(CacheMissError, match="are not in"):
+        _run(eval_settings, eval_embedder, ml_sample, tmp_path / "other", replay=True,
+             cache_path=out / "llm_cache.sqlite",
+             variants=[parse_variant("opt:strategy=options,weight=1.0,explain=template,orders=2")])  # fmt: skip
+
+    # resume: drop the last 3 records, run again: only those are recomputed
+    lines = (out / "cases.jsonl").read_text().splitlines()
+    (out / "cases.jsonl").write_text("\n".join(lines[:7]) + "\n" + lines[7][:20])  # + a partial line
+    resumed = _run(eval_settings, eval_embedder, ml_sample, out, resume=True, engine=FakeEngine(score_fn=by_title),
+                   baselines=["random", "popularity", "itemknn", "retrieval"])  # fmt: skip
+    assert _stable(resumed.records) == _stable(records)
+    with pytest.raises(ConfigError, match="already holds"):
+        _run(eval_settings, eval_embedder, ml_sample, out, baselines=["random"])
+    with pytest.raises(ConfigError, match="different"):
+        _run(eval_settings, eval_embedder, ml_sample, out, resume=True, protocol=Protocol(users=5, seed=3, ks=(5, 10)))
+
+
+def test_sampled_protocol_ranks_only_the_sampled_set(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path
+) -> None:
+    protocol = Protocol(users=6, seed=1, ks=(5,), candidates="sampled", n_negatives=19, negatives="popularity")
+    result = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "s", protocol=protocol, baselines=["random"])
+    assert result.split.candidates is not None
+    for r in result.records:
+        pool = set(result.split.candidates[r["case_id"]])
+        assert len(pool) == 20 and set(r["gold"]) <= pool
+        assert set(r["ranked"]) <= pool
+        if r["variant"] == "opt":
+            assert set(r["candidate_ids"]) == pool and r["retrieved"] == 1.0
+
+
+def test_conversation_turns_on_a_movielens_catalog(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    with (ml_sample / "movies.csv").open(encoding="utf-8") as fh:
+        titles = [row["title"] for row in csv.DictReader(fh)][:40]
+
+    # ReDial writes "The Matrix (1999)" where MovieLens has "Matrix, The (1999)": use display forms
+    def redial(title: str) -> str:
+        name, year = title.rsplit(" (", 1)
+        for art in ("The", "A", "An"):
+            if name.endswith(f", {art}"):
+                name = f"{art} {name[: -len(art) - 2]}"
+        return f"{name} ({year}"
+
+    turns = tmp_path / "turns.jsonl"
+    rows = []
+    for i in range(6):
+        rows.append({"dialog_id": f"d{i}", "turn_id": 2, "context": ["Hi", f"I liked {redial(titles[i])}"],
+                     "entity": [redial(titles[i])], "rec": [redial(titles[10 + i]), "Not A Movie (1900)"]})  # fmt: skip
+    rows.append({"dialog_id": "dx", "turn_id": 1, "context": ["hello"], "entity": [], "rec": ["Nothing (1901)"]})
+    turns.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_dataset(turns, catalog=ml_sample)
+    assert data.kind == "conversations" and len(data.cases) == 6
+    assert data.match is not None and data.match.unmatched == 7 and data.match.turns_without_gold == 1
+    assert data.match.matched == 6 and data.match.context_matched == 6
+    result = run_eval(eval_settings, data, Protocol(ks=(5,)), tmp_path / "c", embedder=eval_embedder,
+                      variants=[parse_variant("opt:strategy=options,weight=1.0,explain=template")],
+                      engine=FakeEngine(score_fn=by_title), baselines=["random", "retrieval"],
+                      collection="eval-test", progress=False)  # fmt: skip
+    report = (result.out / "report.md").read_text()
+    assert "7 unmatched" in report.replace("**", "")
+    assert all(
+        not set(r["ranked"]) & set(c.liked) for r, c in zip(result.records, result.split.cases * 3, strict=False)
+    )
+    with pytest.raises(ConfigError, match="needs an interaction log"):
+        run_eval(eval_settings, data, Protocol(), tmp_path / "d", baselines=["popularity"], progress=False)
+
+
+def test_bad_inputs_fail_before_any_llm_call(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path
+) -> None:
+    engine = FakeEngine()
+    with pytest.raises(InputError, match="empty split"):
+        _run(eval_settings, eval_embedder, ml_sample, tmp_path / "a", engine=engine,
+             protocol=Protocol(min_history=100000))  # fmt: skip
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        _run(eval_settings, eval_embedder, ml_sample, tmp_path / "b", engine=engine, variants=[])
+    with pytest.raises(ConfigError, match="invalid settings"):
+        _run(eval_settings, eval_embedder, ml_sample, tmp_path / "c", engine=engine,
+             variants=[parse_variant("x:weight=3")])  # fmt: skip
+    with pytest.raises(InputError, match="no LLM cache"):
+        _run(eval_settings, eval_embedder, ml_sample, tmp_path / "d", engine=engine, replay=True)
+    assert engine.calls == []
