@@ -12,6 +12,12 @@ Medians over --repeats; every ratio is against a baseline measured in the same r
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/retrieval.py would shadow the `retrieval` package: drop this folder from the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import contextlib
 import csv

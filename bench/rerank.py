@@ -13,6 +13,12 @@ Justifications are switched off here (explain_mode none) so that the figures are
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/retrieval.py would shadow the `retrieval` package: drop this folder from the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import math
