@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     hnsw_max_neighbors: int = Field(16, ge=2, description="HNSW M (new collections).")
     embed_model: str = Field("default", description="'default' (bundled all-MiniLM-L6-v2), a model folder or HF id.")
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    embed_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="Embedding backend: torch (fp32), torch-bf16, onnx, onnx-int8 (fastest; exported locally), "
+        "or auto (bf16 on CPUs with native bf16). Changing it means re-ingesting (the embedder id changes).",
+    )
     embed_device: str | None = Field(None, description="torch device for the embedder (cpu, cuda); default: auto.")
     embed_threads: int | None = Field(None, ge=1, description="torch threads while embedding batches.")
     embed_query_threads: int | None = Field(1, ge=1, description="torch threads while embedding short queries.")
@@ -150,6 +155,8 @@ class Settings(BaseSettings):
             device=self.embed_device,
             num_threads=self.embed_threads,
             query_threads=self.embed_query_threads,
+            backend=self.embed_backend,
+            cache_dir=self.home / "embed-cache",
             progress=progress,
         )
 

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval.candidates import (  # noqa: E402
+from retrieval.candidates import (
     CandidateGenerator,
     CandidateSource,
     CollaborativeSource,
@@ -35,13 +35,13 @@ from retrieval.candidates import (  # noqa: E402
     SourceRequest,
     rrf_fuse,
 )
-from retrieval.catalog import item_document, read_catalog  # noqa: E402
-from retrieval.config import EmbedConfig, FusionConfig, StoreConfig  # noqa: E402
-from retrieval.embed import make_embedder  # noqa: E402
-from retrieval.ingest import ingest  # noqa: E402
-from retrieval.interactions import read_interactions  # noqa: E402
-from retrieval.store import Store, item_metadata  # noqa: E402
-from retrieval.types import UserQuery  # noqa: E402
+from retrieval.catalog import item_document, read_catalog
+from retrieval.config import EmbedConfig, FusionConfig, StoreConfig
+from retrieval.embed import make_embedder
+from retrieval.ingest import ingest
+from retrieval.interactions import read_interactions
+from retrieval.store import Store, item_metadata
+from retrieval.types import UserQuery
 
 ML = ROOT.parent / "shared" / "data" / "movielens-latest-small"
 

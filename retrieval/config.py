@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,7 @@ from retrieval.errors import ConfigError
 
 DEFAULT_COLLECTION = "movies"
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0.5}
+EmbedBackend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
 _COLLECTION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 
 
@@ -63,6 +65,23 @@ class EmbedConfig(BaseModel):
         ge=1,
         description="torch threads while embedding small calls (<= 8 texts: queries). 1 by default: on a shared "
         "CPU, two threads made one query 40x slower (see docs/retrieval.md); None keeps torch's setting.",
+    )
+    backend: EmbedBackend = Field(
+        default="torch",
+        description="How the model runs: 'torch' (float32, the reference), 'torch-bf16' (bfloat16 weights; fast only "
+        "on CPUs with native bf16), 'onnx' (exported locally, run by onnxruntime; same vectors as torch), "
+        "'onnx-int8' (int8 dynamic quantisation of that export) or 'auto' (torch-bf16 on a CPU with native bf16, "
+        "else torch). The onnx exports need the `onnx` package. Backends whose vectors differ from torch float32 "
+        "get their own embedder id, so a collection is never filled by two of them; see docs/benchmarks.md.",
+    )
+    sort_by_length: bool = Field(
+        default=True,
+        description="Embed texts sorted by length so each batch pads less; results keep the input order.",
+    )
+    cache_dir: Path | None = Field(
+        default=Path(".recagent/embed-cache"),
+        description="Folder for models exported by the onnx backends (a sub-folder per model, keyed by its files "
+        "and the library versions); None exports into a temporary folder for this process only.",
     )
 
 
