@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.errors import EngineError, InputError, RecagentError
+from agent.errors import InputError, RecagentError
 from agent.llm.base import LLMEngine
 from agent.rerank import rank_many
 from agent.schemas import CandidateItem, RankedItem, RankingContext, RerankResult, UserContext
@@ -211,10 +211,7 @@ class Recommender:
         needs_llm = any(c.config.strategy != "retrieval" or c.config.explain == "llm" for c in contexts)
         engine = self.engine() if needs_llm else self._engine
         t_rank = time.perf_counter()
-        try:
-            results = rank_many(engine, self.registry, contexts)
-        except EngineError as exc:  # rank_many falls back itself; this is a last guard
-            raise EngineError(f"ranking failed: {exc.message}", hint=exc.hint) from exc
+        results = rank_many(engine, self.registry, contexts)  # falls back itself on engine problems
         rank_ms = (time.perf_counter() - t_rank) * 1000
         out = []
         for (_req, ctx, items, n_hist, retrieve_ms), result in zip(prepared, results, strict=True):

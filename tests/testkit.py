@@ -8,7 +8,6 @@ from pathlib import Path
 from agent.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def free_port() -> int:
