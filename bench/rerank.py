@@ -8,7 +8,9 @@ Recommender (the same pipeline the CLI, server and evaluator use) fuses --candid
 ranks them with each strategy. Reported per strategy: NDCG@10 and HR@10 of the held-out item (0 when it was not
 retrieved: the same for every strategy, since all rank the same candidates), recall of the candidate list, latency
 p50/p95 per request (each request sent alone, warm engine), and the cost of one extra candidate order.
-Justifications are switched off here (explain_mode none) so that the figures are about ranking only.
+Justifications are switched off here (explain_mode none) so that the figures are about ranking only. The engine's
+prefix cache is reset before each configuration (all see the same users). Latency depends on what else runs on the
+machine: the load average at start and end is recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -62,12 +65,18 @@ def main() -> None:
     engine = create_engine(settings)
     users = sorted(heldout, key=int)
     fig: dict[str, Any] = {"users": len(users), "candidates": args.candidates, "model": engine.model_id}
+    fig["load_average_start"] = [round(x, 2) for x in os.getloadavg()]
 
     def run(strategy: str, weight: float, n_orders: int = 1) -> tuple[list[float], list[float], list[bool]]:
         s = settings.model_copy(
             update={"rerank_strategy": strategy, "rerank_llm_weight": weight, "rerank_n_orders": n_orders}
         )
         rec = Recommender(s, engine=engine, interactions=train)
+        # every configuration sees the same users: without this, later runs would be served from the engine's
+        # prefix cache and look faster than a fresh request does
+        reset = getattr(getattr(engine, "llm", None), "reset_prefix_cache", None)
+        if reset is not None:
+            reset()
         rec.recommend(RecommendRequest(user_id=users[0], k=10, n_candidates=args.candidates))  # warm-up
         ndcgs, times, retrieved = [], [], []
         for u in users:
@@ -107,6 +116,7 @@ def main() -> None:
     fig["options_p50_1_order_s"] = round(statistics.median(t1), 3)
     fig["options_p50_3_orders_s"] = round(statistics.median(t3), 3)
     fig["cost_per_extra_order_s"] = round((statistics.median(t3) - statistics.median(t1)) / 2, 3)
+    fig["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(fig, indent=2))
     if args.out:
         args.out.write_text(json.dumps(fig, indent=2))

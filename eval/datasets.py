@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError
+from eval.dialogues import CutReport, is_dialogue_file, iter_dialogue_turns
 from retrieval.catalog import ColumnMapping, read_catalog
 from retrieval.interactions import Interactions, read_interactions
 from retrieval.types import HistoryEntry, Item
@@ -76,6 +77,8 @@ class MatchReport(BaseModel):
     turns_without_gold: int = Field(0, description="Turns whose gold names all failed to match (not scored).")
     context_mentions: int = 0
     context_matched: int = 0
+    dialogues: int | None = Field(None, description="Raw dialogues read (when turns were cut from dialogues).")
+    dialogues_skipped: int = Field(0, description="Malformed raw dialogues (no messages or speaker ids).")
 
     @property
     def matched(self) -> int:
@@ -234,7 +237,8 @@ def load_turns(
     name: str | None = None,
 ) -> EvalDataset:
     """Turn-level conversation cases from JSONL ``{dialog_id, turn_id, context: [...], rec: [gold names],
-    entity: [...]}``: the query is the last ``context_turns`` utterances, movies mentioned in ``entity`` (or
+    entity: [...]}``, or from raw ReDial dialogues (``{messages, movieMentions, ...}``, cut into such turns by
+    :mod:`eval.dialogues`): the query is the last ``context_turns`` utterances, movies mentioned in ``entity`` (or
     ``context``) that match the catalog become ``liked`` seeds (and are never recommended), gold = ``rec``."""
     if mapping is None and catalog.suffix == ".json" and catalog.name == "movies.json":
         mapping, catalog_format = REDIAL_MAPPING, "json"
@@ -243,7 +247,9 @@ def load_turns(
     index = TitleIndex(read.items)
     report = MatchReport()
     cases: list[EvalCase] = []
-    for number, row in _jsonl(turns):
+    cut = CutReport() if turns.is_file() and is_dialogue_file(turns) else None
+    rows = iter_dialogue_turns(turns, cut) if cut is not None else _jsonl(turns)
+    for number, row in rows:
         if limit is not None and report.turns >= limit:
             break
         report.turns += 1
@@ -288,6 +294,8 @@ def load_turns(
                 meta={"dialog_id": str(row.get("dialog_id", "")), "turn_id": row.get("turn_id")},
             )
         )
+    if cut is not None:
+        report.dialogues, report.dialogues_skipped = cut.dialogues, cut.skipped
     if not cases:
         raise InputError(
             f"no usable turn in {turns}: {report.turns} turns read, {report.gold_total} gold names, "
@@ -336,12 +344,14 @@ def load_dataset(path: Path, *, limit: int | None = None, catalog: Path | None =
     if path.is_dir():
         if (path / "turns.jsonl").is_file():
             return load_turns(path / "turns.jsonl", catalog or path / "movies.json", limit=limit)
+        if (path / "dialogues.jsonl").is_file():
+            return load_turns(path / "dialogues.jsonl", catalog or path / "movies.json", limit=limit)
         ratings = next((path / n for n in ("ratings.csv", "u.data", "ratings.dat") if (path / n).is_file()), None)
         if ratings is not None:
             return load_interaction_dataset(catalog or path, ratings)
         raise InputError(
             f"{path} is not a dataset folder (no ratings.csv/u.data/ratings.dat and no turns.jsonl)",
-            hint="give a MovieLens folder or a ReDial folder with turns.jsonl and movies.json",
+            hint="give a MovieLens folder or a ReDial folder with turns.jsonl (or dialogues.jsonl) and movies.json",
         )
     if path.suffix == ".jsonl":
         return load_turns(path, catalog or path.parent / "movies.json", limit=limit)

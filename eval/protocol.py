@@ -9,6 +9,7 @@ held-out items plus ``n_negatives`` unseen items (uniform or popularity-weighted
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +28,12 @@ __all__ = ["Protocol", "Split", "make_split", "sample_candidates"]
 class Protocol(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    split: Literal["temporal", "random"] = "temporal"
+    split: Literal["temporal", "ratio", "random"] = "temporal"
     min_rating: float = Field(4.0, description="Ratings >= this are positives (held-out targets).")
     min_history: int = Field(5, ge=0, description="Earlier interactions a user needs to be evaluated.")
+    test_ratio: float = Field(
+        0.2, gt=0, lt=1, description="split=ratio: the latest share of each user's interactions held out."
+    )
     users: int | None = Field(None, ge=1, description="Sample this many users/cases (None: all).")
     seed: int = 0
     candidates: Literal["full", "sampled"] = "full"
@@ -65,11 +69,35 @@ def _eligible_users(log: Interactions, protocol: Protocol) -> list[str]:
         positives = np.nonzero(ratings >= protocol.min_rating)[0]
         if protocol.split == "temporal":
             ok = len(positives) > 0 and positives[-1] >= max(protocol.min_history, 1)
+        elif protocol.split == "ratio":
+            cut = _ratio_cut(len(ratings), protocol.test_ratio)
+            ok = cut >= max(protocol.min_history, 1) and bool(np.any(positives >= cut))
         else:
             ok = len(positives) > 0 and len(ratings) - 1 >= max(protocol.min_history, 1)
         if ok:
             out.append(user)
     return out
+
+
+def _ratio_cut(n: int, ratio: float) -> int:
+    """Index of the first held-out interaction of a user with ``n`` (time-ordered) interactions."""
+    return n - max(1, math.ceil(ratio * n))
+
+
+def _ratio_holdout(
+    log: Interactions, users: Sequence[str], protocol: Protocol
+) -> tuple[Interactions, dict[str, list[str]]]:
+    """Per-user ratio split: the latest ``test_ratio`` of each user's interactions leave the train log; the
+    positives among them are that user's gold items."""
+    keep = np.ones(len(log), bool)
+    held: dict[str, list[str]] = {}
+    for user in users:
+        rows = log._rows(user)
+        cut = _ratio_cut(rows.stop - rows.start, protocol.test_ratio)
+        keep[rows.start + cut : rows.stop] = False
+        test = range(rows.start + cut, rows.stop)
+        held[user] = [log.item_ids[int(log.items[i])] for i in test if log.ratings[i] >= protocol.min_rating]
+    return log.subset(keep), held
 
 
 def _random_holdout(log: Interactions, users: Sequence[str], protocol: Protocol) -> tuple[Interactions, dict[str, str]]:
@@ -106,13 +134,18 @@ def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
             )
         if protocol.users is not None and protocol.users < len(users):
             users = sorted(random.Random(protocol.seed).sample(users, protocol.users), key=log.user_index.__getitem__)
+        golds: dict[str, list[str]]
         if protocol.split == "temporal":
-            train, held = log.holdout_last_positive(protocol.min_rating, users=users)
+            train, last = log.holdout_last_positive(protocol.min_rating, users=users)
+            golds = {user: [item] for user, item in last.items()}
+        elif protocol.split == "ratio":
+            train, golds = _ratio_holdout(log, users, protocol)
         else:
-            train, held = _random_holdout(log, users, protocol)
+            train, one = _random_holdout(log, users, protocol)
+            golds = {user: [item] for user, item in one.items()}
         cases = [
-            EvalCase(case_id=user, user_id=user, history=train.history(user), gold={item: 1})
-            for user, item in held.items()
+            EvalCase(case_id=user, user_id=user, history=train.history(user), gold=dict.fromkeys(items, 1))
+            for user, items in golds.items()
         ]
         split = Split(cases=cases, train=train)
     if not split.cases:

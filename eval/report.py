@@ -21,6 +21,7 @@ import numpy as np
 from eval import metrics as M
 from eval.compare import bootstrap_ci, winner_table
 from eval.datasets import EvalDataset
+from eval.plots import report_figures
 from eval.protocol import Protocol, Split
 from eval.variants import Variant
 
@@ -119,8 +120,9 @@ def write_outputs(
     _write_trec(out, records, split)
     markdown = render_markdown(results, protocol)
     (out / "report.md").write_text(markdown, encoding="utf-8")
-    (out / "report.html").write_text(markdown_to_html(markdown, title=f"recagent eval: {dataset.name}"),
-                                     encoding="utf-8")  # fmt: skip
+    figures = report_figures(results, records, protocol.metric_names(), [a.name for a in arms if a.kind == "pipeline"])
+    page = markdown_to_html(markdown, title=f"recagent eval: {dataset.name}", figures=figures)
+    (out / "report.html").write_text(page, encoding="utf-8")
     return results
 
 
@@ -179,6 +181,12 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
             f"{match['turns_without_gold']} turns without any matched gold were not scored.",
             "",
         ]
+        if match.get("dialogues") is not None:
+            lines += [
+                f"Turns cut from {match['dialogues']} raw dialogues ({match['turns']} turns read); "
+                f"{match['dialogues_skipped']} malformed dialogues skipped.",
+                "",
+            ]
     metric_names = protocol.metric_names()
     lines += ["## Accuracy (mean [95% CI])", ""]
     lines += _table(["arm", *metric_names, "retrieval recall"],
@@ -215,34 +223,14 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_to_html(markdown: str, *, title: str) -> str:
-    """The report's markdown (headings, lists, pipe tables, paragraphs) as a standalone HTML page."""
-    body: list[str] = []
-    table: list[list[str]] = []
+def markdown_to_html(markdown: str, *, title: str, figures: Sequence[tuple[str, str]] = ()) -> str:
+    """The report's markdown as a standalone HTML page (Python-Markdown with tables), plots appended as inline SVG."""
+    import markdown as md
 
-    def flush() -> None:
-        if table:
-            head, rows = table[0], [r for r in table[1:] if not all(set(c) <= {"-"} for c in r)]
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            body.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-            body.append("</table>")
-            table.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            table.append([c.strip() for c in line.strip().strip("|").split("|")])
-            continue
-        flush()
-        if line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    flush()
+    body = md.markdown(html.escape(markdown, quote=False), extensions=["tables"], output_format="html")
+    plots = "".join(f"<h2>{html.escape(heading)}</h2><figure>{svg}</figure>" for heading, svg in figures)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f4f4f4}")  # fmt: skip
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f4f4f4}"
+             "figure{margin:1em 0}svg{max-width:100%;height:auto}")  # fmt: skip
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+            f"<style>{style}</style></head><body>{body}{plots}</body></html>\n")  # fmt: skip

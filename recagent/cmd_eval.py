@@ -41,7 +41,10 @@ def run_cmd(
     out: Path = typer.Option(Path("eval-out"), "--out", help="Output folder (cases.jsonl, results.json, report.md)."),
     replay: bool = typer.Option(False, "--replay", help="Recompute everything from OUT's LLM cache, no engine."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT (skips done cases)."),
-    split: str = typer.Option("temporal", "--split", help="temporal (leave last positive out) or random."),
+    split: str = typer.Option(
+        "temporal", "--split", help="temporal (leave last positive out), ratio (latest --test-ratio) or random."
+    ),
+    test_ratio: float = typer.Option(0.2, "--test-ratio", help="--split ratio: share of each user held out."),
     candidates: str = typer.Option("full", "--candidates", help="full (own retrieval) or sampled (target + N)."),
     negatives_n: int = typer.Option(99, "--negatives-n", min=1, help="Sampled protocol: negatives per case."),
     negatives: str = typer.Option("random", "--negatives", help="Sampled protocol: random or popularity."),
@@ -72,6 +75,7 @@ def run_cmd(
     protocol = Protocol.model_validate(
         {
             "split": split,
+            "test_ratio": test_ratio,
             "min_rating": min_rating,
             "min_history": min_history,
             "users": users,

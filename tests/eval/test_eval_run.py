@@ -71,6 +71,9 @@ def test_full_run_outputs_replay_and_resume(
     case = next(c for c in result.split.cases if c.case_id == first["case_id"])
     assert not set(first["ranked"]) & {h.item_id for h in case.history}  # seen items never recommended
     assert "## Accuracy" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and page.count("<svg") == 4  # metrics, position bias, latency, attribution
+    assert "Position bias" in page and "Failure attribution" in page
     n_calls = len(engine.calls)
     assert n_calls > 0
 

@@ -96,6 +96,12 @@ def test_temporal_random_and_sampled_protocols() -> None:
         pool = sampled.candidates[c.case_id]  # type: ignore[index]
         assert len(pool) == 6 and set(c.gold) <= set(pool)
         assert not set(pool) - set(c.gold) & {h.item_id for h in c.history}
+    ratio = make_split(data, Protocol(split="ratio", test_ratio=0.5, min_history=3))
+    assert ratio.cases[0].gold == {"i5": 1, "i7": 1} and len(ratio.cases[0].history) == 4  # t4..t7 held out
+    assert ratio.train is not None and len(ratio.train) == 24
+    assert make_split(data, Protocol(split="ratio", test_ratio=0.25, min_history=3)).cases[0].gold == {"i7": 1}
+    with pytest.raises(InputError, match="empty split"):  # 5 of 8 held out leaves 3 < min_history 4
+        make_split(data, Protocol(split="ratio", test_ratio=0.6, min_history=4))
     rnd = make_split(data, Protocol(split="random", min_history=3, seed=1))
     assert all(len(c.history) == 7 for c in rnd.cases)
     with pytest.raises(InputError, match="empty split"):
