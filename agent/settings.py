@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,6 +70,9 @@ class Settings(BaseSettings):
         "Default 0.3 on CPU, 0.85 on GPU.",
     )
     llm_enforce_eager: bool = Field(True, description="Skip graph compilation (faster start, slower steps).")
+    llm_prefix_caching: bool = Field(
+        True, description="vLLM automatic prefix caching (later chat turns reuse the cached shared prompt prefix)."
+    )
     llm_max_logprobs: int = Field(20, ge=1, description="Top-k log-probs the engine returns when scoring labels.")
     llm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one request to an LLM server.")
     llm_max_concurrency: int = Field(16, ge=1, description="Parallel requests sent to an LLM server.")
@@ -103,7 +106,9 @@ class Settings(BaseSettings):
     )
     fusion_k: int = Field(100, ge=1, description="Candidates asked from each source.")
     fusion_rrf_k: int = Field(60, ge=0, description="RRF constant.")
-    fusion_n: int = Field(50, ge=1, description="Candidates kept after fusion (what the LLM ranks).")
+    fusion_n: int = Field(
+        20, ge=1, description="Candidates kept after fusion (what the LLM ranks; latency grows with it)."
+    )
     catalog_max_field_chars: int = Field(10_000, ge=16, description="Longer catalog text fields are truncated.")
     interactions: Path | None = Field(
         None, description="Interaction log (MovieLens ratings file/folder or CSV user,item[,rating][,timestamp])."
@@ -125,6 +130,42 @@ class Settings(BaseSettings):
         "llm", description="Justifications: LLM-written and grounding-checked, template-built, or none."
     )
     k: int = Field(10, ge=1, le=100, description="Recommendations returned per request.")
+
+    # conversation (agent/conversation.py) and session storage (agent/sessions.py)
+    session_db_url: str | None = Field(
+        None,
+        description="Session database: postgresql://user:pass@host:port/db (shared by several servers), "
+        "sqlite:///path/file.sqlite3 or a file path; default: SQLite at <home>/sessions.sqlite3.",
+    )
+    max_sessions: int = Field(100_000, ge=1, description="Most sessions the store keeps; creating more is refused.")
+    max_message_chars: int = Field(4000, ge=1, description="Longest chat message accepted (characters).")
+    chat_k: int = Field(5, ge=1, le=100, description="Items recommended per chat turn.")
+    chat_history_turns: int = Field(6, ge=0, description="Most recent turns shown to the LLM in chat prompts.")
+    chat_extract: Literal["llm", "rules"] = Field(
+        "llm", description="Preference extraction: LLM (structured output) plus rules, or the deterministic rules only."
+    )
+    chat_reply: Literal["llm", "template"] = Field(
+        "llm", description="Chat reply text: LLM-written (checked; template fallback) or the template only."
+    )
+    chat_extract_max_tokens: int = Field(256, ge=16, description="Output budget of the preference extraction.")
+    chat_reply_max_tokens: int = Field(120, ge=16, description="Output budget of the chat reply.")
+
+    # HTTP server (`recagent serve`, agent/server/)
+    server_host: str = Field("127.0.0.1", description="Bind address of `recagent serve` (others need server_token).")
+    server_port: int = Field(8080, ge=1, le=65535, description="Port of `recagent serve`.")
+    server_token: SecretStr | None = Field(
+        None, description="Bearer token the HTTP API requires (Authorization: Bearer TOKEN); none = no auth."
+    )
+    server_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest HTTP request body accepted.")
+    server_cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (JSON list); empty = CORS off."
+    )
+    server_batch_max: int = Field(16, ge=1, description="Most concurrent requests batched into one engine call.")
+    server_batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests (ms).")
+    server_max_pending: int = Field(512, ge=1, description="Queued requests beyond which the server answers 503.")
+    server_request_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a request may wait for its batch result before a 503."
+    )
 
     @field_validator("llm_model")
     @classmethod

@@ -2,9 +2,9 @@
 
 Keys: ``strategy`` (retrieval | listwise | options | pointwise), ``weight`` (LLM share of the blend), ``orders``
 (candidate permutations), ``prompt`` (ranking template of the strategy), ``explain`` (llm | template | none),
-``model``, ``backend``, ``server``, ``candidates`` (fused candidates), any other :class:`~agent.settings.Settings`
-field by name, and any :class:`~agent.schemas.RerankConfig` field by name (``mmr_lambda``, ``calibrate``,
-``history_limit``, ...). Everything is validated before any LLM time is spent.
+``model``, ``adapter`` (LoRA adapter folder), ``backend``, ``server``, ``candidates`` (fused candidates), any
+other :class:`~agent.settings.Settings` field by name, and any :class:`~agent.schemas.RerankConfig` field by name
+(``mmr_lambda``, ``calibrate``, ``history_limit``, ...). Everything is validated before any LLM time is spent.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ _ALIASES = {
     "backend": "llm_backend",
     "server": "llm_server_url",
     "candidates": "fusion_n",
+    "adapter": "llm_adapter",  # a LoRA adapter folder (`recagent train ranker --out`): base vs tuned
 }
 _TEMPLATE_TASK = {"listwise": "listwise_template", "options": "options_template", "pointwise": "pointwise_template"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

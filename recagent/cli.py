@@ -11,7 +11,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.errors import RecagentError
-from recagent import cmd_eval, cmd_ingest, cmd_llm, cmd_models, cmd_prompts, cmd_recommend
+from recagent import (
+    cmd_chat,
+    cmd_eval,
+    cmd_ingest,
+    cmd_llm,
+    cmd_models,
+    cmd_prompts,
+    cmd_recommend,
+    cmd_serve,
+    cmd_train,
+)
 from recagent.context import app_state
 
 app = typer.Typer(
@@ -27,7 +37,10 @@ app.add_typer(cmd_llm.app, name="llm")
 app.add_typer(cmd_prompts.app, name="prompts")
 app.add_typer(cmd_ingest.app)  # merges `recagent ingest PATH` into the root
 app.add_typer(cmd_recommend.app)
+app.add_typer(cmd_chat.app)
 app.add_typer(cmd_eval.app, name="eval")
+app.add_typer(cmd_serve.app)  # `recagent serve`
+app.add_typer(cmd_train.app, name="train")
 
 err_console = Console(stderr=True)
 

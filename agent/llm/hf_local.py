@@ -6,8 +6,10 @@ xgrammar's transformers logits processor, the same grammar engine vLLM uses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelError
@@ -50,10 +52,18 @@ class HFEngine(LLMEngine):
                 f"transformers could not load model {model_path!r}: {exc}",
                 hint="check RECAGENT_LLM_MODEL points at a complete model folder (config.json, weights, tokenizer)",
             ) from exc
-        if settings.llm_adapter:
+        self.adapter = adapter_info(settings.llm_adapter)
+        if self.adapter is not None:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, settings.llm_adapter)
+            try:
+                tuned: Any = PeftModel.from_pretrained(self.model, self.adapter["path"])
+                self.model = tuned
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise ModelError(
+                    f"LoRA adapter {self.adapter['path']} does not fit model {model_path}: {exc}",
+                    hint="use the base model the adapter was trained on (its manifest.json names it)",
+                ) from exc
         self.model.eval()
         self._grammar_compiler: Any = None
 
@@ -110,6 +120,12 @@ class HFEngine(LLMEngine):
             )
         return results
 
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.backend, "model": self.model_id}
+        if self.adapter is not None:
+            out.update(adapter=self.adapter["path"], adapter_sha256=self.adapter["sha256"])
+        return out
+
     def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
         torch = self._torch
         label_ids = label_token_ids(self.tokenizer, check_labels(labels))
@@ -128,6 +144,35 @@ class HFEngine(LLMEngine):
                 )
             )
         return results
+
+
+def adapter_info(path: str | None) -> dict[str, Any] | None:
+    """The LoRA adapter folder of ``RECAGENT_LLM_ADAPTER`` checked: path, rank, a hash of its weights (part of the
+    engine's identity, so caches never mix base and tuned outputs), and its merged model folder if it has one."""
+    if not path:
+        return None
+    folder = Path(path).expanduser()
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(
+            f"LoRA adapter folder {folder} has no adapter_config.json"
+            if folder.is_dir()
+            else f"LoRA adapter folder {folder} does not exist",
+            hint="set RECAGENT_LLM_ADAPTER to the output folder of `recagent train ranker` (a peft adapter folder)",
+        )
+    names = ("adapter_model.safetensors", "adapter_model.bin")
+    weights = next((folder / n for n in names if (folder / n).is_file()), None)
+    if weights is None:
+        raise ModelError(f"LoRA adapter folder {folder} has no adapter weights", hint="train or copy the adapter again")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    rank = json.loads(config.read_text(encoding="utf-8")).get("r")
+    merged = folder / "merged"
+    return {
+        "path": str(folder.resolve()),
+        "sha256": digest,
+        "rank": int(rank) if isinstance(rank, int) else None,
+        "merged": str(merged.resolve()) if (merged / "config.json").is_file() else None,
+    }
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from agent.errors import ConfigError, EngineUnavailableError
+from agent.llm.hf_local import adapter_info
 from agent.llm.models import resolve_model
 from agent.settings import Settings
 
@@ -51,8 +52,12 @@ def serve_command(settings: Settings, *, host: str | None = None, port: int | No
         cmd += ["--gpu-memory-utilization", str(settings.llm_memory_fraction)]
     if settings.llm_api_key and settings.llm_api_key != "EMPTY":
         cmd += ["--api-key", settings.llm_api_key]
-    if settings.llm_adapter:
-        cmd += ["--enable-lora", "--lora-modules", f"adapter={settings.llm_adapter}"]
+    adapter = adapter_info(settings.llm_adapter)
+    if adapter is not None:
+        # the tuned model is served as `adapter`: clients select it with RECAGENT_LLM_SERVED_MODEL_NAME=adapter
+        # (the base model stays available under its own name, for side-by-side comparisons)
+        rank = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= (adapter["rank"] or 64)), 512)
+        cmd += ["--enable-lora", "--max-lora-rank", str(rank), "--lora-modules", f"adapter={adapter['path']}"]
     return cmd
 
 

@@ -23,10 +23,13 @@ from agent.llm.base import (
     parse_structured,
     schemas_per_request,
 )
+from agent.llm.hf_local import adapter_info
 from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
 
 _ENGINES: dict[tuple[Any, ...], VLLMEngine] = {}
 
@@ -62,14 +65,18 @@ class VLLMEngine(LLMEngine):
             "enforce_eager": settings.llm_enforce_eager,
             "seed": settings.seed,
             "max_logprobs": settings.llm_max_logprobs,
-            "enable_prefix_caching": True,
+            "enable_prefix_caching": settings.llm_prefix_caching,
             # compact JSON: no free whitespace between tokens (a weak model otherwise pads until max_tokens)
             "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
-        if settings.llm_adapter:
-            kwargs.update(enable_lora=True, max_lora_rank=64)
+        self.adapter = adapter_info(settings.llm_adapter)
+        self._lora: Any = None
+        self._lora_ok = self.adapter is not None
+        if self.adapter is not None:
+            rank = self.adapter["rank"] or 64
+            kwargs.update(enable_lora=True, max_lora_rank=next((r for r in _LORA_RANKS if r >= rank), 512))
         try:
-            self.llm = LLM(**kwargs)
+            self.llm = self._start(LLM, kwargs)
         except (OSError, ValueError) as exc:
             raise ModelError(
                 f"vLLM could not load model {model_path!r}: {exc}",
@@ -81,11 +88,32 @@ class VLLMEngine(LLMEngine):
                 hint="lower RECAGENT_LLM_MAX_MODEL_LEN or RECAGENT_LLM_MEMORY_FRACTION, or use RECAGENT_LLM_BACKEND=hf",
             ) from exc
         self.tokenizer = self.llm.get_tokenizer()
-        self._lora: Any = None
-        if settings.llm_adapter:
+        if self.adapter is not None and self._lora_ok:
             from vllm.lora.request import LoRARequest
 
-            self._lora = LoRARequest("adapter", 1, settings.llm_adapter)
+            self._lora = LoRARequest("adapter", 1, self.adapter["path"])
+
+    def _start(self, factory: Any, kwargs: dict[str, Any]) -> Any:
+        """Build the engine; when this vLLM build cannot serve the LoRA adapter, fall back to the adapter's merged
+        model folder (``recagent train ranker --merge``) if it has one, else say how to get one."""
+        if self.adapter is None:
+            return factory(**kwargs)
+        try:
+            return factory(**kwargs)
+        except (ValueError, NotImplementedError, RuntimeError) as exc:
+            if "lora" not in str(exc).lower():
+                raise
+            merged = self.adapter["merged"]
+            if merged is None:
+                raise ModelError(
+                    f"this vLLM build cannot serve the LoRA adapter {self.adapter['path']}: {exc}",
+                    hint="train with `recagent train ranker --merge` and set RECAGENT_LLM_MODEL to OUT/merged (no "
+                    "adapter), or use RECAGENT_LLM_BACKEND=hf",
+                ) from exc
+            log.warning("vLLM cannot serve the LoRA adapter (%s); serving its merged model %s", exc, merged)
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("enable_lora", "max_lora_rank")}
+            self.model_id, self._lora_ok = merged, False
+            return factory(**{**kwargs, "model": merged})
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _prompts(self, requests: Sequence[RequestLike]) -> list[Any]:
@@ -196,7 +224,10 @@ class VLLMEngine(LLMEngine):
         ]
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model_id, "engine": self.engine_version}
+        out: dict[str, Any] = {"backend": self.backend, "model": self.model_id, "engine": self.engine_version}
+        if self.adapter is not None:
+            out.update(adapter=self.adapter["path"], adapter_sha256=self.adapter["sha256"], lora=self._lora is not None)
+        return out
 
     def close(self) -> None:
         key = next((k for k, v in _ENGINES.items() if v is self), None)
@@ -221,6 +252,7 @@ def get_engine(settings: Settings, model_path: str) -> VLLMEngine:
         settings.llm_memory_fraction,
         settings.llm_enforce_eager,
         settings.llm_max_logprobs,
+        settings.llm_prefix_caching,
     )
     engine = _ENGINES.get(key)
     if engine is None:

@@ -1,0 +1,498 @@
+"""Multi-turn conversational recommendations over the one Recommender pipeline.
+
+Per user message (several sessions' messages share each engine call, see :meth:`Conversation.send_many`):
+
+1. **Rules** (:mod:`agent.preferences`): catalog titles, references to the last list ("the second one", "not that
+   one"), attribute values ("no horror"), numbers and comparatives ("after 2010", "older") -> a preference update.
+2. **LLM extraction** (template ``extract_preferences``, structured output ``preferences_schema``): the same kinds of
+   update; every part must check out against the catalog (titles and values exist) and the message (anything that
+   removes items must be grounded in the user's words). The rules win where the two disagree. Engine failures never
+   raise: the turn goes on with the rules.
+3. **State**: the update is folded into the session's preferences, which persist across turns (constraints hold
+   until changed; rejected items never come back; shown items are not shown again).
+4. Nothing positive to go on (no need, no liked item or value, no range, no user history) -> a clarifying question,
+   no items.
+5. **Recommend**: a RecommendRequest (need + liked attributes as the query, liked items as seeds, shown / rejected /
+   disliked items and items with an excluded value left out, constraints as filters) through
+   ``Recommender.recommend_many``.
+6. **Reply** (template ``chat_reply``): kept only when :func:`agent.chat_reply.check_reply` passes; otherwise a
+   template reply that names every title.
+7. **Commit**: the user turn, the assistant turn and the new state in one store transaction.
+
+Prompts put the stable parts first (system text, then earlier turns, then the new message) so that an engine with
+prefix caching serves later turns from cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_messages
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.batching import CallFailure, call_batch, loads_lenient
+from agent.chat_catalog import CatalogIndex, norm_tokens, tokenize
+from agent.chat_reply import check_reply, clarifying_reply, clean_reply, template_reply
+from agent.errors import InputError, RecagentError
+from agent.llm.base import Generation
+from agent.pipeline import Recommendation, Recommender, RecommendRequest
+from agent.preferences import PreferenceUpdate, apply_update, content_words, parse_message
+from agent.sessions import AttributePref, Preferences, SessionState, SessionStore, Turn
+from agent.settings import Settings
+from prompts import preferences_schema
+from retrieval.types import NumericRange
+
+__all__ = ["ChatEvent", "ChatReply", "Conversation", "history_messages"]
+
+log = logging.getLogger(__name__)
+
+EXTRACT_TEMPLATE = "extract_preferences"
+REPLY_TEMPLATE = "chat_reply"
+DELTA_WORDS = 4
+
+
+class ChatReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    turn_id: int = Field(description="Id of the assistant turn.")
+    reply: str
+    clarifying: bool = Field(description="True when the reply is a question and no items are recommended.")
+    recommendation: Recommendation | None = None
+    preferences: Preferences
+    request_id: str
+
+
+class ChatEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["preferences", "items", "delta", "done", "error"]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+def history_messages(turns: Sequence[Turn], max_turns: int | None = None) -> list[BaseMessage]:
+    """The turns as LangChain messages (HumanMessage / AIMessage), the last ``max_turns`` of them, starting with a
+    user turn."""
+    messages: list[BaseMessage] = [
+        HumanMessage(content=t.content, id=str(t.turn_id))
+        if t.role == "user"
+        else AIMessage(content=t.content, id=str(t.turn_id))
+        for t in turns
+    ]
+    if max_turns is None:
+        return messages
+    if max_turns <= 0:
+        return []
+    return list(trim_messages(messages, max_tokens=max_turns, token_counter=len, strategy="last", start_on="human"))
+
+
+@dataclass
+class _Work:
+    """One message on its way through the stages."""
+
+    session_id: str
+    message: str
+    request_id: str
+    state: SessionState | None = None
+    error: RecagentError | None = None
+    shown: list[str] = field(default_factory=list)
+    update: PreferenceUpdate = field(default_factory=PreferenceUpdate)
+    clarifying: bool = False
+    request: RecommendRequest | None = None
+    recommendation: Recommendation | None = None
+    reply: str = ""
+    reply_source: str = "template"
+    result: ChatReply | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None and self.state is not None
+
+
+class Conversation:
+    """Chat sessions over a :class:`Recommender` and a :class:`SessionStore` (see the module docstring)."""
+
+    def __init__(self, recommender: Recommender, store: SessionStore, settings: Settings) -> None:
+        self.recommender = recommender
+        self.store = store
+        self.settings = settings
+        self._index: CatalogIndex | None = None
+        self._index_lock = threading.Lock()
+
+    # -- catalog words -------------------------------------------------------------------------------------
+    @property
+    def index(self) -> CatalogIndex:
+        """Titles and attribute values of the collection (read once, on first use)."""
+        with self._index_lock:
+            if self._index is None:
+                started = time.perf_counter()
+                self._index = CatalogIndex.from_collection(self.recommender.collection)
+                log.info("chat catalog index: %d items in %.1fs", self._index.size, time.perf_counter() - started)
+            return self._index
+
+    # -- sessions ------------------------------------------------------------------------------------------
+    def start(self, user_id: str | None = None) -> SessionState:
+        if user_id is not None and not user_id.strip():
+            raise InputError("the user id is empty", hint="give a user id or leave it out")
+        return self.store.create(user_id)
+
+    def get(self, session_id: str) -> SessionState:
+        return self.store.get(session_id)
+
+    # -- turns ---------------------------------------------------------------------------------------------
+    def send(self, session_id: str, message: str, *, request_id: str | None = None) -> ChatReply:
+        out = self.send_many([(session_id, message)], request_ids=[request_id])[0]
+        if isinstance(out, RecagentError):
+            raise out
+        return out
+
+    def send_many(
+        self, messages: Sequence[tuple[str, str]], *, request_ids: Sequence[str | None] | None = None
+    ) -> list[ChatReply | RecagentError]:
+        """Several sessions' messages; each stage's LLM work goes to the engine in one call. Messages for the same
+        session are answered in order (one per round), each seeing the turns before it."""
+        ids = list(request_ids) if request_ids is not None else [None] * len(messages)
+        if len(ids) != len(messages):
+            raise InputError(f"got {len(ids)} request ids for {len(messages)} messages", hint="pass one per message")
+        works = [_Work(s, m, r or uuid.uuid4().hex) for (s, m), r in zip(messages, ids, strict=True)]
+        pending = list(range(len(works)))
+        while pending:
+            this_round: list[int] = []
+            later: list[int] = []
+            seen: set[str] = set()
+            for i in pending:
+                (later if works[i].session_id in seen else this_round).append(i)
+                seen.add(works[i].session_id)
+            batch = [works[i] for i in this_round]
+            for _ in self._stages(batch):
+                pass
+            pending = later
+        return [w.result if w.result is not None else w.error or _lost(w) for w in works]
+
+    def stream(self, session_id: str, message: str, *, request_id: str | None = None) -> Iterator[ChatEvent]:
+        """The work of :meth:`send`, yielding an event after each stage; the reply comes as "delta" chunks (the
+        engine interface returns whole completions, so the chunks follow the finished text), then "done"."""
+        work = _Work(session_id, message, request_id or uuid.uuid4().hex)
+        for stage in self._stages([work]):
+            if not work.alive:
+                break
+            if stage == "preferences" and work.state is not None:
+                yield ChatEvent(
+                    event="preferences",
+                    data={
+                        "preferences": work.state.preferences.model_dump(mode="json"),
+                        "clarifying": work.clarifying,
+                        "notes": work.update.notes,
+                    },
+                )
+            elif stage == "items" and work.recommendation is not None:
+                yield ChatEvent(
+                    event="items", data={"items": [i.model_dump(mode="json") for i in work.recommendation.items]}
+                )
+            elif stage == "reply":
+                words = work.reply.split(" ")
+                for start in range(0, len(words), DELTA_WORDS):
+                    chunk = " ".join(words[start : start + DELTA_WORDS])
+                    yield ChatEvent(event="delta", data={"text": chunk if start == 0 else " " + chunk})
+        if work.result is not None:
+            yield ChatEvent(event="done", data=work.result.model_dump(mode="json"))
+        else:
+            err = work.error or _lost(work)
+            yield ChatEvent(event="error", data={"type": type(err).__name__, "message": err.message, "hint": err.hint})
+
+    # -- the stages ----------------------------------------------------------------------------------------
+    def _stages(self, works: list[_Work]) -> Iterator[str]:
+        self._prepare(works)
+        self._extract([w for w in works if w.alive])
+        self._decide([w for w in works if w.alive])
+        yield "preferences"
+        self._recommend([w for w in works if w.alive and not w.clarifying])
+        yield "items"
+        self._write_replies([w for w in works if w.alive])
+        yield "reply"
+        self._commit([w for w in works if w.alive])
+        yield "done"
+
+    def _check_message(self, message: str) -> str:
+        if not isinstance(message, str) or not message.strip():
+            raise InputError("the message is empty", hint="type what you are looking for")
+        limit = self.settings.max_message_chars
+        if len(message) > limit:
+            raise InputError(
+                f"the message is {len(message)} characters long; the limit is {limit}",
+                hint="send a shorter message (or raise RECAGENT_MAX_MESSAGE_CHARS)",
+            )
+        return message.strip()
+
+    def _prepare(self, works: list[_Work]) -> None:
+        for w in works:
+            try:
+                w.message = self._check_message(w.message)
+                w.state = self.store.get(w.session_id)
+                w.shown = w.state.last_shown()
+                w.update = parse_message(w.message, self.index, w.shown)
+            except RecagentError as exc:
+                w.error = exc
+
+    def _extract(self, works: list[_Work]) -> None:
+        if not works or self.settings.chat_extract != "llm":
+            return
+        engine = self.recommender.engine()
+        if engine is None:
+            return
+        fields = self.index.field_names()
+        schema = preferences_schema(fields or None)
+        prompts = []
+        for w in works:
+            assert w.state is not None
+            turns = history_messages(w.state.turns, self.settings.chat_history_turns)
+            conversation = [
+                {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
+                for m in turns
+            ]
+            rendered = self.recommender.registry.render(
+                EXTRACT_TEMPLATE, {"conversation": conversation, "message": w.message, "fields": fields}
+            )
+            prompts.append(rendered.chat_messages())
+        outcome = call_batch(
+            engine,
+            len(works),
+            lambda idx: engine.generate(
+                [prompts[i] for i in idx],
+                json_schema=schema,
+                max_tokens=self.settings.chat_extract_max_tokens,
+                temperature=0.0,
+                seed=self.settings.seed,
+            ),
+            timeout=self.settings.rerank_timeout_s,
+        )
+        for w, res in zip(works, outcome.results, strict=True):
+            if isinstance(res, CallFailure):
+                w.update.notes.append(f"llm_extract_failed: {res.reason}")
+                continue
+            llm = self._llm_update(res, w)
+            if llm is not None:
+                w.update = w.update.merge(llm)
+
+    def _llm_update(self, gen: Generation, w: _Work) -> PreferenceUpdate | None:
+        """The LLM's extraction, keeping only what checks out against the catalog and the message."""
+        value = gen.parsed
+        if value is None:
+            try:
+                value = loads_lenient(gen.text)
+            except ValueError:
+                return None
+        if not isinstance(value, dict):
+            return None
+        assert w.state is not None
+        index, said = self.index, tokenize(w.message)
+        said_words = tuple(t.text for t in said)
+        context = said_words + tuple(t.text for turn in w.state.turns[-4:] for t in tokenize(turn.content))
+        up = PreferenceUpdate()
+
+        def grounded(text: str, words: tuple[str, ...]) -> bool:
+            form = norm_tokens(text)
+            n = len(form)
+            return bool(n) and any(words[i : i + n] == form for i in range(len(words) - n + 1))
+
+        try:
+            for key, target in (("liked_titles", up.liked_ids), ("disliked_titles", up.disliked_ids)):
+                for title in value.get(key) or []:
+                    ids = index.lookup_title(str(title))
+                    if ids and (grounded(str(title), said_words) or set(ids) & set(w.shown)):
+                        target.extend(i for i in ids if i not in target)
+            for key in ("liked_attributes", "disliked_attributes"):
+                for pair in value.get(key) or []:
+                    spelled = index.has_value(str(pair.get("field")), str(pair.get("value")))
+                    if spelled is None or (key == "disliked_attributes" and not grounded(spelled, said_words)):
+                        continue
+                    getattr(up, key).append(AttributePref(field=str(pair["field"]), value=spelled))
+            constraints = value.get("constraints") or {}
+            for key, target_name in (("exclude", "disliked_attributes"), ("require", "required_attributes")):
+                for pair in constraints.get(key) or []:
+                    spelled = index.has_value(str(pair.get("field")), str(pair.get("value")))
+                    if spelled is not None and grounded(spelled, said_words):
+                        getattr(up, target_name).append(AttributePref(field=str(pair["field"]), value=spelled))
+            numeric = set(index.numeric_fields())
+            for span in constraints.get("ranges") or []:
+                name, low, high = span.get("field"), span.get("min"), span.get("max")
+                numbers = [x for x in (low, high) if x is not None]
+                if name in numeric and numbers and all(_said_number(x, said_words) for x in numbers):
+                    up.ranges[str(name)] = NumericRange(min=low, max=high)
+            need = str(value.get("need") or "").strip()
+            words = content_words(need)
+            if words and sum(w_ in context for w_ in words) * 2 >= len(words):
+                up.need = need[:300]
+        except (ValidationError, TypeError, ValueError, AttributeError):
+            return None
+        for i in up.liked_ids:
+            if i in w.shown:
+                up.accepted_ids.append(i)
+        for i in list(up.disliked_ids):
+            if i in w.shown:
+                up.disliked_ids.remove(i)
+                up.rejected_ids.append(i)
+        up.notes.append("llm")
+        return up
+
+    def _decide(self, works: list[_Work]) -> None:
+        for w in works:
+            assert w.state is not None
+            apply_update(w.state, w.update, self.index)
+            try:
+                w.request = self._request(w.state)
+            except RecagentError as exc:
+                w.error = exc
+                continue
+            w.clarifying = w.request is None
+
+    def _has_history(self, user_id: str | None) -> bool:
+        if user_id is None:
+            return False
+        interactions = self.recommender.interactions
+        return interactions is not None and bool(interactions.history(user_id))
+
+    def _request(self, state: SessionState) -> RecommendRequest | None:
+        """The recommendation request for the session's state, or None when there is nothing to go on."""
+        prefs = state.preferences
+        c = prefs.constraints
+        parts = [prefs.need] if prefs.need else []
+        said = " ".join(parts).casefold()
+        parts += [p.value for p in prefs.liked_attributes if p.value.casefold() not in said]
+        parts += list(c.include_genres) + [str(v) for v in c.equals.values()]
+        query = "; ".join(p for p in parts if p)[:1000] or None
+        ranged = c.year_min is not None or c.year_max is not None or bool(c.ranges)
+        history = self._has_history(state.user_id)
+        if not (query or prefs.liked_ids or history or ranged):
+            return None
+        exclude = list(dict.fromkeys([*state.shown, *self._excluded_by_value(prefs)]))
+        return RecommendRequest(
+            user_id=state.user_id if history else None,
+            query=query,
+            liked=prefs.liked_ids[-5:],
+            disliked=list(dict.fromkeys([*prefs.disliked_ids, *state.rejected])),
+            constraints=c,
+            exclude=exclude,
+            k=self.settings.chat_k,
+        )
+
+    def _excluded_by_value(self, prefs: Preferences) -> list[str]:
+        """Items holding a value the user turned down, on fields the Chroma filter does not cover."""
+        out: list[str] = []
+        genre_field = prefs.constraints.genre_field
+        for p in prefs.disliked_attributes:
+            if p.field == genre_field:
+                continue  # already a filter (Constraints.exclude_genres)
+            info = self.index.fields.get(p.field)
+            op = "$contains" if info is not None and info.is_list else "$eq"
+            out += self.recommender.collection.ids(where={p.field: {op: p.value}})
+        return out
+
+    def _recommend(self, works: list[_Work]) -> None:
+        if not works:
+            return
+        try:
+            results = self.recommender.recommend_many([w.request for w in works if w.request is not None])
+        except RecagentError as exc:
+            for w in works:
+                w.error = exc
+            return
+        for w, rec in zip(works, results, strict=True):
+            w.recommendation = rec
+
+    def _write_replies(self, works: list[_Work]) -> None:
+        for w in works:
+            assert w.state is not None
+            if w.clarifying:
+                w.reply = clarifying_reply(w.state.preferences, self.index)
+            else:
+                assert w.recommendation is not None
+                w.reply = template_reply(w.recommendation.items, w.state.preferences, self.index)
+        todo = [w for w in works if not w.clarifying and w.recommendation and w.recommendation.items]
+        if not todo or self.settings.chat_reply != "llm":
+            return
+        engine = self.recommender.engine()
+        if engine is None:
+            return
+        prompts = [self._reply_prompt(w) for w in todo]
+        outcome = call_batch(
+            engine,
+            len(todo),
+            lambda idx: engine.generate(
+                [prompts[i] for i in idx],
+                max_tokens=self.settings.chat_reply_max_tokens,
+                temperature=0.0,
+                seed=self.settings.seed,
+            ),
+            timeout=self.settings.rerank_timeout_s,
+        )
+        for w, res in zip(todo, outcome.results, strict=True):
+            assert w.recommendation is not None
+            if isinstance(res, CallFailure):
+                w.reply_source = f"template ({res.reason})"
+                continue
+            text = clean_reply(res.text)
+            ok, why = check_reply(text, w.recommendation.items, self.index, w.message)
+            if ok:
+                w.reply, w.reply_source = text, "llm"
+            else:
+                w.reply_source = f"template (LLM reply {why})"
+
+    def _reply_prompt(self, w: _Work) -> list[dict[str, str]]:
+        assert w.state is not None and w.recommendation is not None
+        items = [
+            {
+                "title": it.title,
+                "attributes": {k: v for k, v in list(it.metadata.items())[:4]},
+                "justification": it.justification or "",
+            }
+            for it in w.recommendation.items
+        ]
+        rendered = self.recommender.registry.render(
+            REPLY_TEMPLATE, {"message": w.message, "items": items, "need": w.state.preferences.need or ""}
+        )
+        return rendered.chat_messages()
+
+    def _commit(self, works: list[_Work]) -> None:
+        for w in works:
+            state = w.state
+            assert state is not None
+            ids = [i.item_id for i in w.recommendation.items] if w.recommendation is not None else []
+            state.shown = list(dict.fromkeys([*state.shown, *ids]))
+            n = state.last_turn_id
+            user = Turn(turn_id=n + 1, role="user", content=w.message, request_id=w.request_id)
+            assistant = Turn(turn_id=n + 2, role="assistant", content=w.reply, item_ids=ids, request_id=w.request_id)
+            try:
+                self.store.commit_turn(state, user, assistant)
+            except RecagentError as exc:
+                w.error = exc
+                continue
+            log.debug("session %s turn %d: reply from %s", state.session_id, n + 2, w.reply_source)
+            w.result = ChatReply(
+                session_id=state.session_id,
+                turn_id=n + 2,
+                reply=w.reply,
+                clarifying=w.clarifying,
+                recommendation=w.recommendation,
+                preferences=state.preferences,
+                request_id=w.request_id,
+            )
+
+
+def _said_number(value: Any, words: tuple[str, ...]) -> bool:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    text = str(int(number)) if number.is_integer() else str(number)
+    return text in words or any(w.startswith(text) and w[len(text) :] in ("s", "") for w in words)
+
+
+def _lost(w: _Work) -> RecagentError:
+    return RecagentError(f"the message for session {w.session_id!r} got no answer", hint="send it again")

@@ -1,0 +1,84 @@
+"""`recagent train ranker`: LoRA fine-tuning of the option-logit ranker. Thin wiring of :mod:`train` only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Fine-tune models on a catalog's own interaction log.", no_args_is_help=True)
+
+
+@app.command("ranker")
+def ranker_cmd(
+    ctx: typer.Context,
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
+    interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: the adapter, manifest.json, checkpoints."),
+    split: str = typer.Option("temporal", "--split", help="The evaluator's split (use the evaluation's value)."),
+    min_rating: float = typer.Option(4.0, "--min-rating", help="Ratings >= this are positives."),
+    min_history: int = typer.Option(5, "--min-history", min=1, help="Earlier interactions a target needs."),
+    users: int | None = typer.Option(None, "--users", min=1, help="The evaluator's --users (test users sampled)."),
+    seed: int = typer.Option(0, "--seed", help="The evaluator's split seed."),
+    val_users: int = typer.Option(50, "--val-users", min=1, help="Validation users (never trained on)."),
+    max_train_users: int | None = typer.Option(None, "--max-train-users", min=1, help="Cap on training users."),
+    examples_per_user: int = typer.Option(2, "--examples-per-user", min=1, help="Targets per training user."),
+    history: int = typer.Option(10, "--history", min=1, help="History items shown in each prompt."),
+    options: int = typer.Option(20, "--options", min=2, max=26, help="Options (labels A..) per prompt."),
+    lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank."),
+    lora_alpha: int = typer.Option(16, "--lora-alpha", help="LoRA alpha (scale = alpha / r)."),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="Dropout on the LoRA input."),
+    target_modules: str = typer.Option("q_proj,k_proj,v_proj,o_proj", "--target-modules", help="Comma separated."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (linear warm-up and decay)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training examples."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer steps (wins over --epochs)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Examples per forward pass."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Forward passes per optimizer step."),
+    train_seed: int = typer.Option(0, "--train-seed", help="Seed of examples, data order, LoRA init, dropout."),
+    eval_every: int = typer.Option(50, "--eval-every", min=1, help="Validate and checkpoint every N steps."),
+    patience: int = typer.Option(3, "--patience", min=1, help="Early stop after N validations without gain."),
+    keep: str = typer.Option("best", "--keep", help="Adapter written to OUT: best (validation) or last."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads."),
+    collection: str | None = typer.Option(None, "--collection", help="Use this ingested collection."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in OUT."),
+    merge: bool = typer.Option(False, "--merge", help="Also write OUT/merged: base + adapter as one model folder."),
+) -> None:
+    """Train a LoRA adapter for the option-logit ranker on the TRAIN part of the evaluator's split; the base model
+    is RECAGENT_LLM_MODEL. Serve it with RECAGENT_LLM_ADAPTER=OUT, compare with `recagent eval run ... --variant
+    tuned:strategy=options,adapter=OUT`."""
+    from agent.llm.models import resolve_model
+    from train.config import DataConfig, TrainConfig
+    from train.data import build_data, load_data
+    from train.trainer import train_ranker
+
+    settings = ctx.find_root().obj.settings
+    data_cfg = DataConfig(split=split, min_rating=min_rating, min_history=min_history, users=users, seed=seed,
+                          sample_seed=train_seed, val_users=val_users, max_train_users=max_train_users,
+                          examples_per_user=examples_per_user, history=history, options=options)  # fmt: skip
+    modules = [m.strip() for m in target_modules.split(",") if m.strip()]
+    train_cfg = TrainConfig.model_validate(dict(
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=modules, lr=lr,
+        weight_decay=weight_decay, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        seed=train_seed, eval_every=eval_every, patience=patience, keep=keep, threads=threads,
+        max_len=settings.llm_max_model_len))  # fmt: skip
+    dataset = load_data(catalog, interactions)
+    model_path = resolve_model(settings)  # before the examples are built: a missing model fails fast
+    data = build_data(settings, dataset, data_cfg, collection=collection)
+    typer.echo(f"examples: {len(data.train)} train ({data.stats['train']['users']} users), {len(data.val)} validation")
+    provenance = {"catalog": str(catalog), "interactions": str(interactions), "collection": data.collection,
+                  "files": {str(f): _sha(f) for f in dataset.files}, "stats": data.stats}  # fmt: skip
+    result = train_ranker(settings, model_path, data.train, data.val, out, forbidden=data.forbidden,
+                          data_cfg=data_cfg, train_cfg=train_cfg, provenance=provenance, resume=resume,
+                          merge=merge)  # fmt: skip
+    m = result.manifest
+    cost, best = m.get("cost", {}), m.get("best", {})
+    typer.echo(f"adapter: {result.out} (best step {best.get('step')}, validation NDCG@10 {best.get('val_ndcg@10')})")
+    typer.echo(f"steps: {m.get('steps', {}).get('done')}, {cost.get('examples_per_second')} examples/s, "
+               f"{cost.get('seconds_per_step')} s/step, wall {cost.get('wall_seconds')} s")  # fmt: skip
+
+
+def _sha(path: Path) -> str:
+    from eval.datasets import file_sha256
+
+    return file_sha256(path)

@@ -1,0 +1,70 @@
+"""Fixtures of the training tests: the 300-movie MovieLens sample ingested once, real examples built from it, and
+a small adapter trained on the tiny random model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from agent.settings import Settings, load_settings
+from retrieval.embed import Embedder, make_embedder
+from retrieval.ingest import ingest
+
+from testkit import tiny_settings
+from toy import toy_examples
+
+TRAIN_COLLECTION = "train-test"
+
+
+@pytest.fixture(scope="session")
+def train_home(ml_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recagent home with the 300-movie sample ingested by the real bundled embedder."""
+    home = tmp_path_factory.mktemp("train-home")
+    settings = load_settings(home=home)
+    report = ingest(ml_sample, store_config=settings.store_config(),
+                    embed_config=settings.embed_config(progress=False), collection=TRAIN_COLLECTION)  # fmt: skip
+    assert report.accepted == 300
+    return home
+
+
+@pytest.fixture(scope="session")
+def train_settings(train_home: Path) -> Settings:
+    return load_settings(home=train_home, collection=TRAIN_COLLECTION)
+
+
+@pytest.fixture(scope="session")
+def train_embedder(train_settings: Settings) -> Embedder:
+    return make_embedder(train_settings.embed_config(progress=False))
+
+
+@pytest.fixture(scope="session")
+def ml_train_data(train_settings: Settings, train_embedder: Embedder, ml_sample: Path) -> object:
+    """Examples from the sample under the evaluator's temporal split (40 test users sampled, as `eval run
+    --users 40` would)."""
+    from eval.runner import DeterministicStore
+    from train.config import DataConfig
+    from train.data import build_data, load_data
+
+    dataset = load_data(ml_sample, ml_sample / "ratings.csv")
+    cfg = DataConfig(users=40, val_users=10, max_train_users=60, examples_per_user=2, history=5, options=8)
+    return build_data(train_settings, dataset, cfg, embedder=train_embedder,
+                      store=DeterministicStore(train_settings.store_config()), collection=TRAIN_COLLECTION,
+                      progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def toy_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter trained a few steps on the toy task (large learning rate: it must move the scores)."""
+    from train.config import DataConfig, TrainConfig
+    from train.trainer import train_ranker
+
+    out = tmp_path_factory.mktemp("adapters") / "toy"
+    cfg = TrainConfig(lr=5e-3, max_steps=6, eval_every=3, batch_size=8, patience=5, lora_dropout=0.0, keep="last")
+    train, val = toy_examples(48), toy_examples(8, seed=1, prefix="v")
+    train_ranker(tiny_settings(tiny_model_dir), str(tiny_model_dir), train, val, out, forbidden={},
+                 data_cfg=DataConfig(), train_cfg=cfg, progress=False, merge=True)  # fmt: skip
+    return out

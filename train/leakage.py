@@ -1,0 +1,59 @@
+"""The leakage guard: no interaction of the evaluator's test split may reach a training example.
+
+The test interactions are the (user, item) pairs of the full log that the split removed from its train log
+(the held-out positive and, for the temporal split, everything after it). :func:`assert_no_leakage` checks every
+example's history, every option (each one carries a label) and the target; the trainer calls it before the first
+step and refuses to train on a leaking example set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from agent.errors import RecagentError
+from retrieval.interactions import Interactions
+from train.examples import RankExample
+
+__all__ = ["LeakageError", "assert_no_leakage", "find_leaks", "held_out_pairs"]
+
+
+class LeakageError(RecagentError):
+    """A training example holds a test-split interaction."""
+
+
+def held_out_pairs(full: Interactions, train: Interactions) -> dict[str, set[str]]:
+    """{user: items} of the pairs in ``full`` that are not in ``train`` (the split's test interactions)."""
+    kept = {
+        (train.user_ids[u], train.item_ids[i]) for u, i in zip(train.users.tolist(), train.items.tolist(), strict=True)
+    }
+    out: dict[str, set[str]] = {}
+    for u, i in zip(full.users.tolist(), full.items.tolist(), strict=True):
+        pair = (full.user_ids[u], full.item_ids[i])
+        if pair not in kept:
+            out.setdefault(pair[0], set()).add(pair[1])
+    return out
+
+
+def find_leaks(examples: Iterable[RankExample], forbidden: Mapping[str, set[str]]) -> list[tuple[str, str, str]]:
+    """(user, item, role) of every test pair found in ``examples``; role is history, option or target."""
+    leaks: list[tuple[str, str, str]] = []
+    for ex in examples:
+        blocked = forbidden.get(ex.user_id)
+        if not blocked:
+            continue
+        for role, ids in (("history", ex.history_ids()), ("option", ex.option_ids()), ("target", [ex.target_id])):
+            leaks.extend((ex.user_id, item, role) for item in ids if item in blocked)
+    return leaks
+
+
+def assert_no_leakage(examples: Iterable[RankExample], forbidden: Mapping[str, set[str]]) -> int:
+    """Raise :class:`LeakageError` when an example holds a test pair; returns the number of examples checked."""
+    checked = list(examples)
+    leaks = find_leaks(checked, forbidden)
+    if leaks:
+        shown = ", ".join(f"user {u} item {i} ({role})" for u, i, role in leaks[:5])
+        raise LeakageError(
+            f"{len(leaks)} test-split interactions reach the training examples: {shown}",
+            hint="build examples from the split's train log only, and drop the user's test items from the options",
+        )
+    return len(checked)
