@@ -61,7 +61,16 @@ class Settings(BaseSettings):
     )
     llm_adapter: str | None = Field(None, description="LoRA adapter folder applied on top of llm_model.")
     llm_dtype: str = Field("bfloat16", description="Weights dtype for the local engines.")
-    llm_max_model_len: int = Field(2048, ge=128, description="Context length given to the engine.")
+    llm_max_model_len: int = Field(
+        4096, ge=128, description="Context length given to the engine (ranking prompts with item texts need ~3k)."
+    )
+    llm_cpu_reserved_cores: int | None = Field(
+        0,
+        ge=0,
+        description="CPU build of vLLM (in-process engine): cores kept for its scheduler instead of the model "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU; an explicit environment variable wins). None keeps vLLM's default "
+        "(one per worker), which halves the model's threads on a 2-core machine.",
+    )
     llm_memory_fraction: float | None = Field(
         None,
         gt=0,

@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--weights", default="1.0,0.2", help="LLM blend weights to report (1.0 = pure LLM order)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--skip-orders", action="store_true", help="Do not measure the cost of extra candidate orders.")
     args = ap.parse_args()
 
     from agent.llm import create_engine
@@ -110,12 +111,12 @@ def main() -> None:
     by = {(r["strategy"], r["llm_weight"]): r for r in rows}
     if ("options", 1.0) in by and ("listwise", 1.0) in by:
         fig["listwise_over_options_p50"] = round(by[("listwise", 1.0)]["p50_s"] / by[("options", 1.0)]["p50_s"], 2)
-    # cost of order aggregation: options with 1 vs 3 orders, same users
-    _, t1, _ = run("options", 1.0, 1)
-    _, t3, _ = run("options", 1.0, 3)
-    fig["options_p50_1_order_s"] = round(statistics.median(t1), 3)
-    fig["options_p50_3_orders_s"] = round(statistics.median(t3), 3)
-    fig["cost_per_extra_order_s"] = round((statistics.median(t3) - statistics.median(t1)) / 2, 3)
+    if not args.skip_orders:  # cost of order aggregation: options with 1 vs 3 orders, same users
+        _, t1, _ = run("options", 1.0, 1)
+        _, t3, _ = run("options", 1.0, 3)
+        fig["options_p50_1_order_s"] = round(statistics.median(t1), 3)
+        fig["options_p50_3_orders_s"] = round(statistics.median(t3), 3)
+        fig["cost_per_extra_order_s"] = round((statistics.median(t3) - statistics.median(t1)) / 2, 3)
     fig["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(fig, indent=2))
     if args.out:

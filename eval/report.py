@@ -120,7 +120,8 @@ def write_outputs(
     _write_trec(out, records, split)
     markdown = render_markdown(results, protocol)
     (out / "report.md").write_text(markdown, encoding="utf-8")
-    figures = report_figures(results, records, protocol.metric_names(), [a.name for a in arms if a.kind == "pipeline"])
+    shown = [m for m in protocol.metric_names() if m.split("@")[0] in ("ndcg", "recall", "mrr")]
+    figures = report_figures(results, records, shown, [a.name for a in arms if a.kind == "pipeline"])
     page = markdown_to_html(markdown, title=f"recagent eval: {dataset.name}", figures=figures)
     (out / "report.html").write_text(page, encoding="utf-8")
     return results
