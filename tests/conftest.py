@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from agent.settings import load_settings
 
-from testkit import ROOT, tiny_settings
+from testkit import ROOT, SAMPLE_COLLECTION, tiny_settings
 from tiny_model import build_tiny_model, copy_with_chat_template
 
 ML_SMALL = ROOT / "data" / "movielens-latest-small"  # the bundled copy (same bytes as ../shared/data)
@@ -102,3 +102,17 @@ def ml_sample(ml_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             writer.writerow(rows[0])
             writer.writerows(r for r in rows[1:] if r[column] in keep)
     return folder
+
+
+@pytest.fixture(scope="session")
+def sample_home(ml_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recagent home with the 300-movie sample ingested once by the real bundled embedder (collection
+    ``SAMPLE_COLLECTION``); shared by the evaluator and training tests."""
+    from retrieval.ingest import ingest
+
+    home = tmp_path_factory.mktemp("sample-home")
+    settings = load_settings(home=home)
+    report = ingest(ml_sample, store_config=settings.store_config(),
+                    embed_config=settings.embed_config(progress=False), collection=SAMPLE_COLLECTION)  # fmt: skip
+    assert report.accepted == 300
+    return home

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
+
+import typer
 
 from agent.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_COLLECTION = "eval-test"  # the 300-movie sample of the `sample_home` fixture
 
 
 def free_port() -> int:
@@ -21,3 +25,19 @@ def tiny_settings(model: Path, **kw: object) -> Settings:
     several engines fit beside each other)."""
     kw.setdefault("llm_memory_fraction", 0.05)
     return load_settings(llm_model=str(model), llm_dtype="float32", llm_max_model_len=1024, **kw)
+
+
+def cli_app(settings: Settings, name: str, sub_app: Any) -> Any:
+    """A bare typer root whose context carries ``settings``, with one of recagent's sub-apps mounted as ``name``."""
+    from recagent.context import AppState
+
+    app = typer.Typer()
+
+    @app.callback()
+    def root(ctx: typer.Context) -> None:
+        state = AppState(None)
+        state.__dict__["settings"] = settings  # cached_property slot
+        ctx.obj = state
+
+    app.add_typer(sub_app, name=name)
+    return app

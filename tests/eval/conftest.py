@@ -8,20 +8,15 @@ import pytest
 
 from agent.settings import Settings, load_settings
 from retrieval.embed import Embedder, make_embedder
-from retrieval.ingest import ingest
 
-EVAL_COLLECTION = "eval-test"
+from testkit import SAMPLE_COLLECTION
+
+EVAL_COLLECTION = SAMPLE_COLLECTION
 
 
 @pytest.fixture(scope="session")
-def eval_home(ml_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A recagent home with the 300-movie sample ingested by the real bundled embedder."""
-    home = tmp_path_factory.mktemp("eval-home")
-    settings = load_settings(home=home)
-    report = ingest(ml_sample, store_config=settings.store_config(),
-                    embed_config=settings.embed_config(progress=False), collection=EVAL_COLLECTION)  # fmt: skip
-    assert report.accepted == 300
-    return home
+def eval_home(sample_home: Path) -> Path:
+    return sample_home
 
 
 @pytest.fixture(scope="session")

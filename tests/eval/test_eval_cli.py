@@ -11,20 +11,12 @@ from typer.testing import CliRunner
 from agent.errors import ConfigError, InputError
 from agent.settings import Settings
 from recagent import cmd_eval
-from recagent.context import AppState
+
+from testkit import cli_app
 
 
 def _app(settings: Settings) -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def root(ctx: typer.Context) -> None:
-        state = AppState(None)
-        state.__dict__["settings"] = settings  # cached_property slot
-        ctx.obj = state
-
-    app.add_typer(cmd_eval.app, name="eval")
-    return app
+    return cli_app(settings, "eval", cmd_eval.app)
 
 
 def test_cli_run_and_compare(eval_settings: Settings, ml_sample: Path, tmp_path: Path) -> None:

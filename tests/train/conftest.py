@@ -12,23 +12,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from agent.settings import Settings, load_settings
 from retrieval.embed import Embedder, make_embedder
-from retrieval.ingest import ingest
 
-from testkit import tiny_settings
+from testkit import SAMPLE_COLLECTION, tiny_settings
 from toy import toy_examples
 
-TRAIN_COLLECTION = "train-test"
+TRAIN_COLLECTION = SAMPLE_COLLECTION
 
 
 @pytest.fixture(scope="session")
-def train_home(ml_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A recagent home with the 300-movie sample ingested by the real bundled embedder."""
-    home = tmp_path_factory.mktemp("train-home")
-    settings = load_settings(home=home)
-    report = ingest(ml_sample, store_config=settings.store_config(),
-                    embed_config=settings.embed_config(progress=False), collection=TRAIN_COLLECTION)  # fmt: skip
-    assert report.accepted == 300
-    return home
+def train_home(sample_home: Path) -> Path:
+    return sample_home
 
 
 @pytest.fixture(scope="session")

@@ -16,22 +16,12 @@ from typer.testing import CliRunner
 from agent.errors import InputError
 from agent.settings import Settings
 from recagent import cmd_train
-from recagent.context import AppState
 
-from testkit import ROOT
+from testkit import ROOT, SAMPLE_COLLECTION, cli_app
 
 
 def _app(settings: Settings) -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def root(ctx: typer.Context) -> None:
-        state = AppState(None)
-        state.__dict__["settings"] = settings  # cached_property slot
-        ctx.obj = state
-
-    app.add_typer(cmd_train.app, name="train")
-    return app
+    return cli_app(settings, "train", cmd_train.app)
 
 
 def test_missing_files_are_a_message_not_a_traceback(tmp_path: Path) -> None:
@@ -68,14 +58,14 @@ def test_cli_trains_on_the_sample(train_settings: Settings, ml_sample: Path, tin
     runner = CliRunner()
     out = tmp_path / "run"
     args = ["train", "ranker", "--catalog", str(ml_sample), "--interactions", str(ml_sample / "ratings.csv"),
-            "--out", str(out), "--collection", "train-test", "--users", "40", "--val-users", "4",
+            "--out", str(out), "--collection", SAMPLE_COLLECTION, "--users", "40", "--val-users", "4",
             "--max-train-users", "6", "--examples-per-user", "1", "--history", "4", "--options", "5",
             "--max-steps", "2", "--eval-every", "1", "--batch-size", "3"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "examples/s" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["split"]["users"] == 40 and manifest["data"]["collection"] == "train-test"
+    assert manifest["split"]["users"] == 40 and manifest["data"]["collection"] == SAMPLE_COLLECTION
     assert any(f.endswith("ratings.csv") for f in manifest["data"]["files"])
     assert manifest["data"]["stats"]["train"]["examples"] == 6 and len(manifest["val_curve"]) == 3
     again = runner.invoke(app, args)  # the folder holds that run now
