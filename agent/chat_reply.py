@@ -10,23 +10,29 @@ wrote unless that text names no title outside the list.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from agent.chat_catalog import CatalogIndex, norm_tokens, tokenize
+from agent.explain import quotes_prompt
 from agent.preferences import describe_constraints
 from agent.sessions import Preferences
 
 if TYPE_CHECKING:
     from agent.pipeline import RecommendedItem
 
-__all__ = ["check_reply", "clarifying_reply", "clean_reply", "template_reply"]
+__all__ = ["REPLY_STOP", "ReplyShaper", "check_reply", "clarifying_reply", "clean_reply", "template_reply"]
 
 _YEAR_TAIL = re.compile(r"\s*\(\s*\d{4}[^()]*\)\s*$")
 _RESIDUE = re.compile(r"<<<|>>>|^\s*#|\b(?:User|Assistant|System):", re.MULTILINE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 MAX_SENTENCES = 5
 MAX_CHARS = 900
+_NEAR_LIMIT = 200
+REPLY_STOP = ("User:", "Assistant:", "System:", "<<<", ">>>")
+"""Stop strings for a streamed reply: where a base model starts writing the next turn or a data block, which
+:func:`clean_reply` would cut anyway; stopping there keeps that text off the user's screen."""
 
 
 def _join(values: Sequence[str]) -> str:
@@ -38,14 +44,58 @@ def _join(values: Sequence[str]) -> str:
 
 def clean_reply(text: str) -> str:
     """The reply as shown: whitespace collapsed, cut at the first prompt residue, at most a few sentences."""
+    return _clean(text)[0]
+
+
+def _clean(text: str) -> tuple[str, bool]:
+    """:func:`clean_reply`'s text, and whether more text after ``text`` could no longer change it (it was cut)."""
     text = text.strip()
     residue = _RESIDUE.search(text)
     if residue is not None:
         text = text[: residue.start()]
     text = " ".join(text.split())
-    sentences = _SENTENCE.split(text)[:MAX_SENTENCES]
-    text = " ".join(sentences)
-    return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    sentences = _SENTENCE.split(text)
+    cut = residue is not None or len(sentences) > MAX_SENTENCES
+    text = " ".join(sentences[:MAX_SENTENCES])
+    if len(text) <= MAX_CHARS:
+        return text, cut
+    return text[: MAX_CHARS - 1].rsplit(" ", 1)[0] + "…", True
+
+
+class ReplyShaper:
+    """Turns a reply's raw text deltas into the deltas a user sees while it streams: the text shown is always
+    :func:`clean_reply` of the raw text so far (whitespace collapsed, nothing after prompt residue or past the
+    sentence limit), so the streamed deltas add up to the cleaned reply. :attr:`complete` turns True once more raw
+    text could not change the cleaned reply (the caller may stop the engine). :attr:`consistent` turns False in the
+    rare case where the cleaned text stops extending what was already shown (e.g. a residue marker split across
+    deltas); the caller then replaces the shown text with the final one."""
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.shown = ""
+        self.complete = False
+        self.consistent = True
+
+    @property
+    def text(self) -> str:
+        """The cleaned reply of all raw text fed so far."""
+        return clean_reply(self.raw)
+
+    def feed(self, delta: str) -> str:
+        """Add raw text; return the new text to show (may be empty)."""
+        if self.complete or not self.consistent:
+            self.raw += delta
+            return ""
+        self.raw += delta
+        cleaned, self.complete = _clean(self.raw)
+        if not self.complete and len(cleaned) > MAX_CHARS - _NEAR_LIMIT:
+            # near the length limit the cut drops the last word: show complete words only
+            cleaned = cleaned[: max(cleaned.rfind(" "), len(self.shown))]
+        if not cleaned.startswith(self.shown):
+            self.consistent = False
+            return ""
+        new, self.shown = cleaned[len(self.shown) :], cleaned
+        return new
 
 
 def _names(text_tokens: tuple[str, ...], title: str) -> bool:
@@ -68,11 +118,14 @@ def _identifiers(text: str) -> set[str]:
 
 
 def check_reply(
-    text: str, items: Sequence[RecommendedItem], index: CatalogIndex | None, message: str
+    text: str, items: Sequence[RecommendedItem], index: CatalogIndex | None, message: str, instructions: str = ""
 ) -> tuple[bool, str]:
-    """``(ok, why)`` for an LLM-written reply (already :func:`clean_reply`-ed)."""
+    """``(ok, why)`` for an LLM-written reply (already :func:`clean_reply`-ed); ``instructions`` are the prompt's
+    instructions (:func:`agent.explain.instruction_text`), which a reply must not recite."""
     if not text.strip():
         return False, "empty"
+    if quotes_prompt(text, instructions):
+        return False, "quotes the prompt's instructions"
     tokens = tuple(t.text for t in tokenize(text))
     missing = [it.title for it in items if not _names(tokens, it.title)]
     if missing:
@@ -100,6 +153,8 @@ def _need_phrase(prefs: Preferences, items: Sequence[RecommendedItem], index: Ca
             return ""  # the need names a title outside the list: do not repeat it
     if _RESIDUE.search(need) or any(c in need for c in "<>{}[]"):
         return ""
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in need):
+        return ""  # control or invisible format characters (bidi overrides, zero-width spaces): do not echo them
     return f' for "{need}"'
 
 

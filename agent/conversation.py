@@ -16,16 +16,19 @@ Per user message (several sessions' messages share each engine call, see :meth:`
    disliked items and items with an excluded value left out, constraints as filters) through
    ``Recommender.recommend_many``.
 6. **Reply** (template ``chat_reply``): kept only when :func:`agent.chat_reply.check_reply` passes; otherwise a
-   template reply that names every title.
+   template reply that names every title. :meth:`Conversation.stream` streams it from ``engine.stream`` as it is
+   decoded (``delta`` events), and says ``replace`` when the checked reply differs from what was streamed.
 7. **Commit**: the user turn, the assistant turn and the new state in one store transaction.
 
-Prompts put the stable parts first (system text, then earlier turns, then the new message) so that an engine with
-prefix caching serves later turns from cache.
+Prompts put the stable parts first (system text and instructions, then the session's earlier turns, then what
+changes every turn: the need, this turn's items, the new message) so that an engine with prefix caching serves the
+shared prefix of later turns from cache.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -36,10 +39,11 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_messages
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.batching import CallFailure, call_batch, loads_lenient
+from agent.batching import CallFailure, call_batch, failure_reason, loads_lenient
 from agent.chat_catalog import CatalogIndex, norm_tokens, tokenize
-from agent.chat_reply import check_reply, clarifying_reply, clean_reply, template_reply
+from agent.chat_reply import REPLY_STOP, ReplyShaper, check_reply, clarifying_reply, clean_reply, template_reply
 from agent.errors import InputError, RecagentError
+from agent.explain import instruction_text
 from agent.llm.base import Generation
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
 from agent.preferences import PreferenceUpdate, apply_update, content_words, parse_message
@@ -54,7 +58,6 @@ log = logging.getLogger(__name__)
 
 EXTRACT_TEMPLATE = "extract_preferences"
 REPLY_TEMPLATE = "chat_reply"
-DELTA_WORDS = 4
 
 
 class ChatReply(BaseModel):
@@ -70,9 +73,13 @@ class ChatReply(BaseModel):
 
 
 class ChatEvent(BaseModel):
+    """One step of a streamed turn: ``preferences``, ``items``, ``delta`` (``text``: reply text to append),
+    ``replace`` (``text``: the reply to show instead of the deltas so far, ``reason``), then ``done`` (the
+    :class:`ChatReply`) or ``error``."""
+
     model_config = ConfigDict(extra="forbid")
 
-    event: Literal["preferences", "items", "delta", "done", "error"]
+    event: Literal["preferences", "items", "delta", "replace", "done", "error"]
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -175,14 +182,23 @@ class Conversation:
             pending = later
         return [w.result if w.result is not None else w.error or _lost(w) for w in works]
 
-    def stream(self, session_id: str, message: str, *, request_id: str | None = None) -> Iterator[ChatEvent]:
-        """The work of :meth:`send`, yielding an event after each stage; the reply comes as "delta" chunks (the
-        engine interface returns whole completions, so the chunks follow the finished text), then "done"."""
+    def stream(
+        self, session_id: str, message: str, *, request_id: str | None = None, raise_errors: bool = False
+    ) -> Iterator[ChatEvent]:
+        """The work of :meth:`send` for one message, yielding an event after each stage. The LLM reply streams from
+        ``engine.stream`` as "delta" events while it is decoded (whitespace collapsed, cut where
+        :func:`~agent.chat_reply.clean_reply` cuts); when the checked reply is not what was streamed (the check
+        failed and the template reply is used, the engine failed, or cleaning changed it), a "replace" event
+        carries the reply to show. A template reply comes as one "delta". Then "done" with the :class:`ChatReply`
+        (its ``reply`` is always the text to keep), or "error" (with ``raise_errors``: the error is raised instead,
+        as :meth:`send` does)."""
         work = _Work(session_id, message, request_id or uuid.uuid4().hex)
-        for stage in self._stages([work]):
+        for stage, data in self._stages([work], stream=True):
             if not work.alive:
                 break
-            if stage == "preferences" and work.state is not None:
+            if stage in ("delta", "replace"):
+                yield ChatEvent(event=stage, data=data)  # type: ignore[arg-type]
+            elif stage == "preferences" and work.state is not None:
                 yield ChatEvent(
                     event="preferences",
                     data={
@@ -195,29 +211,33 @@ class Conversation:
                 yield ChatEvent(
                     event="items", data={"items": [i.model_dump(mode="json") for i in work.recommendation.items]}
                 )
-            elif stage == "reply":
-                words = work.reply.split(" ")
-                for start in range(0, len(words), DELTA_WORDS):
-                    chunk = " ".join(words[start : start + DELTA_WORDS])
-                    yield ChatEvent(event="delta", data={"text": chunk if start == 0 else " " + chunk})
         if work.result is not None:
             yield ChatEvent(event="done", data=work.result.model_dump(mode="json"))
         else:
             err = work.error or _lost(work)
+            if raise_errors:
+                raise err
             yield ChatEvent(event="error", data={"type": type(err).__name__, "message": err.message, "hint": err.hint})
 
     # -- the stages ----------------------------------------------------------------------------------------
-    def _stages(self, works: list[_Work]) -> Iterator[str]:
+    def _stages(self, works: list[_Work], *, stream: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Run the stages, yielding ``(stage, {})`` after each; with ``stream`` (one work) the reply stage also
+        yields its ``("delta", ...)`` / ``("replace", ...)`` events."""
         self._prepare(works)
         self._extract([w for w in works if w.alive])
         self._decide([w for w in works if w.alive])
-        yield "preferences"
+        yield "preferences", {}
         self._recommend([w for w in works if w.alive and not w.clarifying])
-        yield "items"
-        self._write_replies([w for w in works if w.alive])
-        yield "reply"
+        yield "items", {}
+        if stream:
+            for w in works:
+                if w.alive:
+                    yield from self._stream_reply(w)
+        else:
+            self._write_replies([w for w in works if w.alive])
+        yield "reply", {}
         self._commit([w for w in works if w.alive])
-        yield "done"
+        yield "done", {}
 
     def _check_message(self, message: str) -> str:
         if not isinstance(message, str) or not message.strip():
@@ -251,13 +271,8 @@ class Conversation:
         prompts = []
         for w in works:
             assert w.state is not None
-            turns = history_messages(w.state.turns, self.settings.chat_history_turns)
-            conversation = [
-                {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
-                for m in turns
-            ]
             rendered = self.recommender.registry.render(
-                EXTRACT_TEMPLATE, {"conversation": conversation, "message": w.message, "fields": fields}
+                EXTRACT_TEMPLATE, {"conversation": self.history_vars(w.state), "message": w.message, "fields": fields}
             )
             prompts.append(rendered.chat_messages())
         outcome = call_batch(
@@ -406,7 +421,8 @@ class Conversation:
         for w, rec in zip(works, results, strict=True):
             w.recommendation = rec
 
-    def _write_replies(self, works: list[_Work]) -> None:
+    def _template_replies(self, works: list[_Work]) -> list[_Work]:
+        """Give every work its template (or clarifying) reply; return those an LLM reply may replace."""
         for w in works:
             assert w.state is not None
             if w.clarifying:
@@ -414,8 +430,13 @@ class Conversation:
             else:
                 assert w.recommendation is not None
                 w.reply = template_reply(w.recommendation.items, w.state.preferences, self.index)
-        todo = [w for w in works if not w.clarifying and w.recommendation and w.recommendation.items]
-        if not todo or self.settings.chat_reply != "llm":
+        if self.settings.chat_reply != "llm":
+            return []
+        return [w for w in works if not w.clarifying and w.recommendation and w.recommendation.items]
+
+    def _write_replies(self, works: list[_Work]) -> None:
+        todo = self._template_replies(works)
+        if not todo:
             return
         engine = self.recommender.engine()
         if engine is None:
@@ -432,17 +453,66 @@ class Conversation:
             ),
             timeout=self.settings.rerank_timeout_s,
         )
-        for w, res in zip(todo, outcome.results, strict=True):
+        for w, prompt, res in zip(todo, prompts, outcome.results, strict=True):
             assert w.recommendation is not None
             if isinstance(res, CallFailure):
                 w.reply_source = f"template ({res.reason})"
                 continue
             text = clean_reply(res.text)
-            ok, why = check_reply(text, w.recommendation.items, self.index, w.message)
+            ok, why = check_reply(text, w.recommendation.items, self.index, w.message, instruction_text(prompt))
             if ok:
                 w.reply, w.reply_source = text, "llm"
             else:
                 w.reply_source = f"template (LLM reply {why})"
+
+    def _stream_reply(self, w: _Work) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The reply of one work, streamed: ``("delta", {"text"})`` as the engine decodes, then
+        ``("replace", {"text", "reason"})`` when the reply kept is not the text streamed."""
+        todo = self._template_replies([w])
+        engine = self.recommender.engine() if todo else None
+        if engine is None:
+            yield "delta", {"text": w.reply}
+            return
+        assert w.recommendation is not None
+        shaper = ReplyShaper()
+        failure: str | None = None
+        deltas: Iterator[str] | None = None
+        prompt = self._reply_prompt(w)
+        try:
+            deltas = _with_deadline(
+                engine.stream(
+                    prompt,
+                    max_tokens=self.settings.chat_reply_max_tokens,
+                    temperature=0.0,
+                    seed=self.settings.seed,
+                    stop=REPLY_STOP,
+                ),
+                self.settings.rerank_timeout_s,
+            )
+            for delta in deltas:
+                shown = shaper.feed(delta)
+                if shown:
+                    yield "delta", {"text": shown}
+                if shaper.complete:
+                    break  # the rest would be cut: stop decoding
+        except Exception as exc:  # engine errors and timeouts: the template reply stands
+            failure = failure_reason(exc)
+            log.info("streamed reply failed (%s); using the template reply", failure)
+        finally:
+            close = getattr(deltas, "close", None)
+            if callable(close):
+                close()  # cancels what the engine still decodes
+        if failure is None:
+            text = shaper.text
+            ok, why = check_reply(text, w.recommendation.items, self.index, w.message, instruction_text(prompt))
+            if ok:
+                w.reply, w.reply_source = text, "llm"
+            else:
+                failure = f"LLM reply {why}"
+        if failure is not None:
+            w.reply_source = f"template ({failure})"
+        if w.reply != shaper.shown:
+            yield "replace", {"text": w.reply, "reason": failure or "cleaned"}
 
     def _reply_prompt(self, w: _Work) -> list[dict[str, str]]:
         assert w.state is not None and w.recommendation is not None
@@ -455,9 +525,22 @@ class Conversation:
             for it in w.recommendation.items
         ]
         rendered = self.recommender.registry.render(
-            REPLY_TEMPLATE, {"message": w.message, "items": items, "need": w.state.preferences.need or ""}
+            REPLY_TEMPLATE,
+            {
+                "conversation": self.history_vars(w.state),
+                "message": w.message,
+                "items": items,
+                "need": w.state.preferences.need or "",
+            },
         )
         return rendered.chat_messages()
+
+    def history_vars(self, state: SessionState) -> list[dict[str, str]]:
+        """The session's earlier turns as prompt variables (oldest first, the last ``chat_history_turns``)."""
+        return [
+            {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
+            for m in history_messages(state.turns, self.settings.chat_history_turns)
+        ]
 
     def _commit(self, works: list[_Work]) -> None:
         for w in works:
@@ -492,6 +575,53 @@ def _said_number(value: Any, words: tuple[str, ...]) -> bool:
         return False
     text = str(int(number)) if number.is_integer() else str(number)
     return text in words or any(w.startswith(text) and w[len(text) :] in ("s", "") for w in words)
+
+
+def _with_deadline(deltas: Iterator[str], timeout: float | None) -> Iterator[str]:
+    """``deltas`` read in a helper thread, raising TimeoutError when the whole stream takes longer than
+    ``timeout`` seconds (None: no limit, read directly). Closing this iterator closes ``deltas`` (in the helper
+    thread, after its current ``next``), which cancels the generation."""
+    if timeout is None:
+        try:
+            yield from deltas
+        finally:
+            close = getattr(deltas, "close", None)
+            if callable(close):
+                close()
+        return
+    box: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for delta in deltas:
+                if stop.is_set():
+                    break
+                box.put(("delta", delta))
+            box.put(("end", None))
+        except BaseException as exc:  # handed to the reader
+            box.put(("error", exc))
+        finally:
+            close = getattr(deltas, "close", None)
+            if callable(close):
+                close()
+
+    threading.Thread(target=pump, name="recagent-reply-stream", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                kind, value = box.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"the streamed reply took longer than {timeout:g} s") from None
+            if kind == "delta":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
 
 
 def _lost(w: _Work) -> RecagentError:

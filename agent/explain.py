@@ -39,6 +39,8 @@ __all__ = [
     "check_grounding",
     "explain",
     "explain_many",
+    "instruction_text",
+    "quotes_prompt",
     "template_justification",
 ]
 
@@ -49,6 +51,33 @@ _PUNCT = " .,;:!?\"'`()[]{}"
 _PAREN_TAIL = re.compile(r"\s*\([^()]*\)\s*$")
 _PLACEHOLDER = re.compile(r"^\W*<[^<>]*>\W*$")  # '<one sentence>' copied from the prompt's answer shape
 MIN_TITLE_CHARS = 4
+_WORD = re.compile(r"[a-z0-9']+")
+_TASK_HEADING = "\n# Your task"
+QUOTE_WORDS = 8
+
+
+def instruction_text(messages: Sequence[dict[str, str]]) -> str:
+    """The instructions of a rendered prompt: its system message(s) and the user message's ``# Your task`` part
+    (the rest of the user message is data: catalog fields, the user's words)."""
+    parts = []
+    for m in messages:
+        content = m.get("content", "")
+        if m.get("role") == "system":
+            parts.append(content)
+        elif _TASK_HEADING in content:
+            parts.append(content[content.rindex(_TASK_HEADING) :])
+    return "\n".join(parts)
+
+
+def quotes_prompt(text: str, instructions: str, n: int = QUOTE_WORDS) -> bool:
+    """Whether ``text`` repeats ``n`` consecutive words of ``instructions``: an answer that recites the prompt it
+    was given (a prompt-injection success, or a weak model echoing) is neither a justification nor a reply."""
+    words = _WORD.findall(text.lower())
+    if len(words) < n or not instructions:
+        return False
+    said = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    source = _WORD.findall(instructions.lower())
+    return any(tuple(source[i : i + n]) in said for i in range(len(source) - n + 1))
 
 
 @dataclass
@@ -341,6 +370,7 @@ def _ask(
         ),
         timeout=config.explain_timeout_s,
     )
+    instructions = [instruction_text(m) for m in messages]
     results: list[_ExplainOutput | str] = []
     for res, out in zip(outcome.results, outs, strict=True):
         out.llm_calls += 1
@@ -358,6 +388,9 @@ def _ask(
         out.prompt_tokens += res.prompt_tokens
         out.completion_tokens += res.completion_tokens
         parsed = _parse(res)
+        if parsed is not None and quotes_prompt(parsed.justification, instructions[len(results)]):
+            results.append("quotes the prompt's instructions")
+            continue
         results.append(parsed if parsed is not None else "invalid_output")
     return results
 

@@ -1,6 +1,8 @@
 """The Recommender: the one entry point the chat, the HTTP server and the evaluator call.
 
     request (user id / history, free-text need, likes, dislikes, constraints)
+      -> [LLM candidate sources, when their fusion weight is > 0: a user profile (agent.profiles) queried as
+          text, and proposals grounded to catalog items (agent.ground); one engine batch each]
       -> candidate sources fused (retrieval.CandidateGenerator over a Chroma collection)
       -> LLM ranking + grounded justifications (agent.rerank.rank_many), with fallbacks
       -> Recommendation (ranked items with titles, scores, sources, justifications, timings, tokens, versions)
@@ -11,21 +13,28 @@ Heavy parts (embedder, store, engine, interaction log) are built lazily from the
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agent.enrich import GenerationCache
 from agent.errors import InputError, RecagentError
+from agent.ground import Grounder, GroundReport, propose_and_ground
 from agent.llm.base import LLMEngine
+from agent.profiles import CACHE_FILE as PROFILE_CACHE_FILE
+from agent.profiles import ProfileText, build_profiles, source_weight
 from agent.rerank import rank_many
 from agent.schemas import CandidateItem, RankedItem, RankingContext, RerankResult, UserContext
 from agent.settings import Settings
 from prompts import PromptRegistry
 from retrieval.candidates import CandidateGenerator
+from retrieval.config import SOURCE_NAMES
 from retrieval.embed import Embedder, make_embedder
 from retrieval.interactions import Interactions, read_interactions
 from retrieval.store import ItemCollection, Store
@@ -56,6 +65,25 @@ class RecommendRequest(BaseModel):
         max_length=500,
         description="Rank exactly these item ids (in this order) instead of retrieving them (evaluation protocols).",
     )
+    explain_profile: bool = Field(
+        False, description="Write the user's LLM profile and return it in Recommendation.profile."
+    )
+    source_weights: dict[str, float] | None = Field(
+        None,
+        description='Fusion weights for this request, over the configured ones (e.g. {"generated": 1.0}).',
+    )
+
+    @field_validator("source_weights")
+    @classmethod
+    def _weights_not_negative(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        unknown = sorted(set(value) - set(SOURCE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown candidate source(s) {unknown}; sources: {', '.join(SOURCE_NAMES)}")
+        if any(w < 0 for w in value.values()):
+            raise ValueError("source weights must be >= 0 (0 turns a source off)")
+        return value
 
 
 class RecommendedItem(RankedItem):
@@ -81,6 +109,62 @@ class Recommendation(BaseModel):
     agreement: float | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     rerank: RerankResult
+    profile: str | None = Field(None, description="The user's LLM-written profile (when written).")
+    profile_note: str | None = Field(
+        None, description="How the profile came about (generated, cached, not used as a source) or why it is missing."
+    )
+    grounding: GroundReport | None = Field(None, description="Generate-then-ground: proposed, grounded, discarded.")
+    stage_tokens: dict[str, int] = Field(
+        default_factory=dict, description="Tokens of the profile and proposal stages (included in the totals)."
+    )
+
+
+def _recent_ids(query: UserQuery, n: int) -> list[str]:
+    """The ``n`` most recent history ids (undated entries first, then by time, as UserContext orders them) and
+    the items liked in the conversation."""
+    dated = sorted((h for h in query.history if h.timestamp is not None), key=lambda h: h.timestamp or 0)
+    entries = [h for h in query.history if h.timestamp is None] + dated
+    return [h.item_id for h in entries[-n:]] + list(query.liked)
+
+
+def _stage_sum(tokens: dict[str, int], kind: str) -> int:
+    return sum(v for k, v in tokens.items() if k.endswith(kind))
+
+
+@dataclass
+class _LLMSources:
+    """One request's LLM candidate-source work (profile, grounded proposals) before candidate generation."""
+
+    weights: dict[str, float] | None = None
+    profile: ProfileText | None = None
+    profile_source: bool = False
+    grounding: GroundReport | None = None
+    rankings: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def tokens(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if self.profile is not None and self.profile.prompt_tokens:  # its cost: also when cached or unusable
+            out["profile_prompt"] = self.profile.prompt_tokens
+            out["profile_completion"] = self.profile.completion_tokens
+        if self.grounding is not None and self.grounding.prompt_tokens:
+            out["propose_prompt"] = self.grounding.prompt_tokens
+            out["propose_completion"] = self.grounding.completion_tokens
+        return out
+
+    def versions(self) -> list[str]:
+        out = [self.profile.prompt_version] if self.profile is not None and self.profile.status != "skipped" else []
+        if self.grounding is not None and self.grounding.failed is None:
+            out.append(self.grounding.prompt_version)
+        return [v for v in out if v]
+
+    def profile_note(self) -> str | None:
+        if self.profile is None:
+            return None
+        if self.profile.text is None:
+            return f"no profile: {self.profile.reason}"
+        used = "" if self.profile_source else "; not a candidate source (fusion weight 0)"
+        return f"{self.profile.status}{used}"
 
 
 class Recommender:
@@ -100,6 +184,9 @@ class Recommender:
         self.settings = settings
         self._engine = engine
         self._engine_error: str | None = None
+        self._engine_lock = threading.Lock()
+        self._engine_failed_at: float | None = None  # monotonic time of the last failed start
+        self._engine_attempts = 0
         self._embedder = embedder
         self._store = store
         self.collection_name = collection or settings.collection
@@ -137,22 +224,79 @@ class Recommender:
         return read_interactions(Path(path)) if path else None
 
     @cached_property
+    def grounder(self) -> Grounder:
+        return Grounder(self.collection, self.embedder, min_similarity=self.settings.ground_min_similarity)
+
+    @cached_property
+    def profile_cache(self) -> GenerationCache | None:
+        if not self.settings.profile_cache:
+            return None
+        return GenerationCache(self.settings.home / "cache" / PROFILE_CACHE_FILE)
+
+    @cached_property
     def generator(self) -> CandidateGenerator:
         return CandidateGenerator.default(
             self.collection, self.embedder, self.interactions, self.settings.fusion_config()
         )
 
     def engine(self) -> LLMEngine | None:
-        """The LLM engine, or None (with the reason kept) when it cannot be started: requests then fall back."""
-        if self._engine is None and self._engine_error is None:
+        """The LLM engine, or None while it cannot be started: requests then fall back to the retrieval order and
+        ``_engine_error`` keeps the reason. A failed start is tried again once ``settings.llm_retry_after_s`` has
+        passed (each attempt is logged), so an engine or LLM server that comes back is picked up without a restart.
+        While another thread is starting the engine, callers do not wait: they fall back."""
+        if self._engine is not None:
+            return self._engine
+        failed_at = self._engine_failed_at
+        if failed_at is not None and time.monotonic() - failed_at < self.settings.llm_retry_after_s:
+            return None
+        if not self._engine_lock.acquire(blocking=False):
+            return None  # being started by another thread
+        try:
+            if self._engine is not None:
+                return self._engine
             from agent.llm import create_engine
 
+            self._engine_attempts += 1
+            attempt = self._engine_attempts
+            if attempt > 1:
+                log.info("starting the LLM engine again (attempt %d)", attempt)
             try:
-                self._engine = create_engine(self.settings)
-            except RecagentError as exc:
-                self._engine_error = exc.message
-                log.warning("LLM engine unavailable, falling back to retrieval order: %s", exc)
-        return self._engine
+                engine = create_engine(self.settings)
+            except Exception as exc:  # any failure to start: answer without the LLM, retry later
+                known = isinstance(exc, RecagentError)
+                self._engine_error = exc.message if isinstance(exc, RecagentError) else f"{type(exc).__name__}: {exc}"
+                self._engine_failed_at = time.monotonic()
+                log.warning(
+                    "LLM engine unavailable (attempt %d), falling back to the retrieval order; next attempt in "
+                    "%.0f s: %s",
+                    attempt,
+                    self.settings.llm_retry_after_s,
+                    exc,
+                    exc_info=not known,
+                )
+                return None
+            if attempt > 1:
+                log.info("LLM engine started on attempt %d: %s", attempt, engine.model_id)
+            self._engine, self._engine_error, self._engine_failed_at = engine, None, None
+            return engine
+        finally:
+            self._engine_lock.release()
+
+    def engine_status(self) -> dict[str, Any]:
+        """The engine's state without starting it: ``status`` (ok / unavailable / not started), the last start
+        error, the number of start attempts and the seconds until the next one."""
+        if self._engine is not None:
+            return {"status": "ok", "error": None, "attempts": self._engine_attempts, "retry_in_s": None}
+        failed_at = self._engine_failed_at
+        if failed_at is None:
+            return {"status": "not started", "error": None, "attempts": self._engine_attempts, "retry_in_s": None}
+        wait = max(0.0, self.settings.llm_retry_after_s - (time.monotonic() - failed_at))
+        return {
+            "status": "unavailable",
+            "error": self._engine_error,
+            "attempts": self._engine_attempts,
+            "retry_in_s": round(wait, 1),
+        }
 
     # -- one request ------------------------------------------------------------------------------------------
     def _query(self, req: RecommendRequest) -> UserQuery:
@@ -175,7 +319,57 @@ class Recommender:
             n=req.n_candidates,
         )
 
-    def _context(self, req: RecommendRequest, query: UserQuery) -> tuple[RankingContext, dict[str, Item]]:
+    def _llm_sources(self, requests: Sequence[RecommendRequest], queries: list[UserQuery]) -> list[_LLMSources]:
+        """Profiles (profile source on, or ``explain_profile``) and grounded proposals ("generated" source on) for
+        the requests that need them: one engine batch per stage. Sets ``UserQuery.profile`` where the profile
+        source is on."""
+        out = [_LLMSources() for _ in requests]
+        want_profile: list[int] = []
+        want_ground: list[int] = []
+        for i, req in enumerate(requests):
+            weights = {**self.settings.fusion_weights, **(req.source_weights or {})}
+            out[i].weights = weights if req.source_weights else None
+            retrieving = req.candidates is None
+            out[i].profile_source = retrieving and source_weight(weights, "profile") > 0
+            if out[i].profile_source or req.explain_profile:
+                want_profile.append(i)
+            if retrieving and source_weight(weights, "generated") > 0:
+                want_ground.append(i)
+        if not want_profile and not want_ground:
+            return out
+        engine = self.engine()
+        recent = {i: _recent_ids(queries[i], max(self.settings.profile_history_limit, 10))
+                  for i in {*want_profile, *want_ground}}  # fmt: skip
+        items = self.collection.get_items(list(dict.fromkeys(x for ids in recent.values() for x in ids)))
+        if want_profile:
+            t0 = time.perf_counter()
+            users = [UserContext.from_query(queries[i], items) for i in want_profile]
+            profiles = build_profiles(engine, self.registry, users, self.settings, cache=self.profile_cache,
+                                      engine_error=self._engine_error)  # fmt: skip
+            ms = round((time.perf_counter() - t0) * 1000, 1)
+            for i, profile in zip(want_profile, profiles, strict=True):
+                out[i].profile, out[i].timings_ms["profile_batch"] = profile, ms
+                if out[i].profile_source:
+                    queries[i].profile = profile.text
+        if want_ground:
+            t0 = time.perf_counter()
+            asks = []
+            for i in want_ground:
+                q, written = queries[i], out[i].profile
+                need = q.need or (written.text if written is not None and written.text else "")
+                liked = [items[x].title for x in [*q.liked, *recent[i][-10:]] if x in items]
+                asks.append((need, list(dict.fromkeys(liked))))
+            reports = propose_and_ground(engine, self.registry, self.grounder, asks, self.settings,
+                                         engine_error=self._engine_error)  # fmt: skip
+            ms = round((time.perf_counter() - t0) * 1000, 1)
+            for i, report in zip(want_ground, reports, strict=True):
+                out[i].grounding, out[i].timings_ms["ground_batch"] = report, ms
+                out[i].rankings["generated"] = report.ranking()
+        return out
+
+    def _context(
+        self, req: RecommendRequest, query: UserQuery, extra: _LLMSources | None = None
+    ) -> tuple[RankingContext, dict[str, Item]]:
         if req.candidates is not None:
             excluded = query.excluded_ids()
             ids = [i for i in dict.fromkeys(req.candidates) if i not in excluded]
@@ -184,6 +378,8 @@ class Recommender:
                 Candidate(item_id=i, score=(n - r) / n, sources={"given": SourceHit(rank=r + 1, score=(n - r) / n)})
                 for r, i in enumerate(ids)
             ]
+        elif extra is not None and (extra.rankings or extra.weights is not None):
+            candidates = self.generator.generate(query, extra=extra.rankings, weights=extra.weights)
         else:
             candidates = self.generator.generate(query)
         wanted = [c.item_id for c in candidates]
@@ -201,12 +397,17 @@ class Recommender:
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
         """Several requests; their LLM work goes to the engine in one batch per stage."""
         started = time.perf_counter()
-        prepared = []
+        queries, query_ms = [], []
         for req in requests:
             t0 = time.perf_counter()
-            query = self._query(req)
-            ctx, items = self._context(req, query)
-            prepared.append((req, ctx, items, len(query.history), (time.perf_counter() - t0) * 1000))
+            queries.append(self._query(req))
+            query_ms.append((time.perf_counter() - t0) * 1000)
+        extras = self._llm_sources(requests, queries)
+        prepared = []
+        for req, query, extra, q_ms in zip(requests, queries, extras, query_ms, strict=True):
+            t0 = time.perf_counter()
+            ctx, items = self._context(req, query, extra)
+            prepared.append((req, ctx, items, len(query.history), q_ms + (time.perf_counter() - t0) * 1000))
         contexts = [p[1] for p in prepared]
         needs_llm = any(c.config.strategy != "retrieval" or c.config.explain == "llm" for c in contexts)
         engine = self.engine() if needs_llm else self._engine
@@ -214,7 +415,8 @@ class Recommender:
         results = rank_many(engine, self.registry, contexts)  # falls back itself on engine problems
         rank_ms = (time.perf_counter() - t_rank) * 1000
         out = []
-        for (_req, ctx, items, n_hist, retrieve_ms), result in zip(prepared, results, strict=True):
+        for (_req, ctx, items, n_hist, retrieve_ms), result, extra in zip(prepared, results, extras, strict=True):
+            stage_tokens = extra.tokens()
             reason = result.fallback_reason
             if reason and self._engine_error and engine is None:
                 reason = f"engine_error: {self._engine_error}"
@@ -231,18 +433,23 @@ class Recommender:
                     candidates=len(ctx.candidates),
                     candidate_ids=[c.id for c in ctx.candidates],
                     history_used=n_hist,
-                    prompt_versions=result.prompt_versions,
+                    prompt_versions=extra.versions() + result.prompt_versions,
                     model=engine.model_id if engine is not None else None,
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
+                    prompt_tokens=result.prompt_tokens + _stage_sum(stage_tokens, "prompt"),
+                    completion_tokens=result.completion_tokens + _stage_sum(stage_tokens, "completion"),
                     agreement=result.agreement,
                     timings_ms={
                         "retrieve": round(retrieve_ms, 1),
                         "rank_batch": round(rank_ms, 1),
                         "total_batch": round((time.perf_counter() - started) * 1000, 1),
                         **{k: round(v, 1) for k, v in result.timings_ms.items()},
+                        **extra.timings_ms,
                     },
                     rerank=result,
+                    profile=extra.profile.text if extra.profile is not None else None,
+                    profile_note=extra.profile_note(),
+                    grounding=extra.grounding,
+                    stage_tokens=stage_tokens,
                 )
             )
         return out

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from agent.sessions import (
@@ -111,7 +111,11 @@ class SQLiteSessionStore:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException as exc:
-                self._db.execute("ROLLBACK")
+                # SQLite may already have rolled back (disk full, I/O error): a second ROLLBACK would raise
+                # "no transaction is active" and hide the real error
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise SessionStoreError(f"{what} failed in {self.path}: {exc}", hint=_WRITE_HINT) from exc
                 raise

@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
-from retrieval.config import CleanConfig, EmbedConfig, FusionConfig, StoreConfig
+from retrieval.config import DEFAULT_SOURCE_WEIGHTS, CleanConfig, EmbedConfig, FusionConfig, StoreConfig
 
 if TYPE_CHECKING:
     from agent.schemas import RerankConfig
@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     llm_max_logprobs: int = Field(20, ge=1, description="Top-k log-probs the engine returns when scoring labels.")
     llm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one request to an LLM server.")
     llm_max_concurrency: int = Field(16, ge=1, description="Parallel requests sent to an LLM server.")
+    llm_retry_after_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds before a failed LLM engine start (or an unreachable LLM server) is tried again; "
+        "answers fall back to the retrieval order meanwhile.",
+    )
     llm_server_port: int = Field(8000, ge=1, le=65535, description="Port used by `recagent llm serve`.")
     llm_server_host: str = Field("127.0.0.1", description="Bind address of `recagent llm serve`.")
     seed: int = Field(0, description="Default seed for sampling and splits.")
@@ -110,8 +116,9 @@ class Settings(BaseSettings):
     embed_threads: int | None = Field(None, ge=1, description="torch threads while embedding batches.")
     embed_query_threads: int | None = Field(1, ge=1, description="torch threads while embedding short queries.")
     fusion_weights: dict[str, float] = Field(
-        default_factory=lambda: {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0.5},
-        description="Reciprocal-rank-fusion weight per candidate source (0 disables a source).",
+        default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS),
+        description="Reciprocal-rank-fusion weight per candidate source (0 disables a source): semantic, item2item, "
+        "collab, popularity, and the LLM sources profile and generated (0 by default: no LLM call).",
     )
     fusion_k: int = Field(100, ge=1, description="Candidates asked from each source.")
     fusion_rrf_k: int = Field(60, ge=0, description="RRF constant.")
@@ -158,6 +165,38 @@ class Settings(BaseSettings):
     )
     chat_extract_max_tokens: int = Field(256, ge=16, description="Output budget of the preference extraction.")
     chat_reply_max_tokens: int = Field(120, ge=16, description="Output budget of the chat reply.")
+
+    # LLM enrichment, user profiles, generate-then-ground (agent/enrich.py, agent/profiles.py, agent/ground.py)
+    enrich_template: str = Field("enrich_item", description="Template that writes item descriptions and keywords.")
+    enrich_batch_size: int = Field(16, ge=1, description="Items per engine call (and per write) of `recagent enrich`.")
+    enrich_max_tokens: int = Field(300, ge=16, description="Output budget of one item enrichment.")
+    enrich_thin_chars: int = Field(
+        40,
+        ge=0,
+        description="An item is thin (enriched without --all) when its free-text fields hold fewer characters "
+        "than this (title and attribute fields do not count).",
+    )
+    enrich_description_max_chars: int = Field(
+        400, ge=20, le=2000, description="Longest generated description (characters; enforced by the JSON schema)."
+    )
+    enrich_max_keywords: int = Field(8, ge=1, le=20, description="Most generated keywords per item.")
+    profile_template: str = Field("user_profile", description="Template that writes a user's taste profile.")
+    profile_max_tokens: int = Field(160, ge=16, description="Output budget of one user profile.")
+    profile_max_chars: int = Field(600, ge=40, description="Profiles are cut (at a word) to this many characters.")
+    profile_history_limit: int = Field(20, ge=0, description="Most recent history items shown to the profile prompt.")
+    profile_cache: bool = Field(
+        True, description="Cache profiles in <home>/cache/profiles.sqlite (key: rendered prompt + model)."
+    )
+    ground_template: str = Field("propose_items", description="Template that proposes items for a free-text need.")
+    ground_max_proposals: int = Field(5, ge=1, le=20, description="Most items the LLM proposes per request.")
+    ground_max_tokens: int = Field(400, ge=16, description="Output budget of one proposal list.")
+    ground_min_similarity: float = Field(
+        0.6,
+        ge=-1,
+        le=1,
+        description="A proposal without an exact title match is grounded to the nearest catalog item only when "
+        "the cosine similarity of its title + description to that item's document reaches this; else discarded.",
+    )
 
     # HTTP server (`recagent serve`, agent/server/)
     server_host: str = Field("127.0.0.1", description="Bind address of `recagent serve` (others need server_token).")

@@ -11,6 +11,17 @@ turn under the acknowledged turn id. Reported as JSON: errors (by kind), lost tu
 throughput (turns/s over the wall time of the load phase) and the server's batching counters. Every request has a
 timeout and the whole run a deadline; the server is stopped at the end. Exit code 1 when a turn failed or was lost.
 --url targets an already running server instead (loopback addresses only).
+
+Soak mode (a bounded endurance run that checks memory stays flat):
+
+    .venv/bin/python bench/chat_load.py --soak-seconds 600 --sessions 4 --turns 6
+
+keeps --sessions workers busy for --soak-seconds: each starts a session, sends --turns messages, then starts a new
+session, until the time is up. Every --sample-s seconds it samples the resident memory (RSS) of the server process
+and its children (the server it started, or --server-pid with --url). The report adds "memory": RSS at the end of
+the warm-up (--warmup-s, default a quarter of the run, at most 60 s), at the end, the minimum and maximum after
+warm-up, the growth (end - start) and the slope of a least-squares line through the samples after warm-up (MiB per
+minute). --max-growth-mb makes the exit code 1 when the growth exceeds it.
 """
 
 from __future__ import annotations
@@ -132,7 +143,9 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-async def run_session(http: httpx.AsyncClient, i: int, turns: int, out: SessionResult) -> None:
+async def run_session(
+    http: httpx.AsyncClient, i: int, turns: int, out: SessionResult, deadline: float | None = None
+) -> None:
     try:
         resp = await http.post("/v1/sessions", json={})
     except httpx.HTTPError as exc:
@@ -143,6 +156,8 @@ async def run_session(http: httpx.AsyncClient, i: int, turns: int, out: SessionR
         return
     out.session_id = resp.json()["session_id"]
     for t in range(turns):
+        if deadline is not None and time.monotonic() >= deadline:
+            return
         message = SCRIPT[(i + t) % len(SCRIPT)] if t else SCRIPT[i % len(SCRIPT)]
         started = time.perf_counter()
         try:
@@ -159,6 +174,70 @@ async def run_session(http: httpx.AsyncClient, i: int, turns: int, out: SessionR
             continue
         out.latencies.append(time.perf_counter() - started)
         out.acknowledged.append((int(resp.json()["turn_id"]), message))
+
+
+async def soak_worker(http: httpx.AsyncClient, i: int, turns: int, deadline: float, out: list[SessionResult]) -> None:
+    """Sessions one after the other (``turns`` messages each) until ``deadline`` (monotonic seconds)."""
+    n = 0
+    while time.monotonic() < deadline:
+        result = SessionResult()
+        out.append(result)
+        await run_session(http, i + n, turns, result, deadline=deadline)
+        n += 1
+        if result.session_id is None:
+            await asyncio.sleep(0.5)  # could not even start a session: do not spin
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` and its children in MiB (None when the process is gone)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+async def sample_memory(pid: int, every_s: float, samples: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    started = time.monotonic()
+    while not stop.is_set():
+        value = rss_mb(pid)
+        if value is not None:
+            samples.append((time.monotonic() - started, value))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+def memory_report(samples: list[tuple[float, float]], warmup_s: float) -> dict[str, Any]:
+    """RSS after warm-up: start, end, min, max, growth and least-squares slope (MiB per minute)."""
+    after = [(t, v) for t, v in samples if t >= warmup_s] or samples[-1:]
+    if not after:
+        return {"samples": 0}
+    ts, vs = [t for t, _ in after], [v for _, v in after]
+    slope = 0.0
+    if len(after) >= 2 and max(ts) > min(ts):
+        mt, mv = statistics.fmean(ts), statistics.fmean(vs)
+        slope = sum((t - mt) * (v - mv) for t, v in after) / sum((t - mt) ** 2 for t in ts) * 60
+    return {
+        "samples": len(samples),
+        "warmup_s": warmup_s,
+        "rss_mb": {
+            "first": round(samples[0][1], 1),
+            "start": round(vs[0], 1),
+            "end": round(vs[-1], 1),
+            "min": round(min(vs), 1),
+            "max": round(max(vs), 1),
+        },
+        "growth_mb": round(vs[-1] - vs[0], 1),
+        "slope_mb_per_min": round(slope, 2),
+        "curve_mb": [[round(t), round(v, 1)] for t, v in samples[:: max(1, len(samples) // 12)]],
+    }
 
 
 async def check_stored(http: httpx.AsyncClient, result: SessionResult) -> int:
@@ -178,19 +257,43 @@ async def check_stored(http: httpx.AsyncClient, result: SessionResult) -> int:
     return lost
 
 
-async def load(url: str, sessions: int, turns: int, request_timeout_s: float, deadline_s: float) -> dict[str, Any]:
-    results = [SessionResult() for _ in range(sessions)]
+async def load(
+    url: str,
+    sessions: int,
+    turns: int,
+    request_timeout_s: float,
+    deadline_s: float,
+    *,
+    soak_s: float | None = None,
+    server_pid: int | None = None,
+    sample_s: float = 1.0,
+    warmup_s: float | None = None,
+) -> dict[str, Any]:
+    results: list[SessionResult] = [] if soak_s else [SessionResult() for _ in range(sessions)]
     limits = httpx.Limits(max_connections=sessions + 4, max_keepalive_connections=sessions + 4)
     headers = {}
     if os.environ.get("RECAGENT_SERVER_TOKEN"):
         headers["Authorization"] = f"Bearer {os.environ['RECAGENT_SERVER_TOKEN']}"
     async with httpx.AsyncClient(base_url=url, timeout=request_timeout_s, limits=limits, headers=headers) as http:
+        samples: list[tuple[float, float]] = []
+        stop = asyncio.Event()
+        sampler = (
+            asyncio.create_task(sample_memory(server_pid, sample_s, samples, stop)) if server_pid is not None else None
+        )
         started = time.perf_counter()
-        tasks = [asyncio.create_task(run_session(http, i, turns, results[i])) for i in range(sessions)]
+        if soak_s:
+            end = time.monotonic() + soak_s
+            tasks = [asyncio.create_task(soak_worker(http, i * 7, turns, end, results)) for i in range(sessions)]
+            deadline_s = soak_s + request_timeout_s + 30
+        else:
+            tasks = [asyncio.create_task(run_session(http, i, turns, results[i])) for i in range(sessions)]
         _, pending = await asyncio.wait(tasks, timeout=deadline_s)
         for task in pending:
             task.cancel()
         wall = time.perf_counter() - started
+        stop.set()
+        if sampler is not None:
+            await sampler
         lost = sum([await check_stored(http, r) for r in results])
         health = (await http.get("/healthz")).json()
     latencies = [x for r in results for x in r.latencies]
@@ -199,10 +302,11 @@ async def load(url: str, sessions: int, turns: int, request_timeout_s: float, de
     for e in errors:
         kinds[e] = kinds.get(e, 0) + 1
     ok = len(latencies)
-    return {
-        "sessions": sessions,
+    sent = sum(len(r.acknowledged) + sum(1 for e in r.errors if not e.startswith("create")) for r in results)
+    report: dict[str, Any] = {
+        "sessions": sessions if not soak_s else len(results),
         "turns_per_session": turns,
-        "turns_sent": sessions * turns,
+        "turns_sent": sessions * turns if not soak_s else sent,
         "turns_ok": ok,
         "errors": len(errors),
         "error_kinds": kinds,
@@ -222,6 +326,13 @@ async def load(url: str, sessions: int, turns: int, request_timeout_s: float, de
             "sessions_stored": health.get("sessions", {}).get("sessions"),
         },
     }
+    if soak_s:
+        report["soak_s"] = soak_s
+        report["workers"] = sessions
+    if server_pid is not None:
+        warm = warmup_s if warmup_s is not None else min(60.0, (soak_s or wall) / 4)
+        report["memory"] = memory_report(samples, warm)
+    return report
 
 
 def main() -> int:
@@ -236,6 +347,11 @@ def main() -> int:
     parser.add_argument("--deadline-s", type=float, default=3600, help="limit of the whole load phase")
     parser.add_argument("--start-timeout-s", type=float, default=900)
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.add_argument("--soak-seconds", type=float, help="soak mode: keep sessions going for this long")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server process whose memory is sampled")
+    parser.add_argument("--sample-s", type=float, default=1.0, help="memory sampling interval (seconds)")
+    parser.add_argument("--warmup-s", type=float, help="memory baseline after this warm-up (default: run/4, <= 60)")
+    parser.add_argument("--max-growth-mb", type=float, help="exit code 1 when RSS grows more than this after warm-up")
     args = parser.parse_args()
     if args.quick:
         args.sessions, args.turns = 3, 2
@@ -255,7 +371,20 @@ def main() -> int:
             server.wait_healthy(args.start_timeout_s)
             print(f"server healthy after {time.perf_counter() - t0:.0f}s at {server.url}", file=sys.stderr)
             url = server.url
-        report = asyncio.run(load(url, args.sessions, args.turns, args.request_timeout_s, args.deadline_s))
+        pid = server.proc.pid if server is not None else args.server_pid
+        report = asyncio.run(
+            load(
+                url,
+                args.sessions,
+                args.turns,
+                args.request_timeout_s,
+                args.deadline_s,
+                soak_s=args.soak_seconds,
+                server_pid=pid,
+                sample_s=args.sample_s,
+                warmup_s=args.warmup_s,
+            )
+        )
     finally:
         if server is not None:
             server.stop()
@@ -264,7 +393,10 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    return 0 if report["errors"] == 0 and report["lost_turns"] == 0 and report["unfinished_sessions"] == 0 else 1
+    grew = report.get("memory", {}).get("growth_mb")
+    too_much = args.max_growth_mb is not None and grew is not None and grew > args.max_growth_mb
+    ok = report["errors"] == 0 and report["lost_turns"] == 0 and report["unfinished_sessions"] == 0 and not too_much
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@
 
 Each mode runs in its own process (a fresh in-process vLLM engine with ``llm_prefix_caching`` on or off) and plays
 the same scripted multi-turn conversations (``--sessions`` sessions x ``--turns`` turns, sessions interleaved turn by
-turn, as a server sees them) through the real :class:`agent.conversation.Conversation`:
+turn, as a server sees them) through the real :class:`agent.conversation.Conversation`. Both chat prompts put the
+stable parts first (instructions, then the session's earlier turns, then this turn's need, items and message), so with
+caching on a later turn's prompt reuses the cached prefix of the earlier ones. Measured on turns >= 2:
 
-1. time to first token (TTFT) of turns >= 2: just before each turn, the turn's preference-extraction prompt (system
-   text, earlier turns, the new message: the stable part first) is sent alone with ``max_tokens=1``; prefill
-   dominates, and with caching on the earlier turns' tokens come from the cache;
-2. turn latency: the prefix cache is reset, and the same conversations run again on fresh sessions without probes;
+1. reply TTFT: each turn runs through ``Conversation.stream`` (the streaming path of ``recagent chat`` and the SSE
+   API), and the time from the reply prompt's submission to its first streamed delta (``engine.stream``) is recorded:
+   the real ``chat_reply`` prompt with the session's history, as the user waits for it;
+2. extraction TTFT: just before each turn, the turn's real ``extract_preferences`` prompt (instructions, earlier
+   turns, the new message) is sent alone with ``max_tokens=1`` (prefill dominates);
+3. turn latency: the prefix cache is reset, and the same conversations run again on fresh sessions without probes;
    the wall time of each ``Conversation.send`` (extraction, ranking, justifications, reply) is recorded.
 
-Prints medians / p90 per mode and the OFF/ON ratio; ``--out FILE`` writes the raw figures as JSON.
+Prints medians / p90 per mode and the OFF/ON ratios; ``--out FILE`` writes the raw figures as JSON.
 """
 
 from __future__ import annotations
@@ -47,14 +51,56 @@ SCRIPTS = [
 ]  # fmt: skip
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 # ------------------------------------------------------------------------------------------------ worker
+class TimedStreams:
+    """Wraps the engine: every ``stream`` call records its time to the first delta and its prompt's token count."""
+
+    def __init__(self, inner: Any) -> None:
+        from agent.llm.base import LLMEngine
+
+        outer = self
+
+        class Timed(LLMEngine):
+            backend = inner.backend
+            model_id = inner.model_id
+
+            def generate(self, requests: Any, **kw: Any) -> Any:
+                return inner.generate(requests, **kw)
+
+            def score_options(self, requests: Any, labels: Any) -> Any:
+                return inner.score_options(requests, labels)
+
+            def describe(self) -> dict[str, Any]:
+                return dict(inner.describe())
+
+            def stream(self, request: Any, **kw: Any) -> Any:
+                from agent.llm.base import LLMRequest
+                from agent.llm.prompting import encode_request
+
+                tokens = len(encode_request(inner.tokenizer, LLMRequest.of(request)))
+                started = time.perf_counter()
+                first = True
+                for delta in inner.stream(request, **kw):
+                    if first:
+                        outer.records.append((time.perf_counter() - started, tokens))
+                        first = False
+                    yield delta
+
+        self.engine = Timed()
+        self.records: list[tuple[float, int]] = []
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    from agent.conversation import EXTRACT_TEMPLATE, Conversation, history_messages
+    from agent.conversation import EXTRACT_TEMPLATE, Conversation
     from agent.errors import EngineError
     from agent.llm.vllm_local import get_engine
     from agent.pipeline import Recommender
@@ -75,47 +121,67 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     db = Path(tempfile.mkdtemp()) / "sessions.sqlite3"
     settings = settings.model_copy(update={"session_db_url": str(db)})
     store = open_session_store(settings)
-    conv = Conversation(Recommender(settings, engine=engine), store, settings)
+    timed = TimedStreams(engine)
+    conv = Conversation(Recommender(settings, engine=timed.engine), store, settings)
     scripts = (SCRIPTS * ((args.sessions + len(SCRIPTS) - 1) // len(SCRIPTS)))[: args.sessions]
     _ = conv.index  # build the catalog index outside the timings
     engine.generate(["warm-up"], max_tokens=2)
 
-    def play(probe: bool) -> tuple[list[float], list[float], list[int]]:
+    def probe_extraction(sid: str, message: str) -> tuple[float, int] | None:
+        """TTFT of the turn's real extraction prompt, sent alone with max_tokens=1."""
+        state = conv.get(sid)
+        rendered = conv.recommender.registry.render(
+            EXTRACT_TEMPLATE,
+            {"conversation": conv.history_vars(state), "message": message, "fields": conv.index.field_names()},
+        )
+        started = time.perf_counter()
+        try:
+            gen = engine.generate([rendered.chat_messages()], max_tokens=1)
+        except EngineError as exc:  # e.g. longer than the context: the turn itself goes on
+            print(f"probe skipped: {exc.message}", file=sys.stderr)
+            return None
+        return time.perf_counter() - started, gen[0].prompt_tokens
+
+    def play_streamed() -> dict[str, list[Any]]:
         sids = [conv.start().session_id for _ in scripts]
-        ttft, latency, prompt_tokens = [], [], []
+        out: dict[str, list[Any]] = {"reply_ttft_s": [], "reply_tokens": [], "extract_ttft_s": [], "extract_tokens": []}
         for turn in range(args.turns):
             for sid, script in zip(sids, scripts, strict=True):
                 message = script[turn % len(script)]
-                if probe and turn >= 1:
-                    state = conv.get(sid)
-                    history = history_messages(state.turns, settings.chat_history_turns)
-                    conversation = [{"role": "user" if m.type == "human" else "assistant", "content": str(m.content)}
-                                    for m in history]  # fmt: skip
-                    rendered = conv.recommender.registry.render(
-                        EXTRACT_TEMPLATE,
-                        {"conversation": conversation, "message": message, "fields": conv.index.field_names()},
-                    )
-                    started = time.perf_counter()
-                    try:
-                        gen = engine.generate([rendered.chat_messages()], max_tokens=1)
-                    except EngineError as exc:  # e.g. longer than the context: the turn itself goes on
-                        print(f"probe skipped: {exc.message}", file=sys.stderr)
-                    else:
-                        ttft.append(time.perf_counter() - started)
-                        prompt_tokens.append(gen[0].prompt_tokens)
+                probe = probe_extraction(sid, message) if turn >= 1 else None
+                if probe is not None:
+                    out["extract_ttft_s"].append(probe[0])
+                    out["extract_tokens"].append(probe[1])
+                before = len(timed.records)
                 started = time.perf_counter()
-                conv.send(sid, message)
-                if not probe and turn >= 1:
-                    latency.append(time.perf_counter() - started)
-        return ttft, latency, prompt_tokens
+                events = [e.event for e in conv.stream(sid, message)]
+                assert events[-1] == "done", events
+                print(f"[{args.caching}] streamed turn {turn + 1} of session {sid[:8]}: "
+                      f"{time.perf_counter() - started:.2f}s", file=sys.stderr, flush=True)  # fmt: skip
+                if turn >= 1 and len(timed.records) > before:  # a turn without items streams no LLM reply
+                    ttft, tokens = timed.records[-1]
+                    out["reply_ttft_s"].append(ttft)
+                    out["reply_tokens"].append(tokens)
+        return out
 
-    ttft, _, tokens = play(probe=True)
+    def play_sent() -> list[float]:
+        sids = [conv.start().session_id for _ in scripts]
+        latency = []
+        for turn in range(args.turns):
+            for sid, script in zip(sids, scripts, strict=True):
+                started = time.perf_counter()
+                conv.send(sid, script[turn % len(script)])
+                if turn >= 1:
+                    latency.append(time.perf_counter() - started)
+        return latency
+
+    streamed = play_streamed()
     engine.llm.reset_prefix_cache()
-    _, latency, _ = play(probe=False)
+    latency = play_sent()
     store.close()
     engine.close()
-    return {"caching": args.caching, "engine_start_s": start_s, "ttft_s": ttft, "turn_s": latency,
-            "prompt_tokens": tokens, "model": engine.model_id}  # fmt: skip
+    return {"caching": args.caching, "engine_start_s": start_s, **streamed, "turn_s": latency,
+            "model": engine.model_id}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ parent
@@ -170,17 +236,26 @@ def main() -> None:
         model = prepare_quick(home)
     results = {mode: run_mode(mode, args, home, model) for mode in ("off", "on")}
     print(f"\nchat prefix caching: {args.sessions} sessions x {args.turns} turns, model {results['on']['model']}")
-    print(f"{'':>10} {'TTFT p50':>10} {'TTFT p90':>10} {'turn p50':>10} {'turn p90':>10} {'prompt tok':>11}")
+    print("turns >= 2; TTFT = time to the first token of the prompt; tok = its prompt tokens (median)")
+    print(
+        f"{'':>10} {'reply TTFT p50/p90':>20} {'tok':>5} {'extract TTFT p50/p90':>22} {'tok':>5} {'turn p50/p90':>15}"
+    )
+
+    def ms(values: list[float]) -> str:
+        return f"{_median(values) * 1000:.1f}/{_pct(values, 0.9) * 1000:.1f} ms" if values else "-"
+
     for mode, r in results.items():
-        print(f"{'caching ' + mode:>10} {statistics.median(r['ttft_s']) * 1000:>8.1f}ms "
-              f"{_pct(r['ttft_s'], 0.9) * 1000:>8.1f}ms {statistics.median(r['turn_s']):>9.2f}s "
-              f"{_pct(r['turn_s'], 0.9):>9.2f}s {statistics.median(r['prompt_tokens']):>11.0f}")  # fmt: skip
-    speed_ttft = statistics.median(results["off"]["ttft_s"]) / statistics.median(results["on"]["ttft_s"])
-    speed_turn = statistics.median(results["off"]["turn_s"]) / statistics.median(results["on"]["turn_s"])
-    print(f"TTFT of turns >= 2: {speed_ttft:.2f}x faster with caching; turn latency: {speed_turn:.2f}x")
+        print(f"{'caching ' + mode:>10} {ms(r['reply_ttft_s']):>20} {_median(r['reply_tokens']):>5.0f} "
+              f"{ms(r['extract_ttft_s']):>22} {_median(r['extract_tokens']):>5.0f} "
+              f"{_median(r['turn_s']):>6.2f}/{_pct(r['turn_s'], 0.9):.2f} s")  # fmt: skip
+    speedups = {
+        key: _median(results["off"][key]) / _median(results["on"][key])
+        for key in ("reply_ttft_s", "extract_ttft_s", "turn_s")
+        if results["off"][key] and results["on"][key]
+    }
+    print("OFF/ON (x faster with caching): " + ", ".join(f"{k[:-2]} {v:.2f}x" for k, v in speedups.items()))
     if args.out:
-        args.out.write_text(json.dumps({"results": results, "ttft_speedup": speed_ttft, "turn_speedup": speed_turn},
-                                       indent=2))  # fmt: skip
+        args.out.write_text(json.dumps({"results": results, "speedups": speedups}, indent=2))
 
 
 if __name__ == "__main__":

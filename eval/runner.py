@@ -23,6 +23,7 @@ from tqdm import tqdm
 from agent.errors import ConfigError, InputError, RecagentError
 from agent.llm.base import LLMEngine
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
+from agent.profiles import llm_sources_on
 from agent.settings import Settings
 from eval import metrics as M
 from eval.baselines import BaselineRanker
@@ -203,7 +204,7 @@ class _Runner:
         return name
 
     def _engine_for(self, arm: Variant, vs: EvalSettings) -> LLMEngine | None:
-        needs = vs.rerank_strategy != "retrieval" or vs.explain_mode == "llm"
+        needs = vs.rerank_strategy != "retrieval" or vs.explain_mode == "llm" or llm_sources_on(vs.fusion_weights)
         if not needs:
             return None
         if self.replay:
@@ -309,6 +310,10 @@ class _Runner:
                 "agreement": res.agreement,
                 "prompt_tokens": res.prompt_tokens,
                 "completion_tokens": res.completion_tokens,
+                "stage_tokens": res.stage_tokens,  # profile / proposal stages (included in the totals)
+                "profile": res.profile,
+                "profile_note": res.profile_note,
+                "grounding": res.grounding.model_dump(exclude={"hits"}) if res.grounding is not None else None,
                 "prompt_versions": res.prompt_versions,
                 "model": res.model,
                 "latency_ms": round(latency, 1),

@@ -4,7 +4,10 @@ Keys: ``strategy`` (retrieval | listwise | options | pointwise), ``weight`` (LLM
 (candidate permutations), ``prompt`` (ranking template of the strategy), ``explain`` (llm | template | none),
 ``model``, ``adapter`` (LoRA adapter folder), ``backend``, ``server``, ``candidates`` (fused candidates), any
 other :class:`~agent.settings.Settings` field by name, and any :class:`~agent.schemas.RerankConfig` field by name
-(``mmr_lambda``, ``calibrate``, ``history_limit``, ...). Everything is validated before any LLM time is spent.
+(``mmr_lambda``, ``calibrate``, ``history_limit``, ...). ``fusion.SOURCE=W`` sets one candidate source's fusion
+weight over the configured ones (sources: semantic, item2item, collab, popularity, and the LLM sources profile and
+generated, 0 by default), e.g. ``prof:strategy=retrieval,fusion.profile=1.0``. Everything is validated before any
+LLM time is spent.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from agent.errors import ConfigError
 from agent.schemas import STRATEGIES, RerankConfig
 from agent.settings import Settings
 from prompts import PromptRegistry
+from retrieval.config import SOURCE_NAMES
 
 __all__ = ["BASELINES", "EvalSettings", "Variant", "parse_variant", "variant_settings"]
 
@@ -57,6 +61,7 @@ class Variant:
     name: str
     settings: dict[str, Any] = field(default_factory=dict)
     rerank: dict[str, Any] = field(default_factory=dict)
+    fusion: dict[str, float] = field(default_factory=dict)
     baseline: str | None = None
     spec: str = ""
 
@@ -65,8 +70,11 @@ class Variant:
         return "baseline" if self.baseline else "pipeline"
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "spec": self.spec, "settings": self.settings,
-                "rerank": self.rerank, "baseline": self.baseline}  # fmt: skip
+        out = {"name": self.name, "kind": self.kind, "spec": self.spec, "settings": self.settings,
+               "rerank": self.rerank, "baseline": self.baseline}  # fmt: skip
+        if self.fusion:
+            out["fusion"] = dict(self.fusion)
+        return out
 
 
 def _value(text: str) -> Any:
@@ -106,7 +114,20 @@ def parse_variant(spec: str, registry: PromptRegistry | None = None) -> Variant:
         if not eq or not key:
             raise ConfigError(f"variant {name}: cannot read {part!r}", hint="use key=value pairs separated by commas")
         value = _value(raw)
-        if key == "prompt":
+        if key.startswith("fusion."):
+            source = key.removeprefix("fusion.")
+            if source not in SOURCE_NAMES:
+                raise ConfigError(
+                    f"variant {name}: unknown candidate source {source!r} in {key!r}",
+                    hint=f"use fusion.SOURCE=WEIGHT with SOURCE one of {', '.join(SOURCE_NAMES)}",
+                )
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(
+                    f"variant {name}: {key} must be a number >= 0, got {raw.strip()!r}",
+                    hint="e.g. fusion.profile=1.0 (0 turns the source off)",
+                )
+            variant.fusion[source] = float(value)
+        elif key == "prompt":
             prompt = str(value)
         elif key in _ALIASES:
             variant.settings[_ALIASES[key]] = value
@@ -115,7 +136,7 @@ def parse_variant(spec: str, registry: PromptRegistry | None = None) -> Variant:
         elif key in rerank_fields:
             variant.rerank[key] = value
         else:
-            known = ", ".join(sorted([*_ALIASES, "prompt"]))
+            known = ", ".join(sorted([*_ALIASES, "prompt", "fusion.SOURCE"]))
             raise ConfigError(
                 f"variant {name}: unknown key {key!r}",
                 hint=f"use {known}, a setting name (`recagent config`) or a ranking option "
@@ -153,6 +174,8 @@ def variant_settings(base: Settings, variant: Variant) -> EvalSettings:
     """``base`` with the variant's overrides, validated (ConfigError on a bad value)."""
     values = base.model_dump()
     values.update(variant.settings)
+    if variant.fusion:
+        values["fusion_weights"] = {**values["fusion_weights"], **variant.fusion}
     try:
         return EvalSettings(**values, rerank_overrides=dict(variant.rerank))
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from prompts.schemas import (
     explain_schema,
     listwise_schema,
     preferences_schema,
+    propose_items_schema,
 )
 from prompts.template import (
     TASKS,
@@ -50,4 +51,5 @@ __all__ = [
     "load_template",
     "option_label",
     "preferences_schema",
+    "propose_items_schema",
 ]

@@ -39,6 +39,7 @@ Task = Literal[
     "chat_reply",
     "enrich_item",
     "user_profile",
+    "propose_items",
 ]
 TASKS: tuple[str, ...] = get_args(Task)
 Role = Literal["system", "user", "assistant"]

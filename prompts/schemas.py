@@ -23,6 +23,7 @@ __all__ = [
     "explain_schema",
     "listwise_schema",
     "preferences_schema",
+    "propose_items_schema",
 ]
 
 JUSTIFICATION_MAX = 200
@@ -149,15 +150,17 @@ def preferences_schema(field_names: Sequence[Any] | None = None) -> dict[str, An
     }
 
 
-def enrich_item_schema(*, max_keywords: int = 8) -> dict[str, Any]:
+def enrich_item_schema(
+    *, max_keywords: int = 8, description_max_length: int = 400, keyword_max_length: int = 40
+) -> dict[str, Any]:
     """Schema of ``{"description": str, "keywords": [str]}`` for ``enrich_item``."""
     return {
         "type": "object",
         "properties": {
-            "description": {"type": "string", "minLength": 1, "maxLength": 400},
+            "description": {"type": "string", "minLength": 1, "maxLength": description_max_length},
             "keywords": {
                 "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": 40},
+                "items": {"type": "string", "minLength": 1, "maxLength": keyword_max_length},
                 "minItems": 1,
                 "maxItems": max_keywords,
             },
@@ -167,11 +170,38 @@ def enrich_item_schema(*, max_keywords: int = 8) -> dict[str, Any]:
     }
 
 
+def propose_items_schema(
+    max_items: int = 5, *, title_max_length: int = 120, description_max_length: int = 200
+) -> dict[str, Any]:
+    """Schema of ``{"items": [{"title": str, "year": str, "description": str}]}`` (1 to ``max_items``) for
+    ``propose_items``. ``year`` is a string of at most 4 characters ("" when unknown): an integer type would let a
+    constrained decoder write digits without end."""
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+        raise PromptError(f"max_items={max_items!r} must be a positive integer", hint="ask for 1 or more items")
+    entry = {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "minLength": 1, "maxLength": title_max_length},
+            "year": {"type": "string", "maxLength": 4},
+            "description": {"type": "string", "maxLength": description_max_length},
+        },
+        "required": ["title", "year", "description"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": entry, "minItems": 1, "maxItems": max_items}},
+        "required": ["items"],
+        "additionalProperties": False,
+    }
+
+
 SCHEMA_BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
     "listwise": listwise_schema,
     "explain": explain_schema,
     "preferences": preferences_schema,
     "enrich_item": enrich_item_schema,
+    "propose_items": propose_items_schema,
 }
 
 

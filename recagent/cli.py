@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.errors import RecagentError
+from agent.shutdown import graceful_shutdown
 from recagent import (
     cmd_chat,
+    cmd_enrich,
     cmd_eval,
     cmd_ingest,
     cmd_llm,
@@ -36,6 +38,7 @@ app.add_typer(cmd_models.app, name="models")
 app.add_typer(cmd_llm.app, name="llm")
 app.add_typer(cmd_prompts.app, name="prompts")
 app.add_typer(cmd_ingest.app)  # merges `recagent ingest PATH` into the root
+app.add_typer(cmd_enrich.app)  # `recagent enrich`
 app.add_typer(cmd_recommend.app)
 app.add_typer(cmd_chat.app)
 app.add_typer(cmd_eval.app, name="eval")
@@ -71,7 +74,8 @@ def demo_cmd(ctx: typer.Context) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        with graceful_shutdown():  # SIGTERM ends a command like Ctrl-C: engines closed, no engine process orphaned
+            app(standalone_mode=False)
     except RecagentError as exc:
         if os.environ.get("RECAGENT_DEBUG") == "1":
             raise
@@ -98,4 +102,8 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):  # usage errors of typer's own copy of click (typer._click)
+            show()
+            sys.exit(code)
         raise

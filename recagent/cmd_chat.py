@@ -22,10 +22,10 @@ def chat(
     """Chat about what you want; each answer lists items with their justifications. /quit ends the chat."""
     from rich.markup import escape
 
+    from agent.chat_console import show_turn
     from agent.conversation import Conversation
     from agent.errors import InputError
     from agent.pipeline import Recommender
-    from agent.present import print_recommendation
     from agent.sessions import open_session_store
 
     settings = ctx.find_root().obj.settings
@@ -59,24 +59,12 @@ def chat(
                 break
             if not interactive:
                 console.print(f"[bold cyan]you>[/] {escape(message)}")
-            try:
-                with console.status("thinking...", spinner="dots") if interactive else _Nothing():
-                    reply = conv.send(state.session_id, message)
+            try:  # the reply is shown as the engine decodes it, then the items
+                show_turn(conv.stream(state.session_id, message, raise_errors=True), console)
             except InputError as exc:
                 console.print(f"[yellow]{escape(exc.message)}[/] {escape(exc.hint)}")
                 continue
-            console.print(f"[bold green]recagent>[/] {escape(reply.reply)}")
-            if reply.recommendation is not None and reply.recommendation.items:
-                print_recommendation(reply.recommendation, console, title=f"turn {reply.turn_id}")
         console.print(f"bye - resume with: recagent chat --session {state.session_id}")
     finally:
         store.close()
         recommender.close()
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

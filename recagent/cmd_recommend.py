@@ -25,6 +25,12 @@ def recommend(
     collection: str | None = typer.Option(None, help="Collection (catalog) to recommend from."),
     interactions: Path | None = typer.Option(None, help="Interaction log (overrides RECAGENT_INTERACTIONS)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+    explain_profile: bool = typer.Option(
+        False, "--explain-profile", help="Write the user's taste profile with the LLM and print it."
+    ),
+    sources: list[str] = typer.Option(
+        [], "--source", help="Fusion weight for this request, NAME=W, e.g. profile=1 or generated=1 (repeatable)."
+    ),
 ) -> None:
     """Recommend items with grounded justifications (the same pipeline the chat, the server and eval use)."""
     from agent.errors import InputError
@@ -37,6 +43,13 @@ def recommend(
         settings = settings.model_copy(update={"interactions": interactions})
     if not (user or query or like):
         raise InputError("nothing to recommend from", hint="give --user ID, --query TEXT or --like ITEM_ID")
+    weights: dict[str, float] = {}
+    for spec in sources:
+        name, _, value = spec.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"--source {spec!r} is not NAME=WEIGHT", hint="e.g. --source profile=1") from None
     request = RecommendRequest(
         user_id=user,
         query=query,
@@ -45,10 +58,24 @@ def recommend(
         constraints=parse_filters(filters),
         k=k or settings.k,
         strategy=strategy,  # type: ignore[arg-type]  # validated by pydantic: a clear error names the choices
+        explain_profile=explain_profile,
+        source_weights=weights or None,
     )
     recommender = Recommender(settings, collection=collection)
     result = recommender.recommend(request)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:
-        print_recommendation(result, Console())
+        from rich.markup import escape
+
+        console = Console()
+        print_recommendation(result, console)
+        if explain_profile or result.profile is not None:
+            console.print(f"[bold]profile[/] ({escape(result.profile_note or '')}): {escape(result.profile or '-')}")
+        if result.grounding is not None:
+            g = result.grounding
+            failed = f"; failed: {escape(g.failed)}" if g.failed else ""
+            console.print(
+                f"[bold]generated[/]: {g.proposed} proposed, {g.grounded} grounded, {g.discarded_no_match} matched "
+                f"nothing (discarded), {g.duplicates} duplicates{failed}"
+            )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from agent.settings import Settings
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
 
 
 def print_settings(settings: Settings, console: Console | None = None) -> None:
@@ -17,6 +20,8 @@ def print_settings(settings: Settings, console: Console | None = None) -> None:
         value = getattr(settings, name)
         if "key" in name and value and value != "EMPTY":
             value = "***"
+        elif isinstance(value, str) and "://" in value:
+            value = _URL_PASSWORD.sub(r"\1:***@", value)  # postgresql://user:***@host/db
         table.add_row(name, f"RECAGENT_{name.upper()}", str(value), field.description or "")
     console.print(table)
 

@@ -129,6 +129,30 @@ class SemanticSource:
         return out[: request.k]
 
 
+class ProfileSource(SemanticSource):
+    """The user's LLM-written profile text (``query.profile``, agent/profiles.py) -> nearest item documents.
+
+    Like :class:`SemanticSource` with the profile instead of the need; returns nothing when there is no profile.
+    Off by default (fusion weight 0): the pipeline writes profiles only when this source is on."""
+
+    name = "profile"
+
+    def retrieve(self, request: SourceRequest) -> Scored:
+        profile = request.query.profile
+        if not profile:
+            return []
+        n = request.fetch_size(self.collection.count())
+        if n == 0:
+            return []
+        with chroma_errors(f"searching {self.collection.name!r}", hint="check the constraint field names and types"):
+            found = self.vectorstore.similarity_search_with_score(profile, k=n, filter=request.where)
+        out: Scored = []
+        for doc, distance in found:
+            if doc.id is not None and request.keep(doc.id):
+                out.append((doc.id, 1.0 - float(distance)))
+        return out[: request.k]
+
+
 class ItemToItemSource:
     """Neighbours (stored embeddings) of the items the user liked, weighted by rating and recency."""
 
@@ -276,8 +300,13 @@ class CandidateGenerator:
         interactions: Interactions | None = None,
         fusion: FusionConfig | None = None,
     ) -> CandidateGenerator:
-        """semantic + item2item, and collab + popularity when an interaction log is given."""
-        sources: list[CandidateSource] = [SemanticSource(collection, embedder), ItemToItemSource(collection)]
+        """semantic + item2item + profile (weight 0 by default), and collab + popularity when an interaction log
+        is given. Candidates of the "generated" source come from the caller (``generate(extra=...)``)."""
+        sources: list[CandidateSource] = [
+            SemanticSource(collection, embedder),
+            ItemToItemSource(collection),
+            ProfileSource(collection, embedder),
+        ]
         if interactions is not None:
             sources += [CollaborativeSource(interactions), PopularitySource(interactions)]
         return cls(collection, sources, fusion)
@@ -298,8 +327,17 @@ class CandidateGenerator:
         """Forget cached id sets (call after the collection changed)."""
         self._allowed_cache.clear()
 
-    def run_sources(self, query: UserQuery) -> dict[str, Scored]:
-        """Each enabled source's ranked list for ``query``."""
+    def run_sources(
+        self,
+        query: UserQuery,
+        *,
+        extra: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> dict[str, Scored]:
+        """Each enabled source's ranked list for ``query``. ``extra`` adds ready-made lists (e.g. "generated":
+        LLM proposals grounded to catalog ids), filtered like a source's own (exclusions, constraints, catalog);
+        ``weights`` overrides the fusion weights for this call."""
+        weights = self.fusion.weights if weights is None else weights
         where = query.constraints.to_where()
         request = SourceRequest(
             query=query,
@@ -310,17 +348,29 @@ class CandidateGenerator:
         )
         out: dict[str, Scored] = {}
         for source in self.sources:
-            if self.fusion.weights.get(source.name, 1.0) == 0:
+            if weights.get(source.name, 1.0) == 0:
                 continue
             out[source.name] = source.retrieve(request)
+        for name, ranked in (extra or {}).items():
+            if weights.get(name, 1.0) == 0:
+                continue
+            out[name] = [(i, float(s)) for i, s in ranked if request.keep(i)][: request.k]
         return out
 
-    def generate(self, query: UserQuery) -> list[Candidate]:
-        """Fused candidates: no seen (when ``exclude_seen``), disliked, excluded or constraint-violating item."""
-        rankings = self.run_sources(query)
+    def generate(
+        self,
+        query: UserQuery,
+        *,
+        extra: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> list[Candidate]:
+        """Fused candidates: no seen (when ``exclude_seen``), disliked, excluded or constraint-violating item.
+        ``extra`` and ``weights`` as in :meth:`run_sources`."""
+        weights = self.fusion.weights if weights is None else weights
+        rankings = self.run_sources(query, extra=extra, weights=weights)
         return rrf_fuse(
             rankings,
-            weights=self.fusion.weights,
+            weights=weights,
             rrf_k=self.fusion.rrf_k,
             n=query.n or self.fusion.n,
             exclude=query.excluded_ids(),

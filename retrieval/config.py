@@ -16,7 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from retrieval.errors import ConfigError
 
 DEFAULT_COLLECTION = "movies"
-DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0.5}
+DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
+    "semantic": 1.0,
+    "item2item": 1.0,
+    "collab": 1.0,
+    "popularity": 0.5,
+    "profile": 0.0,  # LLM-written user profile -> semantic query (agent/profiles.py); 0 = off, no LLM call
+    "generated": 0.0,  # LLM-proposed titles grounded to catalog items (agent/ground.py); 0 = off
+}
+SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_SOURCE_WEIGHTS)
+"""The candidate sources recagent knows (fusion weight names)."""
 EmbedBackend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
 _COLLECTION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 

@@ -10,7 +10,7 @@ from retrieval.config import CleanConfig, EmbedConfig, StoreConfig, validate_col
 from retrieval.embed import Embedder, make_embedder
 from retrieval.errors import InputError
 from retrieval.store import Store
-from retrieval.types import IngestReport
+from retrieval.types import IngestReport, ReasonCount
 
 
 def ingest(
@@ -45,5 +45,13 @@ def ingest(
     embedder = embedder or make_embedder(embed_config)
     report = catalog.report
     report.store = store.upsert(catalog.items, embedder, collection=name, prune=prune, progress=progress)
+    stats = report.store
+    if stats.enrichment_dropped:  # never drop LLM enrichment silently (agent/enrich.py)
+        reason = "LLM enrichment removed from changed items (run `recagent enrich` to enrich them again)"
+        for item_id in stats.enrichment_dropped_ids:
+            report.note(reason, item_id)
+        report.notes[reason].count = stats.enrichment_dropped
+    if stats.enrichment_kept:
+        report.notes["LLM enrichment kept on unchanged items"] = ReasonCount(count=stats.enrichment_kept)
     report.seconds = round(time.perf_counter() - started, 3)
     return report

@@ -3,6 +3,12 @@
 Items are upserted idempotently: each record carries ``rc_hash``, a hash of its document text, its metadata and the
 embedder id, so re-ingesting an unchanged catalog embeds nothing. A collection records the embedder id and the
 dimension it was built with and refuses another embedder.
+
+Enrichment (``recagent enrich``, agent/enrich.py): an item may carry an LLM-written description and keywords in
+``rc_enrich_*`` metadata keys; its embedded document is then the original document plus those lines, while the
+original fields stay as they were (:func:`item_from_record` never returns the ``rc_*`` keys). Re-ingesting an
+unchanged item keeps its enrichment (``rc_enrich_base`` is the hash of the record without it); a changed item loses
+it and the upsert counts it in ``enrichment_dropped``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,7 +29,7 @@ from retrieval.catalog import item_document
 from retrieval.config import StoreConfig, parse_chroma_url, validate_collection_name
 from retrieval.embed import Embedder
 from retrieval.errors import InputError, RecagentError, StoreError
-from retrieval.types import Item, MetaValue, UpsertStats, Where
+from retrieval.types import Enrichment, EnrichmentInfo, Item, MetaValue, UpsertStats, Where
 
 EMBEDDER_KEY = "rc_embedder"
 DIM_KEY = "rc_dim"
@@ -30,6 +37,13 @@ HASH_KEY = "rc_hash"
 TEXTS_KEY = "rc_texts"
 SCHEMA_KEY = "rc_schema"
 SCHEMA_VERSION = 1
+ENRICH_DESCRIPTION_KEY = "rc_enrich_description"
+ENRICH_KEYWORDS_KEY = "rc_enrich_keywords"
+ENRICH_VERSION_KEY = "rc_enrich_version"
+ENRICH_MODEL_KEY = "rc_enrich_model"
+ENRICH_BASE_KEY = "rc_enrich_base"
+ENRICHMENT_INFO_KEY = "rc_enrichment"
+COPY_OF_KEY = "rc_copy_of"
 
 
 @contextlib.contextmanager
@@ -68,9 +82,62 @@ def item_from_record(item_id: str, meta: dict[str, Any]) -> Item:
     text_keys = list(meta.get(TEXTS_KEY) or [])
     texts = {k: str(meta[k]) for k in text_keys if k in meta}
     skip = {"title", HASH_KEY, TEXTS_KEY, *text_keys}
-    # sorted: Chroma returns metadata keys in no fixed order, and prompts (and their cache keys) must not vary
-    metadata = {k: meta[k] for k in sorted(meta) if k not in skip and meta[k] is not None}
+    # sorted: Chroma returns metadata keys in no fixed order, and prompts (and their cache keys) must not vary;
+    # rc_* keys are recagent's own (hash, enrichment): catalogs may not use that prefix (ColumnMapping refuses it)
+    metadata = {k: meta[k] for k in sorted(meta) if k not in skip and not k.startswith("rc_") and meta[k] is not None}
     return Item(id=item_id, title=str(meta.get("title") or item_id), texts=texts, metadata=metadata)
+
+
+def enriched_document(document: str, enrichment: Enrichment) -> str:
+    """The embedded text of an enriched item: its original document, then ``Description:`` and ``Keywords:``."""
+    lines = [document, f"Description: {enrichment.description}"]
+    if enrichment.keywords:
+        lines.append(f"Keywords: {', '.join(enrichment.keywords)}")
+    return "\n".join(lines)
+
+
+def item_record(item: Item, embedder_id: str, enrichment: Enrichment | None = None) -> tuple[str, dict[str, MetaValue]]:
+    """The document and metadata (with ``rc_hash``) stored for ``item``, optionally with an enrichment.
+
+    Without one, this is what every upsert stores. With one, the document gains the enrichment lines and the
+    metadata carries it in ``rc_enrich_*`` keys, including ``rc_enrich_base``: the hash of the plain record.
+    """
+    document, meta = item_document(item), item_metadata(item)
+    base = content_hash(document, meta, embedder_id)
+    if enrichment is None:
+        meta[HASH_KEY] = base
+        return document, meta
+    document = enriched_document(document, enrichment)
+    meta[ENRICH_DESCRIPTION_KEY] = enrichment.description
+    if enrichment.keywords:
+        meta[ENRICH_KEYWORDS_KEY] = list(enrichment.keywords)
+    meta[ENRICH_VERSION_KEY] = enrichment.prompt_version
+    meta[ENRICH_MODEL_KEY] = enrichment.model
+    meta[ENRICH_BASE_KEY] = base
+    meta[HASH_KEY] = content_hash(document, meta, embedder_id)
+    return document, meta
+
+
+def enrichment_from_record(meta: dict[str, Any] | None) -> Enrichment | None:
+    """The enrichment stored in a record's metadata (None when it has none)."""
+    if not meta or not meta.get(ENRICH_DESCRIPTION_KEY):
+        return None
+    return Enrichment(
+        description=str(meta[ENRICH_DESCRIPTION_KEY]),
+        keywords=[str(k) for k in meta.get(ENRICH_KEYWORDS_KEY) or []],
+        prompt_version=str(meta.get(ENRICH_VERSION_KEY) or ""),
+        model=str(meta.get(ENRICH_MODEL_KEY) or ""),
+    )
+
+
+SPACE_SLACK_BYTES = 16 * 2**20
+
+
+def space_needed(n: int, dim: int, text_bytes: int) -> int:
+    """A generous estimate of the disk space Chroma's embedded store needs to write ``n`` records of dimension
+    ``dim`` with ``text_bytes`` of documents and metadata (vectors in its log and HNSW index, texts in SQLite and
+    its full-text index, copies made while compacting), plus a fixed slack."""
+    return n * dim * 4 * 4 + text_bytes * 8 + SPACE_SLACK_BYTES
 
 
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -180,6 +247,100 @@ class ItemCollection:
     def hashes(self, ids: Sequence[str]) -> dict[str, str]:
         return {i: str(m.get(HASH_KEY, "")) for i, m in self.get_metadata(ids).items()}
 
+    # --- enrichment (recagent enrich) ---
+    def get_enrichments(self, ids: Sequence[str]) -> dict[str, Enrichment]:
+        """The stored enrichment of each id that has one."""
+        out: dict[str, Enrichment] = {}
+        for item_id, meta in self.get_metadata(ids).items():
+            enrichment = enrichment_from_record(meta)
+            if enrichment is not None:
+                out[item_id] = enrichment
+        return out
+
+    def _fresh_metadata(self) -> dict[str, Any]:
+        """The collection-level metadata as stored now (another handle may have changed it)."""
+        with chroma_errors(f"reading the metadata of {self.name!r}"):
+            return dict(self.store.client.get_collection(name=self.name, embedding_function=None).metadata or {})
+
+    def enrichment_info(self) -> EnrichmentInfo | None:
+        """What the last enrichment run recorded on this collection (None: never enriched)."""
+        raw = self._fresh_metadata().get(ENRICHMENT_INFO_KEY)
+        if not raw:
+            return None
+        try:
+            return EnrichmentInfo.model_validate_json(str(raw))
+        except ValueError:
+            return None
+
+    def set_enrichment_info(self, info: EnrichmentInfo | None) -> None:
+        """Record (or with None remove) the collection-level enrichment record, keeping the other metadata."""
+        meta = self._fresh_metadata()
+        if info is None:
+            meta.pop(ENRICHMENT_INFO_KEY, None)
+        else:
+            meta[ENRICHMENT_INFO_KEY] = info.model_dump_json()
+        with chroma_errors(f"updating the metadata of {self.name!r}"):
+            self.raw.modify(metadata=meta)
+
+    def set_enrichments(
+        self,
+        enrichments: dict[str, Enrichment | None],
+        embedder: Embedder,
+        *,
+        progress: bool | None = None,
+    ) -> int:
+        """Store (or with None remove) the enrichment of each id and re-embed the documents that changed; the
+        original fields are rebuilt from the stored record, so they stay exactly as ingested. Ids not in the
+        collection are ignored. Returns how many records were re-embedded."""
+        self.check_embedder(embedder)
+        current = self.get_metadata(list(enrichments))
+        docs: dict[str, str] = {}
+        metas: dict[str, dict[str, MetaValue]] = {}
+        for item_id, meta in current.items():
+            item = item_from_record(item_id, meta)
+            doc, new_meta = item_record(item, embedder.id, enrichments[item_id])
+            if new_meta[HASH_KEY] != meta.get(HASH_KEY):
+                docs[item_id], metas[item_id] = doc, new_meta
+        self._write(list(docs), docs, metas, embedder, progress=progress, stored=current)
+        return len(docs)
+
+    def _write(
+        self,
+        todo: list[str],
+        docs: dict[str, str],
+        metas: dict[str, dict[str, MetaValue]],
+        embedder: Embedder,
+        *,
+        progress: bool | None,
+        stored: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Embed ``docs`` of ``todo`` and upsert them with their metadata. Chroma merges an upsert's metadata
+        into the stored one, so keys of the ``stored`` record that the new one lacks are sent as None (deleted)."""
+        if not todo:
+            return
+        for i in todo:
+            stale = set((stored or {}).get(i, {})) - set(metas[i])
+            if stale:
+                metas[i] = {**metas[i], **dict.fromkeys(stale)}  # type: ignore[dict-item]
+        vectors = embedder.embed([docs[i] for i in todo], progress=progress)
+        if self.dim is not None and vectors.shape[1] != self.dim:
+            raise StoreError(
+                f"embedder {embedder.id!r} gives dimension {vectors.shape[1]}, collection {self.name!r} holds "
+                f"{self.dim}",
+                hint="ingest into a new collection (--collection NAME)",
+            )
+        text_bytes = sum(len(docs[i].encode()) + len(json.dumps(metas[i], default=str)) for i in todo)
+        self.store.check_space(space_needed(len(todo), vectors.shape[1], text_bytes))
+        with chroma_errors(f"writing to {self.name!r}"):
+            for start in range(0, len(todo), self.store.max_batch):
+                part = todo[start : start + self.store.max_batch]
+                self.raw.upsert(
+                    ids=part,
+                    embeddings=vectors[start : start + len(part)],
+                    documents=[docs[i] for i in part],
+                    metadatas=[metas[i] for i in part],  # type: ignore[misc]
+                )
+
     # --- writes ---
     def upsert(
         self,
@@ -198,34 +359,29 @@ class ItemCollection:
             raise InputError(f"duplicate item ids given to upsert: {dupes}", hint="de-duplicate items first")
         docs: dict[str, str] = {}
         metas: dict[str, dict[str, MetaValue]] = {}
-        for item in items:
-            doc, meta = item_document(item), item_metadata(item)
-            meta[HASH_KEY] = content_hash(doc, meta, embedder.id)
-            docs[item.id], metas[item.id] = doc, meta
-        existing = self.hashes(ids)
-        todo = [i for i in ids if existing.get(i) != metas[i][HASH_KEY]]
+        stored = self.get_metadata(ids)
         stats = UpsertStats(collection=self.name, items=len(ids), embedder=embedder.id)
+        for item in items:
+            doc, meta = item_record(item, embedder.id)
+            old = stored.get(item.id)
+            enrichment = enrichment_from_record(old)
+            if old is not None and enrichment is not None:
+                if old.get(ENRICH_BASE_KEY) == meta[HASH_KEY]:  # content unchanged: keep the enrichment
+                    doc, meta = item_record(item, embedder.id, enrichment)
+                    stats.enrichment_kept += 1
+                else:
+                    stats.enrichment_dropped += 1
+                    if len(stats.enrichment_dropped_ids) < 3:
+                        stats.enrichment_dropped_ids.append(item.id)
+            docs[item.id], metas[item.id] = doc, meta
+        existing = {i: str(m.get(HASH_KEY, "")) for i, m in stored.items()}
+        todo = [i for i in ids if existing.get(i) != metas[i][HASH_KEY]]
         stats.added = sum(1 for i in todo if i not in existing)
         stats.updated = len(todo) - stats.added
         stats.unchanged = len(ids) - len(todo)
         if todo:
-            vectors = embedder.embed([docs[i] for i in todo], progress=progress)
-            if self.dim is not None and vectors.shape[1] != self.dim:
-                raise StoreError(
-                    f"embedder {embedder.id!r} gives dimension {vectors.shape[1]}, collection {self.name!r} holds "
-                    f"{self.dim}",
-                    hint="ingest into a new collection (--collection NAME)",
-                )
+            self._write(todo, docs, metas, embedder, progress=progress, stored=stored)
             stats.embedded = len(todo)
-            with chroma_errors(f"writing to {self.name!r}"):
-                for start in range(0, len(todo), self.store.max_batch):
-                    part = todo[start : start + self.store.max_batch]
-                    self.raw.upsert(
-                        ids=part,
-                        embeddings=vectors[start : start + len(part)],
-                        documents=[docs[i] for i in part],
-                        metadatas=[metas[i] for i in part],  # type: ignore[misc]
-                    )
         if prune:
             stale = sorted(set(self.ids()) - set(ids))
             with chroma_errors(f"pruning {self.name!r}"):
@@ -248,6 +404,24 @@ class Store:
     @property
     def location(self) -> str:
         return self.config.url or str(self.config.path)
+
+    def check_space(self, needed: int) -> None:
+        """StoreError, before anything is written, when the embedded store's disk has less than ``needed`` bytes
+        free: Chroma 1.5.9 can leave a collection unreadable when the disk fills up in the middle of a write."""
+        if self.config.url:
+            return
+        path = self.config.path.expanduser()
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            return
+        if free < needed:
+            raise StoreError(
+                f"not enough free disk space for the Chroma store in {path}: about {needed / 2**20:.0f} MiB needed, "
+                f"{free / 2**20:.1f} MiB free; nothing was written",
+                hint="free some disk space, or set RECAGENT_CHROMA_PATH to a folder on a larger disk, then run the "
+                "same command again",
+            )
 
     def collection_names(self) -> list[str]:
         with chroma_errors("listing collections"):
@@ -302,6 +476,59 @@ class Store:
     ) -> UpsertStats:
         """Open (or create) the collection for ``embedder`` and upsert ``items`` into it."""
         return self.open_for(embedder, collection).upsert(items, embedder, prune=prune, progress=progress)
+
+    def copy_collection(self, source: str, target: str) -> ItemCollection:
+        """Copy every record (ids, embeddings, documents, metadata) of ``source`` into a new collection ``target``,
+        which records ``rc_copy_of``. Resumable: a ``target`` already copied from ``source`` receives only the
+        records it misses; any other existing ``target`` is refused."""
+        src = self.collection(source)
+        target = validate_collection_name(target)
+        if target == src.name:
+            raise InputError(f"cannot copy {source!r} onto itself", hint="give another name with --into")
+        if target in self.collection_names():
+            dst = self.collection(target)
+            if (dst.raw.metadata or {}).get(COPY_OF_KEY) != src.name:
+                raise InputError(
+                    f"collection {target!r} already exists and is not a copy of {source!r}",
+                    hint=f"pick another name for --into, enrich {target!r} directly (--collection {target}), or "
+                    "delete it first",
+                )
+        else:
+            meta = {k: v for k, v in (src.raw.metadata or {}).items() if k != ENRICHMENT_INFO_KEY}
+            meta[COPY_OF_KEY] = src.name
+            cfg = self.config
+            hnsw = {
+                "space": "cosine",
+                "ef_construction": cfg.hnsw_ef_construction,
+                "max_neighbors": cfg.hnsw_max_neighbors,
+                "ef_search": cfg.hnsw_ef_search,
+            }
+            with chroma_errors(f"creating {target!r}"):
+                raw = self.client.create_collection(
+                    name=target, embedding_function=None, metadata=meta, configuration={"hnsw": hnsw}
+                )
+            dst = ItemCollection(self, raw)
+            info = src.enrichment_info()
+            if info is not None:
+                dst.set_enrichment_info(info)
+        have = set(dst.ids())
+        page = self.max_batch
+        with chroma_errors(f"copying {source!r} into {target!r}"):
+            offset = 0
+            while True:
+                got = src.raw.get(include=["embeddings", "documents", "metadatas"], limit=page, offset=offset)
+                rows = [r for r, i in enumerate(got["ids"]) if i not in have]
+                if rows:
+                    dst.raw.add(
+                        ids=[got["ids"][r] for r in rows],
+                        embeddings=np.asarray([got["embeddings"][r] for r in rows], dtype=np.float32),
+                        documents=[got["documents"][r] for r in rows],
+                        metadatas=[got["metadatas"][r] for r in rows],
+                    )
+                if len(got["ids"]) < page:
+                    break
+                offset += page
+        return dst
 
     def delete_collection(self, name: str) -> None:
         name = validate_collection_name(name)

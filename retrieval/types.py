@@ -169,6 +169,9 @@ class UserQuery(BaseModel):
     user_id: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list, description="Past interactions, any order.")
     need: str | None = Field(default=None, description="Free-text need, e.g. 'a funny heist movie'.")
+    profile: str | None = Field(
+        default=None, description="LLM-written summary of the user's tastes; the 'profile' source queries with it."
+    )
     liked: list[str] = Field(default_factory=list, description="Items liked in the conversation (seeds).")
     disliked: list[str] = Field(default_factory=list, description="Items rejected: never returned.")
     constraints: Constraints = Field(default_factory=lambda: Constraints())
@@ -177,7 +180,7 @@ class UserQuery(BaseModel):
     k_per_source: int | None = Field(default=None, ge=1, description="Overrides FusionConfig.k.")
     n: int | None = Field(default=None, ge=1, description="Overrides FusionConfig.n.")
 
-    @field_validator("need")
+    @field_validator("need", "profile")
     @classmethod
     def _blank_need_is_none(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
@@ -214,6 +217,11 @@ class UpsertStats(BaseModel):
     embedded: int = 0
     embedder: str = ""
     seconds: float = 0.0
+    enrichment_kept: int = Field(default=0, description="Enriched items whose content did not change: kept.")
+    enrichment_dropped: int = Field(
+        default=0, description="Enriched items whose content changed: enrichment removed (run `recagent enrich`)."
+    )
+    enrichment_dropped_ids: list[str] = Field(default_factory=list, description="Up to three examples.")
 
 
 class IngestReport(BaseModel):
@@ -264,3 +272,27 @@ class IngestReport(BaseModel):
         lines = [f"rejected {v.count} row(s): {k} (e.g. {'; '.join(v.examples)})" for k, v in self.rejections.items()]
         lines += [f"fixed {v.count} value(s): {k} (e.g. {'; '.join(v.examples)})" for k, v in self.fixes.items()]
         return lines
+
+
+class Enrichment(BaseModel):
+    """LLM-written text stored beside an item's original fields (``recagent enrich``); it is embedded with the
+    item's document but never replaces the original text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(min_length=1)
+    keywords: list[str] = Field(default_factory=list)
+    prompt_version: str = Field(default="", description="Version id of the template that wrote it.")
+    model: str = Field(default="", description="The model that wrote it.")
+
+
+class EnrichmentInfo(BaseModel):
+    """Collection-level record of the last enrichment run (stored in the collection's metadata)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on: bool = Field(description="Whether enriched documents are embedded (False after `recagent enrich --off`).")
+    prompt_version: str = ""
+    model: str = ""
+    items: int = Field(default=0, description="Items carrying an enrichment after the run.")
+    at: str = Field(default="", description="When the run finished (ISO 8601, UTC).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import jsonschema
@@ -141,6 +141,48 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     return labels
 
 
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` up to (not including) the earliest occurrence of any ``stop`` string, as engines apply stop strings."""
+    cut = len(text)
+    for s in stop or ():
+        at = text.find(s) if s else -1
+        if 0 <= at < cut:
+            cut = at
+    return text[:cut]
+
+
+class StopFilter:
+    """Applies stop strings to a stream of text deltas: :meth:`feed` returns the part of each delta that is safe to
+    emit (a tail that could be the start of a stop string is held back until the next delta shows it is not), and
+    :attr:`stopped` turns True once a stop string appeared. :meth:`flush` returns what was held back at the end."""
+
+    def __init__(self, stop: Sequence[str] | None) -> None:
+        self.stop = [s for s in stop or () if s]
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def feed(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += delta
+        cut = cut_at_stop(self.text, self.stop)
+        if len(cut) < len(self.text):
+            self.stopped = True
+            out, self.sent = cut[self.sent :], len(cut)
+            return out
+        safe = max(self.sent, len(self.text) - self._hold)
+        out, self.sent = self.text[self.sent : safe], safe
+        return out
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        out, self.sent = self.text[self.sent :], len(self.text)
+        return out
+
+
 def log_softmax_subset(logprobs: dict[str, float]) -> dict[str, float]:
     """Renormalise label log-probs over the labels only (a distribution over the options)."""
     finite = [v for v in logprobs.values() if math.isfinite(v)]
@@ -174,6 +216,26 @@ class LLMEngine(ABC):
     @abstractmethod
     def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
         """Log-probability of each label as the single next token after each request's prompt."""
+
+    def stream(
+        self,
+        request: RequestLike,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """One completion as text deltas, yielded as the engine decodes. Their concatenation equals the text
+        :meth:`generate` returns for the same arguments, cut before the earliest ``stop`` string (engines stop
+        decoding there). Errors are raised by the iteration (the first ``next`` for a bad request); closing the
+        iterator early cancels the generation where the engine allows it.
+
+        This default, for engines that cannot stream, runs :meth:`generate` and yields its whole text once."""
+        gen = self.generate([request], max_tokens=max_tokens, temperature=temperature, seed=seed)[0]
+        text = cut_at_stop(gen.text, stop)
+        if text:
+            yield text
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_id}

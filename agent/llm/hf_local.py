@@ -1,18 +1,20 @@
 """transformers in-process engine: the fallback where vLLM is not installed, and the benchmark baseline.
 
-Requests are served one at a time (no batching: that is vLLM's job). Structured output is constrained with
-xgrammar's transformers logits processor, the same grammar engine vLLM uses.
+Requests are served one at a time (no batching: that is vLLM's job), under the engine's lock. Structured output is
+constrained with xgrammar's transformers logits processor, the same grammar engine vLLM uses. :meth:`HFEngine.stream`
+decodes in a helper thread and hands text over with transformers' ``TextIteratorStreamer``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ModelError
+from agent.errors import EngineError, ModelError
 from agent.llm.base import (
     Generation,
     LLMEngine,
@@ -20,6 +22,7 @@ from agent.llm.base import (
     OptionScores,
     RequestLike,
     SchemaArg,
+    StopFilter,
     check_labels,
     parse_structured,
     schemas_per_request,
@@ -66,6 +69,7 @@ class HFEngine(LLMEngine):
                 ) from exc
         self.model.eval()
         self._grammar_compiler: Any = None
+        self._lock = threading.Lock()  # one generation at a time (a stream's decoding thread included)
 
     def _ids(self, request: RequestLike) -> list[int]:
         return check_length(encode_request(self.tokenizer, LLMRequest.of(request)), self.settings.llm_max_model_len)
@@ -95,15 +99,10 @@ class HFEngine(LLMEngine):
         results: list[Generation] = []
         for request, schema in zip(requests, schemas, strict=True):
             ids = self._ids(request)
-            kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id or eos}
-            if temperature > 0:
-                torch.manual_seed(seed)
-                kwargs.update(do_sample=True, temperature=temperature)
-            else:
-                kwargs.update(do_sample=False, top_p=None, top_k=None)
+            kwargs = self._sampling(max_tokens, temperature, seed)
             if schema is not None:
                 kwargs["logits_processor"] = [self._grammar_processor(schema)]
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 out = self.model.generate(torch.tensor([ids]), **kwargs)  # type: ignore[operator,misc]
             new = out[0, len(ids) :].tolist()
             stopped = bool(new) and new[-1] in _as_list(eos)
@@ -120,6 +119,71 @@ class HFEngine(LLMEngine):
             )
         return results
 
+    def _sampling(self, max_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
+        eos = self.tokenizer.eos_token_id
+        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id or eos}
+        if temperature > 0:
+            self._torch.manual_seed(seed)
+            kwargs.update(do_sample=True, temperature=temperature)
+        else:
+            kwargs.update(do_sample=False, top_p=None, top_k=None)
+        return kwargs
+
+    def stream(
+        self,
+        request: RequestLike,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """Text deltas from ``TextIteratorStreamer`` (decoding runs in a helper thread); stop strings are applied
+        here, and decoding ends at the next token once one appears or the reader stops early."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        torch = self._torch
+        ids = self._ids(request)
+        kwargs = self._sampling(max_tokens, temperature, seed)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+        def decode() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    self.model.generate(  # type: ignore[operator,misc]
+                        torch.tensor([ids]),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                        **kwargs,
+                    )
+            except BaseException as exc:  # handed to the reader
+                failure.append(exc)
+                streamer.on_finalized_text("", stream_end=True)
+
+        threading.Thread(target=decode, name="recagent-hf-stream", daemon=True).start()
+        stops = StopFilter(stop)
+        try:
+            for delta in streamer:
+                text = stops.feed(delta)
+                if text:
+                    yield text
+                if stops.stopped:
+                    break
+            else:
+                if failure:
+                    raise EngineError(f"transformers failed while streaming: {failure[0]}") from failure[0]
+                rest = stops.flush()
+                if rest:
+                    yield rest
+        finally:
+            cancel.set()
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.backend, "model": self.model_id}
         if self.adapter is not None:
@@ -133,7 +197,7 @@ class HFEngine(LLMEngine):
         results: list[OptionScores] = []
         for request in requests:
             ids = self._ids(request)
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 logits = self.model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
             logprobs = torch.log_softmax(logits, dim=-1)[index].tolist()
             results.append(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -246,6 +246,57 @@ class OpenAIServerEngine(LLMEngine):
 
         return self._map(one, requests)
 
+    # -- streaming ---------------------------------------------------------------------------------------------
+    def stream(
+        self,
+        request: RequestLike,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """``stream=True`` on the server: text deltas as the server sends them. The stream is opened and read up to
+        its first token on one replica; a replica that cannot be reached until then is replaced by the next one
+        (as in :meth:`generate`). A connection lost after the first token ends the stream with
+        :class:`EngineUnavailableError` (the text cannot be resumed elsewhere)."""
+        req = LLMRequest.of(request)
+        common: dict[str, Any] = {
+            "model": self.model_id,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+            "stream": True,
+        }
+        stops = [s for s in stop or () if s]
+        if stops:
+            common["stop"] = stops
+
+        def chat() -> _OpenStream:
+            msgs = [m.model_dump() for m in req.messages or ()]
+            return self._call(lambda c: _OpenStream.open(c.chat.completions.create(messages=msgs, **common), True))
+
+        def completion() -> _OpenStream:
+            prompt = self._completion_prompt(req)
+            return self._call(lambda c: _OpenStream.open(c.completions.create(prompt=prompt, **common), False))
+
+        try:
+            opened = self._with_chat_fallback(req, chat, completion)
+        except openai.BadRequestError as exc:
+            raise EngineError(
+                f"LLM server rejected the request: {exc.message}",
+                hint="shorten the prompt or check the server's --max-model-len",
+            ) from exc
+        try:
+            yield from opened.deltas()
+        except _STREAM_ERRORS as exc:
+            raise EngineUnavailableError(
+                f"the LLM server's stream broke off: {exc}",
+                hint="send the message again; check the server (`GET /health`) if it keeps happening",
+            ) from exc
+        finally:
+            opened.close()
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_id, "servers": self.urls}
 
@@ -253,6 +304,69 @@ class OpenAIServerEngine(LLMEngine):
         self._pool.shutdown(wait=False, cancel_futures=True)
         for c in self.clients:
             c.close()
+
+
+class _OpenStream:
+    """A server stream read up to its first token (so that a failure before it can go to another replica)."""
+
+    def __init__(self, stream: Any, iterator: Iterator[Any], head: list[str], chat: bool) -> None:
+        self.stream = stream
+        self.iterator = iterator
+        self.head = head
+        self.chat = chat
+
+    @staticmethod
+    def text(chunk: Any, chat: bool) -> str:
+        if not getattr(chunk, "choices", None):
+            return ""  # e.g. a usage-only chunk
+        choice = chunk.choices[0]
+        if chat:
+            return (choice.delta.content if choice.delta is not None else None) or ""
+        return getattr(choice, "text", None) or ""
+
+    @classmethod
+    def open(cls, stream: Any, chat: bool) -> _OpenStream:
+        iterator = iter(stream)
+        head: list[str] = []
+        try:
+            for chunk in iterator:
+                text = cls.text(chunk, chat)
+                if text:
+                    head.append(text)
+                    break
+        except _TRANSPORT_ERRORS as exc:  # lost before the first token: let the caller try another replica
+            stream.close()
+            raise openai.APIConnectionError(message=str(exc), request=stream.response.request) from exc
+        return cls(stream, iterator, head, chat)
+
+    def deltas(self) -> Iterator[str]:
+        yield from self.head
+        for chunk in self.iterator:
+            text = self.text(chunk, self.chat)
+            if text:
+                yield text
+
+    def close(self) -> None:
+        close = getattr(self.stream, "close", None)
+        if callable(close):
+            close()
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Connection errors raised while a stream is read: the openai SDK's HTTP client (``httpx2`` in openai 3.x),
+    and ``httpx``."""
+    found: list[type[Exception]] = [httpx.TransportError]
+    try:
+        import httpx2
+
+        found.append(httpx2.TransportError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+_STREAM_ERRORS: tuple[type[Exception], ...] = (*_TRANSPORT_ERRORS, openai.APIError)
 
 
 def _generation(text: str, finish_reason: str | None, usage: Any) -> Generation:

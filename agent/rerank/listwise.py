@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.batching import CallFailure, call_batch, loads_lenient
+from agent.explain import instruction_text, quotes_prompt
 from agent.llm.base import Generation, LLMEngine
 from agent.rerank.job import Job
 from prompts import PromptError, PromptRegistry, listwise_schema
@@ -118,7 +119,7 @@ def run_listwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job
     )
     elapsed = (time.perf_counter() - started) * 1000
     vectors: dict[int, list[list[float]]] = {}
-    for (job, perm), result in zip(entries, outcome.results, strict=True):
+    for (job, perm), msgs, result in zip(entries, messages, outcome.results, strict=True):
         job.timings["rank"] = elapsed
         raw = getattr(result.error, "raw", None) if isinstance(result, CallFailure) else None
         if isinstance(result, CallFailure) and result.reason == "invalid_output" and isinstance(raw, str):
@@ -139,6 +140,7 @@ def run_listwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job
             job.reasons.append("invalid_output")
             continue
         position = {job.cands[i].id: i for i in perm}
+        instructions = instruction_text(msgs)
         listed: list[int] = []
         for item_id, justification in parsed:
             i = position.get(item_id)
@@ -148,7 +150,8 @@ def run_listwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job
                 job.duplicates += 1
             else:
                 listed.append(i)
-                if justification.strip() and i not in job.drafts:
+                # a justification that recites the prompt is no draft: the item is explained again
+                if justification.strip() and i not in job.drafts and not quotes_prompt(justification, instructions):
                     job.drafts[i] = justification.strip()
         if not listed:
             job.reasons.append("empty")

@@ -14,10 +14,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from agent.conversation import ChatEvent, ChatReply
-from agent.errors import RecagentError
+from agent.errors import InputError, RecagentError
 from agent.pipeline import Recommendation, RecommendRequest
 from agent.server.errors import NotFoundError, classify, classify_name, envelope, request_id_of
 from agent.server.health import check_health
+from agent.server.middleware import auth_problem
 from agent.server.state import get_state
 from agent.server.wire import CreateSessionRequest, ErrorResponse, Health, MessageRequest
 from agent.sessions import SessionState
@@ -48,9 +49,12 @@ meta = APIRouter()
 @api.post("/recommend", response_model=Recommendation, tags=["recommend"])
 async def recommend(body: RecommendRequest, request: Request) -> Recommendation:
     """Ranked items with grounded justifications for a user id, a free-text need, likes and constraints."""
+    _check_text(body.model_dump(), "the request")
     state = get_state(request)
     await run_in_threadpool(state.check_catalog)
-    return await state.result(state.recommend_batcher.submit(body))
+    rec = await state.result(state.recommend_batcher.submit(body))
+    _log_fallback(request_id_of(request), rec)
+    return rec
 
 
 @api.get("/items/{item_id}", response_model=Item, tags=["catalog"])
@@ -75,6 +79,7 @@ async def get_item(item_id: str, request: Request) -> Item:
 async def create_session(request: Request, body: CreateSessionRequest | None = None) -> SessionState:
     """Start a conversation (optionally for a known user id, whose history then seeds the suggestions)."""
     state = get_state(request)
+    _check_text(body.user_id if body else None, "user_id")
     return await run_in_threadpool(state.conversation.start, body.user_id if body else None)
 
 
@@ -97,14 +102,46 @@ async def send_message(
     stream: bool = Query(False, description="Stream server-sent events (same as `Accept: text/event-stream`)."),
 ) -> Any:
     """One chat turn. JSON answers a ChatReply once the turn is stored. With `?stream=true` or
-    `Accept: text/event-stream` the answer is a stream of events: `preferences`, `items`, `delta` (reply text in
-    chunks), then `done` (the ChatReply) - or `error` (the error envelope's body)."""
+    `Accept: text/event-stream` the answer is a stream of events: `preferences`, `items`, `delta` (reply text to
+    append, streamed as the engine decodes it), `replace` (only when the checked reply differs from the deltas:
+    `{"text", "reason"}`, show `text` instead), then `done` (the ChatReply, whose `reply` is the text to keep) - or
+    `error` (the error envelope's body)."""
+    _check_text(body.message, "the message")
     state = get_state(request)
     rid = request_id_of(request) or ""
     if stream or "text/event-stream" in request.headers.get("accept", ""):
         return await _stream(request, session_id, body.message)
     await run_in_threadpool(state.check_catalog)
-    return await state.result(state.chat_batcher.submit((session_id, body.message, rid)))
+    reply = await state.result(state.chat_batcher.submit((session_id, body.message, rid)))
+    _log_fallback(rid, reply.recommendation)
+    return reply
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Text in a request must be valid Unicode. JSON lets a client send escapes of unpaired surrogates
+    (``"\\ud800"``), which can be neither stored (SQLite) nor tokenized (the embedder): they are bad input (400)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"{where} contains an unpaired surrogate escape at character {exc.start}, which is not valid Unicode",
+                hint="send valid UTF-8 text (\\uD800-\\uDFFF escapes are only valid as surrogate pairs)",
+            ) from exc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, where)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_text(item, where)
+
+
+def _log_fallback(rid: str | None, rec: Recommendation | None) -> None:
+    """An answer the engine could not rank (engine down, timeout, invalid output) is still an answer; the
+    operator sees why in the log, under the request id."""
+    if rec is not None and rec.fallback_reason:
+        log.warning("request %s answered in retrieval order (fallback: %s)", rid, rec.fallback_reason)
 
 
 def _next(events: Iterator[ChatEvent]) -> ChatEvent | None:
@@ -145,6 +182,9 @@ async def _stream(request: Request, session_id: str, message: str) -> Any:
                     break
                 yield _sse(n, event.event, event.data)
                 if event.event == "done":
+                    reason = (event.data.get("recommendation") or {}).get("fallback_reason")
+                    if reason:
+                        log.warning("request %s answered in retrieval order (fallback: %s)", rid, reason)
                     break
                 try:
                     event = await run_in_threadpool(_next, events)
@@ -169,6 +209,11 @@ async def _stream(request: Request, session_id: str, message: str) -> Any:
 @meta.get("/healthz", response_model=Health, tags=["meta"], responses={503: {"model": Health}})
 async def healthz(request: Request) -> JSONResponse:
     """Engine, catalog store and session database status (no token needed: for load balancers). 503 when the
-    store or the session database cannot be used; 200 with status `degraded` when only the LLM is down."""
-    code, health = await run_in_threadpool(check_health, get_state(request))
+    store or the session database cannot be used; 200 with status `degraded` when only the LLM is down. When the
+    server has a token, callers without it see the statuses only (no locations, models or error details)."""
+    state = get_state(request)
+    code, health = await run_in_threadpool(check_health, state)
+    token = state.settings.server_token
+    if token is not None and auth_problem(request.headers.get("authorization"), token.get_secret_value().encode()):
+        health = health.summary()  # callers without the token (load balancers) see the statuses, not the details
     return JSONResponse(health.model_dump(mode="json"), status_code=code)

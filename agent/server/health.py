@@ -36,11 +36,18 @@ def _replica_status(url: str) -> str:
 
 def engine_health(state: ServerState) -> EngineHealth:
     rec = state.recommender
-    engine = rec.engine()
+    engine = rec.engine()  # starts the engine, or tries a failed start again once its cool-down has passed
+    info = rec.engine_status()
     if engine is None:
-        reason = getattr(rec, "_engine_error", None) or "not started"
-        return EngineHealth(status="unavailable", detail=f"{reason}; answers fall back to the retrieval order")
-    out = EngineHealth(status="ok", backend=engine.backend, model=engine.model_id)
+        reason = info["error"] or "not started"
+        retry = f"; next start attempt in {info['retry_in_s']:.0f} s" if info["retry_in_s"] is not None else ""
+        return EngineHealth(
+            status="unavailable",
+            detail=f"{reason}; answers fall back to the retrieval order{retry}",
+            attempts=info["attempts"],
+            retry_in_s=info["retry_in_s"],
+        )
+    out = EngineHealth(status="ok", backend=engine.backend, model=engine.model_id, attempts=info["attempts"])
     if engine.backend == "openai":
         out.replicas = {url: _replica_status(url) for url in state.settings.server_urls}
         if out.replicas and not any(v == "ok" for v in out.replicas.values()):

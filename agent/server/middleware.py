@@ -115,11 +115,17 @@ class EdgeMiddleware:
 
     def _auth_problem(self, header: str | None) -> str | None:
         assert self.token is not None
-        if not header:
-            return "missing bearer token"
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            return "the Authorization header must be `Bearer TOKEN`"
-        if not hmac.compare_digest(value.strip().encode(), self.token):
-            return "wrong bearer token"
-        return None
+        return auth_problem(header, self.token)
+
+
+def auth_problem(header: str | None, token: bytes) -> str | None:
+    """Why the ``Authorization`` header does not carry ``token`` (None when it does). Constant-time comparison:
+    the time taken does not tell how much of a guess was right."""
+    if not header:
+        return "missing bearer token"
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return "the Authorization header must be `Bearer TOKEN`"
+    if not hmac.compare_digest(value.strip().encode(), token):
+        return "wrong bearer token"
+    return None

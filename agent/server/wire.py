@@ -48,6 +48,8 @@ class EngineHealth(ComponentHealth):
     backend: str | None = None
     model: str | None = None
     replicas: dict[str, str] = Field(default_factory=dict, description="Status of each LLM server replica.")
+    attempts: int | None = Field(None, description="Engine start attempts so far (a failed start is retried).")
+    retry_in_s: float | None = Field(None, description="Seconds until the next start attempt (engine unavailable).")
 
 
 class StoreHealth(ComponentHealth):
@@ -78,3 +80,15 @@ class Health(_Wire):
     batchers: dict[str, BatcherHealth]
     version: str
     uptime_s: float
+
+    def summary(self) -> Health:
+        """The statuses only: what a caller without the server's token may see."""
+        return Health(
+            status=self.status,
+            engine=EngineHealth(status=self.engine.status),
+            store=StoreHealth(status=self.store.status),
+            sessions=SessionsHealth(status=self.sessions.status),
+            batchers={},
+            version=self.version,
+            uptime_s=self.uptime_s,
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,14 @@ from agent.chat_catalog import CatalogIndex
 from agent.chat_reply import check_reply, template_reply
 from agent.conversation import ChatReply, Conversation, history_messages
 from agent.errors import EngineError, InputError
-from agent.llm.base import LLMRequest
+from agent.llm.base import LLMRequest, RequestLike, cut_at_stop
 from agent.pipeline import RecommendedItem, Recommender
 from agent.preferences import apply_update, parse_message
 from agent.sessions import Preferences, SessionNotFoundError, SessionState, Turn, open_session_store
 from agent.settings import Settings
 
 from chat_fixtures import book_items, build_books_home
-from fakes import FakeEngine, text_of
+from fakes import Call, FakeEngine, text_of
 
 SHOWN = ["bk00", "bk01", "bk02", "bk03", "bk04"]
 
@@ -342,6 +342,103 @@ def test_stream_yields_stages_then_done(chat: tuple[Conversation, FakeEngine]) -
     done = ChatReply.model_validate(events[-1].data)
     assert "".join(e.data["text"] for e in events if e.event == "delta") == done.reply
     assert [e.event for e in conv.stream(sid, "")] == ["error"]
+
+
+class StreamingFake(FakeEngine):
+    """A FakeEngine that really streams: ``stream`` yields the scripted text word by word, logging each word as
+    it is produced (``log``); ``stream_error`` is raised after two words."""
+
+    def __init__(self, script: Script, log: list[tuple[str, str]]) -> None:
+        super().__init__(generate_fn=script)
+        self.script = script
+        self.log = log
+        self.stream_error: Exception | None = None
+
+    def stream(
+        self,
+        request: RequestLike,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        req = LLMRequest.of(request)
+        self.calls.append(Call("stream", [req], max_tokens=max_tokens, temperature=temperature, seed=seed))
+        text = cut_at_stop(str(self.generate_fn(req, None)), stop)
+        for i, word in enumerate(re.findall(r"\S+\s*", text)):
+            if i == 2 and self.stream_error is not None:
+                raise self.stream_error
+            self.log.append(("engine", word))
+            yield word
+
+
+@pytest.fixture
+def streaming_chat(
+    books_settings: Settings, embedder: object, tmp_path: Path
+) -> Iterator[tuple[Conversation, StreamingFake, list[tuple[str, str]]]]:
+    log: list[tuple[str, str]] = []
+    engine = StreamingFake(Script(), log)
+    settings = books_settings.model_copy(update={"session_db_url": str(tmp_path / "sessions.sqlite3")})
+    store = open_session_store(settings)
+    conv = Conversation(Recommender(settings, engine=engine, embedder=embedder), store, settings)  # type: ignore[arg-type]
+    yield conv, engine, log
+    store.close()
+
+
+@pytest.mark.slow
+def test_stream_sends_the_reply_while_the_engine_decodes_it(
+    streaming_chat: tuple[Conversation, StreamingFake, list[tuple[str, str]]],
+) -> None:
+    conv, engine, log = streaming_chat
+    sid = conv.start().session_id
+    conv.send(sid, "poetry and travel")  # a first turn: the second turn's prompts carry history
+    events = []
+    for event in conv.stream(sid, "more like the first one"):
+        events.append(event)
+        if event.event == "delta":
+            log.append(("client", event.data["text"]))
+    kinds = [e.event for e in events]
+    assert kinds[:2] == ["preferences", "items"] and kinds[-1] == "done" and "replace" not in kinds
+    done = ChatReply.model_validate(events[-1].data)
+    deltas = [e.data["text"] for e in events if e.event == "delta"]
+    assert len(deltas) > 3 and "".join(deltas) == done.reply  # word by word, adding up to the kept reply
+    assert done.reply.startswith("You could enjoy")  # the LLM reply passed the check
+    # each delta reached the caller before the engine produced the next word: real streaming
+    streamed = [who for who, _ in log[-2 * len(deltas) :]]
+    assert streamed == ["engine", "client"] * len(deltas)
+    reply_calls = [c for c in engine.calls if c.requests and "friendly recommendation" in text_of(c.requests[0])]
+    assert [c.method for c in reply_calls] == ["generate", "stream"]  # send() batches, stream() streams
+    prompt = text_of(reply_calls[-1].requests[0])
+    assert prompt.index("<<<CONVERSATION>>>") < prompt.index("# The recommendations") < prompt.index("<<<MESSAGE>>>")
+    assert "poetry and travel" in prompt  # the earlier turn, before this turn's items and message
+
+
+@pytest.mark.slow
+def test_stream_replaces_a_reply_that_fails_the_check_or_breaks_off(
+    streaming_chat: tuple[Conversation, StreamingFake, list[tuple[str, str]]],
+) -> None:
+    conv, engine, _ = streaming_chat
+    sid = conv.start().session_id
+    script = engine.script
+    engine.generate_fn = lambda req, schema: "Nothing you would like, sorry." if _is_reply(req) else script(req, schema)
+    events = list(conv.stream(sid, "poetry and travel"))
+    kinds = [e.event for e in events]
+    assert kinds[-2:] == ["replace", "done"] and "delta" in kinds[: kinds.index("replace")]
+    done = ChatReply.model_validate(events[-1].data)
+    replace = events[-2].data
+    assert replace["text"] == done.reply and done.reply.startswith("Here are")  # the template reply
+    assert "does not name" in replace["reason"]
+
+    engine.generate_fn = script
+    engine.stream_error = EngineError("the engine fell over")
+    events = list(conv.stream(sid, "something about travel"))
+    kinds = [e.event for e in events]
+    assert kinds[-2:] == ["replace", "done"]
+    assert "the engine fell over" in events[-2].data["reason"]
+    assert ChatReply.model_validate(events[-1].data).reply == events[-2].data["text"]
+    assert len(conv.get(sid).turns) == 4  # both turns were stored, with the reply that was kept
+    assert conv.get(sid).turns[-1].content == events[-2].data["text"]
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, EngineUnavailableError, SchemaError
+from agent.errors import ConfigError, EngineError, EngineUnavailableError, SchemaError
 from agent.llm import create_engine
 from agent.llm.base import LLMEngine
 from agent.llm.openai_server import OpenAIServerEngine
@@ -114,3 +114,31 @@ def test_serve_refuses_public_bind_without_key(tiny_model_dir: Path) -> None:
         check_bind("0.0.0.0", "EMPTY")
     cmd = serve_command(tiny_settings(tiny_model_dir), port=1234)
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--enforce-eager" in cmd
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+def test_server_stream_equals_generate(server_engine: LLMEngine) -> None:
+    """`stream=True` on the real server: the deltas add up to generate()'s text, chat messages fall back to
+    completions (base model), stop strings end the stream."""
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a movie"}]
+    for prompt in ("the movie of the year is a comedy and", msgs):
+        whole = server_engine.generate([prompt], max_tokens=32)[0].text
+        deltas = list(server_engine.stream(prompt, max_tokens=32))
+        assert "".join(deltas) == whole and len(deltas) > 1, deltas
+        stop = next((w for w in whole.split(" ") if len(w) > 3), None)
+        if stop is not None:
+            assert "".join(server_engine.stream(prompt, max_tokens=32, stop=[stop])) == whole[: whole.find(stop)]
+    with pytest.raises(EngineError, match="rejected"):
+        list(server_engine.stream("movie " * 3000, max_tokens=2))
+
+
+def test_server_stream_moves_to_a_live_replica_before_the_first_token(tiny_server: str, tiny_model_dir: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    engine = create_engine(tiny_settings(tiny_model_dir, llm_server_url=f"{dead},{tiny_server}", llm_timeout_s=5))
+    expected = engine.generate(["a book about"], max_tokens=12)[0].text
+    for _ in range(3):  # round robin: some of these start on the dead replica
+        assert "".join(engine.stream("a book about", max_tokens=12)) == expected
+    engine.close()
+    only_dead = OpenAIServerEngine(tiny_settings(tiny_model_dir, llm_served_model_name="tiny", llm_timeout_s=3), [dead])
+    with pytest.raises(EngineUnavailableError, match="unreachable"):
+        list(only_dead.stream("x", max_tokens=2))

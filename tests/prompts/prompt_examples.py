@@ -143,6 +143,8 @@ def variables_for(name: str, catalog: dict[str, Any]) -> dict[str, Any]:
         return {"item": c["candidates"][1]}
     if name == "user_profile":
         return {"history": c["history"], "need": c["need"]}
+    if name == "propose_items":
+        return {"need": c["need"], "n": 3, "liked": [h["title"] for h in c["history"]]}
     raise AssertionError(f"no example variables for {name}")
 
 
@@ -155,6 +157,7 @@ BUILTINS = [
     "chat_reply",
     "enrich_item",
     "user_profile",
+    "propose_items",
 ]
 
 

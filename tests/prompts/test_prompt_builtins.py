@@ -28,8 +28,8 @@ def _titles_used(name: str, variables: dict[str, Any]) -> list[str]:
         return [variables["item"]["title"]]
     if name == "chat_reply":
         return [i["title"] for i in variables["items"]]
-    if name == "user_profile":
-        return [h["title"] for h in variables["history"]]
+    if name in {"user_profile", "propose_items"}:
+        return [h["title"] for h in variables["history"]] if "history" in variables else list(variables["liked"])
     return []
 
 
@@ -75,12 +75,14 @@ def test_json_templates_declare_a_buildable_schema(registry: PromptRegistry) -> 
         "chat_reply": "text",
         "enrich_item": "json",
         "user_profile": "text",
+        "propose_items": "json",
     }
     listwise = registry.get("rank_listwise").output_schema(["a", "b"], 1)
     assert listwise is not None and listwise["properties"]["ranking"]["maxItems"] == 1
     assert registry.get("explain").output_schema(["genres"]) is not None
     assert registry.get("extract_preferences").output_schema() is not None
     assert registry.get("enrich_item").output_schema() is not None
+    assert registry.get("propose_items").output_schema(3)["properties"]["items"]["maxItems"] == 3
     assert registry.get("chat_reply").output_schema() is None
 
 

@@ -178,7 +178,7 @@ def test_healthz_reports_engine_store_and_sessions(client: TestClient) -> None:
     health = resp.json()
     assert health["status"] == "ok"
     assert health["engine"] == {"status": "ok", "detail": None, "backend": "fake", "model": "fake-model",
-                                "replicas": {}}  # fmt: skip
+                                "replicas": {}, "attempts": 0, "retry_in_s": None}  # fmt: skip
     assert health["store"]["status"] == "ok" and health["store"]["items"] == 300
     assert health["sessions"]["status"] == "ok" and health["sessions"]["sessions"] == 0
     assert set(health["batchers"]) == {"recommend-batcher", "chat-batcher"}

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from agent.conversation import ChatEvent, ChatReply, Conversation
 from agent.errors import EngineUnavailableError, RecagentError
+from agent.llm.base import LLMRequest
+from agent.pipeline import Recommender
 from agent.server import create_app
 from agent.sessions import SessionConflictError, SessionState
 from agent.settings import Settings
 
-from fakes import FakeEngine
+from fakes import FakeEngine, text_of
 from server_helpers import assert_envelope, parse_sse
+from testkit import free_port
 
 MakeClient = Callable[..., TestClient]
 
@@ -164,3 +172,73 @@ def test_errors_after_the_stream_started_are_error_events(base_settings: Setting
                                         "request_id": events[-1][1]["request_id"]})  # fmt: skip
         resp = other.post(f"/v1/sessions/{sid}/messages", json={"message": "hello"})
         assert_envelope(resp, 409, "conflict_error", contains="another writer won")
+
+
+# ------------------------------------------------------------------------------------------------ live streaming
+class GatedStream(FakeEngine):
+    """Streams the chat reply word by word; before each next word it waits until the HTTP client has received the
+    previous delta. A server that buffered the event stream would make every wait time out."""
+
+    def __init__(self) -> None:
+        super().__init__(generate_fn=self._answer)
+        self.received = threading.Semaphore(0)
+        self.waits: list[bool] = []
+
+    @staticmethod
+    def _answer(req: Any, schema: Any) -> str:
+        titles = re.findall(r"^title: (.*)$", text_of(req), flags=re.MULTILINE)
+        return "You could enjoy " + ", ".join(titles) + "." if "friendly recommendation" in text_of(req) else "{}"
+
+    def stream(self, request: Any, **kw: Any) -> Iterator[str]:
+        text = self._answer(LLMRequest.of(request), None)
+        for i, word in enumerate(re.findall(r"\S+\s*", text)):
+            if i:
+                self.waits.append(self.received.acquire(timeout=20))
+            yield word
+
+
+@contextlib.contextmanager
+def _live(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.mark.slow
+def test_sse_deltas_reach_the_client_while_the_reply_is_decoded(
+    base_settings: Settings, hash_embedder: Any, interactions: Any
+) -> None:
+    settings = base_settings.model_copy(update={"chat_reply": "llm"})
+    engine = GatedStream()
+    rec = Recommender(settings, engine=engine, embedder=hash_embedder, interactions=interactions)
+    events: list[tuple[str, Any]] = []
+    with _live(create_app(settings, recommender=rec)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        sid = http.post("/v1/sessions").json()["session_id"]
+        body = {"message": "a scary movie from the 80s"}
+        with http.stream("POST", f"/v1/sessions/{sid}/messages?stream=true", json=body) as resp:
+            assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+            name = "message"
+            for line in resp.iter_lines():
+                if line.startswith("event:"):
+                    name = line[len("event:") :].strip()
+                elif line.startswith("data:"):
+                    events.append((name, json.loads(line[len("data:") :])))
+                    if name == "delta":
+                        engine.received.release()  # the engine may decode the next word now
+    names = [n for n, _ in events]
+    assert names[:2] == ["preferences", "items"] and names[-1] == "done" and "replace" not in names
+    deltas = [d["text"] for n, d in events if n == "delta"]
+    reply = ChatReply.model_validate(events[-1][1])
+    assert len(deltas) > 3 and "".join(deltas) == reply.reply and reply.reply.startswith("You could enjoy")
+    assert engine.waits and all(engine.waits)  # every next word waited for the client to see the previous one

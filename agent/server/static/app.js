@@ -198,6 +198,11 @@ async function sendStream(sessionId, message, turn) {
       streamed += data.text || data.delta || "";
       text.textContent = streamed;
       scrollDown();
+    } else if (event === "replace") {
+      // the checked reply is not what was streamed (e.g. the LLM reply failed its check): show the kept one
+      streamed = data.text || "";
+      text.textContent = streamed;
+      scrollDown();
     } else if (event === "items") {
       renderItems(turn, itemsOf(data));
     } else if (event === "done") {
