@@ -243,9 +243,13 @@ class Recommender:
         """The LLM engine, or None while it cannot be started: requests then fall back to the retrieval order and
         ``_engine_error`` keeps the reason. A failed start is tried again once ``settings.llm_retry_after_s`` has
         passed (each attempt is logged), so an engine or LLM server that comes back is picked up without a restart.
-        While another thread is starting the engine, callers do not wait: they fall back."""
+        While another thread is starting the engine, callers do not wait: they fall back. An engine that died
+        (its ``is_dead()`` says so, e.g. a crashed vLLM engine core) is closed and started again the same way."""
         if self._engine is not None:
-            return self._engine
+            dead = getattr(self._engine, "is_dead", None)
+            if not (callable(dead) and dead()):
+                return self._engine
+            self._drop_dead_engine()
         failed_at = self._engine_failed_at
         if failed_at is not None and time.monotonic() - failed_at < self.settings.llm_retry_after_s:
             return None
@@ -281,6 +285,18 @@ class Recommender:
             return engine
         finally:
             self._engine_lock.release()
+
+    def _drop_dead_engine(self) -> None:
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+            if engine is None:
+                return
+            log.error("the LLM engine %s died; answers fall back until it is started again", engine.model_id)
+            self._engine_error = "the LLM engine died and is being restarted"
+            try:
+                engine.close()
+            except Exception:  # it is dead already: closing is best effort
+                log.warning("closing the dead LLM engine failed", exc_info=True)
 
     def engine_status(self) -> dict[str, Any]:
         """The engine's state without starting it: ``status`` (ok / unavailable / not started), the last start

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,11 @@ from agent.llm.prompting import flatten_messages
 from agent.settings import Settings
 
 T = TypeVar("T")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password of its user info (``http://user:***@host``): URLs end up in messages and logs."""
+    return re.sub(r"(://[^:/@\s]+):[^@/\s]*@", r"\1:***@", url)
 
 
 class OpenAIServerEngine(LLMEngine):
@@ -79,7 +85,7 @@ class OpenAIServerEngine(LLMEngine):
             except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as exc:
                 last = exc
         raise EngineUnavailableError(
-            f"LLM server unreachable at {', '.join(self.urls)}: {last}",
+            f"LLM server unreachable at {', '.join(redact_url(u) for u in self.urls)}: {last}",
             hint="start it (`recagent llm serve`) or fix RECAGENT_LLM_SERVER_URL; raise RECAGENT_LLM_TIMEOUT_S "
             "for slow machines",
         ) from last
@@ -298,7 +304,7 @@ class OpenAIServerEngine(LLMEngine):
             opened.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model_id, "servers": self.urls}
+        return {"backend": self.backend, "model": self.model_id, "servers": [redact_url(u) for u in self.urls]}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

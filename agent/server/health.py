@@ -49,7 +49,9 @@ def engine_health(state: ServerState) -> EngineHealth:
         )
     out = EngineHealth(status="ok", backend=engine.backend, model=engine.model_id, attempts=info["attempts"])
     if engine.backend == "openai":
-        out.replicas = {url: _replica_status(url) for url in state.settings.server_urls}
+        from agent.llm.openai_server import redact_url
+
+        out.replicas = {redact_url(url): _replica_status(url) for url in state.settings.server_urls}
         if out.replicas and not any(v == "ok" for v in out.replicas.values()):
             out.status = "unavailable"
             out.detail = "no LLM server replica answers its health check"

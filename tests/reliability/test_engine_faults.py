@@ -273,3 +273,37 @@ def test_the_fake_llm_server_is_well_formed(fake_llm: FakeLLMServer) -> None:
                       timeout=5).json()  # fmt: skip
     assert body["choices"][0]["logprobs"]["top_logprobs"][0]
     assert httpx.get(f"{fake_llm.url}/models", timeout=5).json()["data"][0]["id"] == fake_llm.model
+
+
+class DyingEngine(FakeEngine):
+    """A scripted in-process engine whose core can die (like vLLM's after a crash: every call fails from then on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead = False
+        self.closed = False
+
+    def is_dead(self) -> bool:
+        return self.dead
+
+    def close(self) -> None:
+        self.closed = True
+
+    def score_options(self, requests: Any, labels: Any) -> Any:
+        if self.dead:
+            raise EngineError("EngineDeadError: EngineCore encountered an issue")
+        return super().score_options(requests, labels)
+
+
+def test_a_dead_in_process_engine_is_restarted(make_app: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by this suite: a crashed vLLM engine core ("CPU Generator does not use offset") left the server
+    answering in fallback for good. The Recommender now sees the dead engine, closes it and starts a new one."""
+    first, second = DyingEngine(), DyingEngine()
+    monkeypatch.setattr(agent.llm, "create_engine", lambda settings: second)
+    client = make_app(engine=first)
+    assert recommend(client, "alive").fallback_reason is None and first.calls
+    first.dead = True
+    again = recommend(client, "after-death")
+    assert again.fallback_reason is None and second.calls and first.closed  # served by the new engine
+    assert client.get("/healthz").json()["engine"]["status"] == "ok"
+    record("engine_faults", faults_injected=1, faults_survived=1)

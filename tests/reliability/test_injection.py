@@ -220,16 +220,15 @@ def test_injection_on_the_tiny_engine(vllm_tiny: LLMEngine) -> None:
         listwise_template="rank_listwise_compact",
         options_template="rank_options_compact",
         explain="llm",
-        max_tokens=200,
+        max_tokens=64,
+        explain_max_tokens=48,
         include_text=True,
         llm_weight=1.0,
     )
     contexts = []
-    for s in CORPUS:
-        cands = hostile(s, n=3)
-        for strategy in ("listwise", "options", "pointwise"):
-            cfg = base.model_copy(update={"strategy": strategy})
-            contexts.append(RankingContext(user=make_user(need=s[:200]), candidates=cands, k=2, config=cfg))
+    for n, s in enumerate(CORPUS):  # each string under one strategy, in turn: the three see every kind of attack
+        cfg = base.model_copy(update={"strategy": ("listwise", "options", "pointwise")[n % 3]})
+        contexts.append(RankingContext(user=make_user(need=s[:200]), candidates=hostile(s, n=3), k=2, config=cfg))
     results = rank_many(engine, registry, contexts)
     systems = sorted({m.content for r in engine.requests for m in r.messages or () if m.role == "system"})
     escapes, found = 0, []

@@ -170,6 +170,18 @@ def test_recagent_config_masks_secrets(tmp_path: Path) -> None:
         check(secret not in text, f"{secret} leaked by `recagent config`")
 
 
+def test_credentials_in_service_urls_are_not_shown(make_app: MakeApp) -> None:
+    """An LLM server URL with user info (http://user:password@host) never shows its password in an answer (the
+    fallback reason, /healthz) or the engine description."""
+    url = f"http://svc:{DB_PASSWORD}@127.0.0.1:9/v1"
+    client = make_app(llm_server_url=url, llm_timeout_s=1, llm_served_model_name="m", server_token=SecretStr(TOKEN))
+    rec = client.post("/v1/recommend", json={"query": "comedy", "k": 2}, headers=AUTH)
+    check(rec.status_code == 200 and "unreachable" in rec.json()["fallback_reason"], "the fault happened")
+    health = client.get("/healthz", headers=AUTH)
+    for text in (rec.text, health.text):
+        check(DB_PASSWORD not in text and "svc:***@" in text, "the password is masked")
+
+
 # ------------------------------------------------------------------------------------------------ a real server
 @pytest.mark.slow
 def test_no_secrets_in_the_logs_of_a_real_server(served_home: Path, tmp_path: Path) -> None:
