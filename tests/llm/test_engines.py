@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,20 @@ def test_generation_is_batched_and_deterministic(vllm_tiny: LLMEngine) -> None:
     a = vllm_tiny.generate(["the movie"] * 3, max_tokens=10, temperature=0.8, seed=11)
     b = vllm_tiny.generate(["the movie"], max_tokens=10, temperature=0.8, seed=11)
     assert a[0].text == b[0].text
+
+
+def test_a_seeded_batch_larger_than_one_step_leaves_the_engine_alive(vllm_tiny: Any) -> None:
+    """On the CPU build a seeded request split over several scheduler steps killed the engine core ("CPU Generator
+    does not use offset"): such a batch now samples with the engine's seed, and the engine keeps serving."""
+    sched = vllm_tiny.llm.llm_engine.vllm_config.scheduler_config
+    n = sched.max_num_batched_tokens // 800 + 2  # prompts of ~800 tokens: more than one step's budget in all
+    prompts = [f"{i} " + "movie " * 790 for i in range(n)]
+    assert vllm_tiny._splittable(vllm_tiny._prompts(prompts))
+    gens = vllm_tiny.generate(prompts, max_tokens=4, temperature=0.9, seed=5)
+    assert [g.completion_tokens > 0 for g in gens] == [True] * n
+    assert not vllm_tiny.is_dead()
+    again = vllm_tiny.generate(["the movie"], max_tokens=6, temperature=0.8, seed=3)
+    assert again[0].text == vllm_tiny.generate(["the movie"], max_tokens=6, temperature=0.8, seed=3)[0].text
 
 
 def test_score_options_vllm_matches_transformers(vllm_tiny: LLMEngine, hf_tiny: LLMEngine) -> None:

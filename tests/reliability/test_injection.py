@@ -220,21 +220,21 @@ def test_injection_on_the_tiny_engine(vllm_tiny: LLMEngine) -> None:
         listwise_template="rank_listwise_compact",
         options_template="rank_options_compact",
         explain="llm",
-        max_tokens=64,
-        explain_max_tokens=48,
+        max_tokens=48,
+        explain_max_tokens=32,
         include_text=True,
         llm_weight=1.0,
     )
     contexts = []
     for n, s in enumerate(CORPUS):  # each string under one strategy, in turn: the three see every kind of attack
         cfg = base.model_copy(update={"strategy": ("listwise", "options", "pointwise")[n % 3]})
-        contexts.append(RankingContext(user=make_user(need=s[:200]), candidates=hostile(s, n=3), k=2, config=cfg))
+        contexts.append(RankingContext(user=make_user(need=s[:200]), candidates=hostile(s, n=3), k=1, config=cfg))
     results = rank_many(engine, registry, contexts)
     systems = sorted({m.content for r in engine.requests for m in r.messages or () if m.role == "system"})
     escapes, found = 0, []
     for ctx, res in zip(contexts, results, strict=True):
         ids = res.item_ids
-        if not (len(ids) == 2 and len(set(ids)) == 2 and set(ids) <= {c.id for c in ctx.candidates}):
+        if not (len(ids) == 1 and set(ids) <= {c.id for c in ctx.candidates}):
             escapes += 1
             found.append(f"{ctx.config.strategy}: ids {ids} ({res.fallback_reason})")
         for i in res.items:
