@@ -3,12 +3,20 @@
 Splits (interaction datasets): ``temporal`` = leave-last-positive-out (the user's last interaction rated
 >= ``min_rating``, and everything after it, is held out), ``random`` = one random positive per user held out
 (for logs without timestamps). Users need ``min_history`` earlier interactions; ``users`` samples them with
-``seed``. Candidates: ``full`` = the recommender's own retrieval over the whole catalog; ``sampled`` = the
-held-out items plus ``n_negatives`` unseen items (uniform or popularity-weighted, seeded), shuffled.
+``seed``; ``user_ids`` restricts them to a list. Candidates: ``full`` = the recommender's own retrieval over the
+whole catalog; ``sampled`` = the held-out items plus ``n_negatives`` unseen items (uniform or popularity-weighted,
+seeded), shuffled.
+
+Parts: ``test`` (the default) evaluates the held-out targets. ``validation`` never touches them: the test targets
+of every eligible user are removed first, then the same split is cut again from what is left (the target is the
+user's last train positive, the history what came before it). Settings such as a blend weight are chosen there,
+on users the model was not trained on (``user_ids`` = the training run's ``val_users.txt``), then confirmed once
+on the test part.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -41,6 +49,8 @@ class Protocol(BaseModel):
     negatives: Literal["random", "popularity"] = "random"
     ks: tuple[int, ...] = (10, 20)
     n_candidates: int | None = Field(None, ge=1, le=500, description="Fused candidates (full protocol).")
+    part: Literal["test", "validation"] = "test"
+    user_ids: tuple[str, ...] | None = Field(None, description="Evaluate only these users (then --users samples).")
 
     @property
     def k(self) -> int:
@@ -59,6 +69,45 @@ class Split:
     train: Interactions | None
     candidates: dict[str, list[str]] | None = None  # sampled protocol: case id -> candidate ids
     notes: dict[str, int | float | str] | None = None
+
+
+def _validation_split(dataset: EvalDataset, protocol: Protocol) -> Split:
+    """The validation part: every eligible user's test target removed, then the split cut again from the rest."""
+    if dataset.kind != "interactions":
+        raise InputError(
+            f"--part validation needs an interaction log; {dataset.name} is a conversation dataset",
+            hint="evaluate conversation datasets on their turns (drop --part), or hold turns out yourself",
+        )
+    outer = make_split(dataset, protocol.model_copy(update={"part": "test", "users": None, "user_ids": None,
+                                                             "candidates": "full"}))  # fmt: skip
+    inner = make_split(
+        dataclasses.replace(dataset, interactions=outer.train), protocol.model_copy(update={"part": "test"})
+    )
+    inner.notes = {**(inner.notes or {}), "part": "validation", "test_targets_removed": len(outer.cases)}
+    return inner
+
+
+def _only(
+    users: list[str], wanted: Sequence[str], log: Interactions, protocol: Protocol
+) -> tuple[list[str], dict[str, int | float | str]]:
+    """``users`` restricted to ``wanted``, with counts of the ids that are unknown or not eligible."""
+    want = set(wanted)
+    kept = [u for u in users if u in want]
+    known = set(log.user_ids)
+    notes: dict[str, int | float | str] = {
+        "user_ids_given": len(want),
+        "user_ids_evaluated": len(kept),
+        "user_ids_unknown": len(want - known),
+        "user_ids_not_eligible": len(want & known) - len(kept),
+    }
+    if not kept:
+        raise InputError(
+            f"none of the {len(want)} user ids given is evaluable: {notes['user_ids_unknown']} are not in the "
+            f"interaction log, {notes['user_ids_not_eligible']} have no positive (rating >= {protocol.min_rating}) "
+            f"after {protocol.min_history} earlier interactions",
+            hint="check that the ids file belongs to this dataset (one user id per line)",
+        )
+    return kept, notes
 
 
 def _eligible_users(log: Interactions, protocol: Protocol) -> list[str]:
@@ -115,6 +164,8 @@ def _random_holdout(log: Interactions, users: Sequence[str], protocol: Protocol)
 
 def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
     """Cases (and the train log) of ``dataset`` under ``protocol``; InputError when nothing is left."""
+    if protocol.part == "validation":
+        return _validation_split(dataset, protocol)
     if dataset.kind == "conversations":
         cases = list(dataset.cases)
         if protocol.users is not None and protocol.users < len(cases):
@@ -132,6 +183,9 @@ def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
                 f"least {protocol.min_history} earlier interactions",
                 hint="lower --min-history or --min-rating, or check the rating scale of the log",
             )
+        notes: dict[str, int | float | str] = {}
+        if protocol.user_ids is not None:
+            users, notes = _only(users, protocol.user_ids, log, protocol)
         if protocol.users is not None and protocol.users < len(users):
             users = sorted(random.Random(protocol.seed).sample(users, protocol.users), key=log.user_index.__getitem__)
         golds: dict[str, list[str]]
@@ -147,7 +201,7 @@ def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
             EvalCase(case_id=user, user_id=user, history=train.history(user), gold=dict.fromkeys(items, 1))
             for user, items in golds.items()
         ]
-        split = Split(cases=cases, train=train)
+        split = Split(cases=cases, train=train, notes=notes or None)
     if not split.cases:
         raise InputError(f"empty split for {dataset.name}", hint="check the protocol options (users, min history)")
     if protocol.candidates == "sampled":

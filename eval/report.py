@@ -159,6 +159,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [*lines, ""]
 
 
+def _part_note(protocol: Protocol, notes: dict[str, Any]) -> str:
+    out = ""
+    if protocol.part != "test":
+        out += f", part={protocol.part} (test targets of {notes.get('test_targets_removed', '?')} users removed first)"
+    if protocol.user_ids is not None:
+        out += (
+            f", user ids: {notes.get('user_ids_given', len(protocol.user_ids))} given, "
+            f"{notes.get('user_ids_evaluated', '?')} eligible ({notes.get('user_ids_unknown', '?')} unknown, "
+            f"{notes.get('user_ids_not_eligible', '?')} without an eligible target)"
+        )
+    return out
+
+
 def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     prov = results["provenance"]
     arms = results["arms"]
@@ -166,7 +179,7 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     lines += [
         f"- cases: {results['cases']}; protocol: split={protocol.split}, candidates={protocol.candidates}, "
         f"min_rating={protocol.min_rating}, min_history={protocol.min_history}, users={protocol.users}, "
-        f"seed={protocol.seed}",
+        f"seed={protocol.seed}" + _part_note(protocol, prov.get("split_notes") or {}),
         f"- git commit: {prov.get('git_commit') or 'unknown'}; replay: {prov.get('replay')}",
         f"- LLM cache: {prov['llm_cache']['hits']} hits, {prov['llm_cache']['misses']} misses",
         "",

@@ -481,6 +481,7 @@ def run_eval(
     ordered = sorted(records.values(), key=lambda r: order[(r["variant"], r["case_id"])])
     provenance = _provenance(settings, dataset, protocol, arms, registry)
     provenance["replay"] = replay
+    provenance["split_notes"] = runner.split.notes or {}
     provenance["llm_cache"] = {"path": str(cache_path), "hits": runner.cache.hits, "misses": runner.cache.misses}
     results = write_outputs(out, ordered, arms, runner.split, dataset, protocol, provenance, reference=reference)
     runner.cache.close()

@@ -25,6 +25,21 @@ def _ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _read_ids(path: Path) -> tuple[str, ...]:
+    from agent.errors import InputError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"cannot read --user-ids {path}: {exc}", hint="give a UTF-8 text file, one user id per line"
+        ) from exc
+    ids = tuple(dict.fromkeys(x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")))
+    if not ids:
+        raise InputError(f"--user-ids {path} holds no user id", hint="one user id per line (# starts a comment)")
+    return ids
+
+
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
@@ -60,6 +75,12 @@ def run_cmd(
     catalog: Path | None = typer.Option(None, "--catalog", help="Catalog file/folder when not next to the data."),
     prompts_dir: list[Path] = typer.Option([], "--prompts", help="Extra prompt template folder (repeatable)."),
     reference: str | None = typer.Option(None, "--reference", help="Arm the others are compared with."),
+    part: str = typer.Option(
+        "test", "--part", help="test (held-out targets) or validation (cut again from the train part; tune here)."
+    ),
+    user_ids: Path | None = typer.Option(
+        None, "--user-ids", help="File of user ids, one per line (e.g. a training run's val_users.txt)."
+    ),
 ) -> None:
     """Evaluate variants and baselines on identical cases; writes OUT/results.json, cases.jsonl, report.md/html,
     run.trec and the LLM cache (OUT/llm_cache.sqlite). With --replay the results go to OUT/replay/."""
@@ -84,6 +105,8 @@ def run_cmd(
             "n_negatives": negatives_n,
             "negatives": negatives,
             "ks": _ks(k),
+            "part": part,
+            "user_ids": _read_ids(user_ids) if user_ids is not None else None,
         }
     )
     data = load_dataset(dataset, catalog=catalog)

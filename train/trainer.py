@@ -2,6 +2,7 @@
 
     OUT/adapter_config.json, adapter_model.safetensors   the best adapter (peft; RECAGENT_LLM_ADAPTER=OUT)
     OUT/manifest.json                                     base model, data hashes, split, settings, curves, cost
+    OUT/val_users.txt                                     validation users (never trained on): `eval run --user-ids`
     OUT/best/                                             best adapter so far (during training)
     OUT/checkpoint/                                       last checkpoint: adapter + optimizer, scheduler, RNG, state
     OUT/merged/                                           with --merge: base + adapter as one model folder
@@ -42,6 +43,7 @@ __all__ = ["TrainResult", "examples_digest", "train_ranker"]
 CHECKPOINT = "checkpoint"
 BEST = "best"
 MANIFEST = "manifest.json"
+VAL_USERS = "val_users.txt"
 STATE = "state.json"
 TRAINER_STATE = "trainer.pt"
 
@@ -203,6 +205,15 @@ def _epoch_steps(n: int, cfg: TrainConfig, epoch: int) -> list[list[list[int]]]:
     return [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
 
 
+def _write_val_users(out: Path, val: Sequence[RankExample]) -> None:
+    """The validation users (never trained on), for `recagent eval run --part validation --user-ids OUT/val_users.txt`
+    to choose inference settings such as the blend weight."""
+    users = sorted({e.user_id for e in val})
+    out.mkdir(parents=True, exist_ok=True)
+    text = "# validation users of this training run (never trained on); one id per line\n" + "\n".join(users) + "\n"
+    (out / VAL_USERS).write_text(text, encoding="utf-8")
+
+
 def train_ranker(
     settings: Settings,
     model_path: str,
@@ -232,6 +243,7 @@ def train_ranker(
     out = Path(out)
     identity = _identity(model_path, data_cfg, train_cfg, examples_digest(train), examples_digest(val))
     state = _check_out(out, identity, resume)
+    _write_val_users(out, val)
     if state is not None and state.get("finished"):
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8")) if (out / MANIFEST).is_file() else {}
         return TrainResult(out, manifest)

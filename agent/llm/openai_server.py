@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -39,6 +41,7 @@ from agent.llm.prompting import flatten_messages
 from agent.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def redact_url(url: str) -> str:
@@ -70,6 +73,7 @@ class OpenAIServerEngine(LLMEngine):
         self._pool = ThreadPoolExecutor(max_workers=settings.llm_max_concurrency, thread_name_prefix="recagent-llm")
         self._chat_ok: bool | None = None
         self._label_ids: dict[str, int] | None = None
+        self.adapter = _local_adapter(settings.llm_adapter)
         self.model_id = settings.llm_served_model_name or self._discover_model()
 
     # -- plumbing ----------------------------------------------------------------------------------------------
@@ -94,6 +98,9 @@ class OpenAIServerEngine(LLMEngine):
         return list(self._pool.map(fn, items))
 
     def _discover_model(self) -> str:
+        """The served model to use: the base model (a model without a ``parent``), or, when
+        ``RECAGENT_LLM_ADAPTER`` is set, the LoRA module vLLM serves from that folder (its ``root``; the only LoRA
+        module when the server names another folder, e.g. on another machine)."""
         try:
             models = self._call(lambda c: c.models.list())
         except openai.APIStatusError as exc:
@@ -101,7 +108,22 @@ class OpenAIServerEngine(LLMEngine):
         ids = [m.id for m in models.data]
         if not ids:
             raise ModelError("the LLM server serves no model", hint="start the server with --model")
-        return ids[0]
+        loras = [m for m in models.data if getattr(m, "parent", None)]
+        wanted = self.settings.llm_adapter
+        if not wanted:
+            return next((m.id for m in models.data if not getattr(m, "parent", None)), ids[0])
+        paths = {str(Path(wanted).expanduser()), str(Path(wanted).expanduser().resolve())}
+        same = [m.id for m in loras if str(getattr(m, "root", "")).rstrip("/") in paths]
+        if same:
+            return same[0]
+        if len(loras) == 1:
+            log.info("LLM server: using its only LoRA module %r for the adapter %s", loras[0].id, wanted)
+            return loras[0].id
+        raise ModelError(
+            f"the LLM server does not serve the adapter {wanted} (it serves: {', '.join(ids)})",
+            hint="start it with the adapter (`RECAGENT_LLM_ADAPTER=... recagent llm serve`, or `vllm serve "
+            "--enable-lora --lora-modules NAME=PATH`), or name the served model with RECAGENT_LLM_SERVED_MODEL_NAME",
+        )
 
     def _root(self, url: str) -> str:
         return url[: -len("/v1")] if url.endswith("/v1") else url
@@ -304,12 +326,26 @@ class OpenAIServerEngine(LLMEngine):
             opened.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model_id, "servers": [redact_url(u) for u in self.urls]}
+        out = {"backend": self.backend, "model": self.model_id, "servers": [redact_url(u) for u in self.urls]}
+        if self.settings.llm_adapter:
+            out["adapter"] = self.adapter["path"] if self.adapter else self.settings.llm_adapter
+            if self.adapter:
+                out["adapter_sha256"] = self.adapter["sha256"]
+        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for c in self.clients:
             c.close()
+
+
+def _local_adapter(path: str | None) -> dict[str, Any] | None:
+    """The adapter folder's identity when it is on this machine (the server may read it from another one)."""
+    if not path or not (Path(path).expanduser() / "adapter_config.json").is_file():
+        return None
+    from agent.llm.hf_local import adapter_info
+
+    return adapter_info(path)
 
 
 class _OpenStream:

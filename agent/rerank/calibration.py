@@ -34,9 +34,13 @@ _LOCK = threading.Lock()
 
 
 def engine_key(engine: LLMEngine) -> str:
-    """Backend and model (plus the LoRA adapter when the engine has one: it changes the label prior)."""
-    adapter = getattr(getattr(engine, "settings", None), "llm_adapter", None)
-    return f"{engine.backend}:{engine.model_id}" + (f"+{adapter}" if adapter else "")
+    """Backend and model, plus the LoRA adapter when the engine has one (it changes the label prior): its folder and
+    a hash of its weights, so an adapter retrained into the same folder gets new priors."""
+    adapter = getattr(engine, "adapter", None)
+    if isinstance(adapter, dict) and adapter.get("path"):
+        return f"{engine.backend}:{engine.model_id}+{adapter['path']}@{adapter.get('sha256', '')}"
+    path = getattr(getattr(engine, "settings", None), "llm_adapter", None)
+    return f"{engine.backend}:{engine.model_id}" + (f"+{path}" if path else "")
 
 
 def content_free_requests(registry: PromptRegistry, template: str, m: int) -> list[list[dict[str, str]]]:

@@ -34,6 +34,15 @@ def test_cli_run_and_compare(eval_settings: Settings, ml_sample: Path, tmp_path:
     assert cmp.exit_code == 0, cmp.output
     data = json.loads(cmp.output)
     assert data["a"]["arm"] == "popularity" and data["b"]["arm"] == "itemknn"
+    ids = tmp_path / "val_users.txt"
+    users = sorted({json.loads(line)["case_id"] for line in (tmp_path / "a" / "cases.jsonl").open()})[:3]
+    ids.write_text("# validation users\n" + "\n".join([*users, "no-such-user"]) + "\n")
+    val = runner.invoke(app, [*common, "--baseline", "popularity", "--part", "validation", "--user-ids", str(ids),
+                              "--out", str(tmp_path / "v")])  # fmt: skip
+    assert val.exit_code == 0, val.output
+    assert "part=validation" in val.output and "user ids: 4 given" in val.output and "1 unknown" in val.output
+    prov = json.loads((tmp_path / "v" / "results.json").read_text())["provenance"]
+    assert prov["protocol"]["part"] == "validation" and prov["split_notes"]["user_ids_unknown"] == 1
     assert {r["metric"] for r in data["rows"]} >= {"ndcg@5", "hit_rate@5"}
     text = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--arm-a", "retrieval"])
     assert text.exit_code == 0 and "winner" in text.output
@@ -52,5 +61,14 @@ def test_cli_bad_input_is_a_clear_error(eval_settings: Settings, ml_sample: Path
     assert isinstance(bad_k.exception, InputError)
     nothing = runner.invoke(app, ["eval", "compare", str(tmp_path), str(tmp_path)])
     assert isinstance(nothing.exception, InputError)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# nobody\n\n")
+    empty_ids = runner.invoke(app, ["eval", "run", str(ml_sample), "--baselines", "--user-ids", str(ids)])
+    assert isinstance(empty_ids.exception, InputError) and "holds no user id" in str(empty_ids.exception)
+    ids.write_text("no-such-user\n")
+    unknown = runner.invoke(app, ["eval", "run", str(ml_sample), "--baselines", "--user-ids", str(ids)])
+    assert isinstance(unknown.exception, InputError) and "1 are not in the interaction log" in str(unknown.exception)
+    bad_part = runner.invoke(app, ["eval", "run", str(ml_sample), "--baselines", "--part", "dev"])
+    assert bad_part.exit_code != 0 and "part" in str(bad_part.exception or bad_part.output)
     helped = runner.invoke(app, ["eval", "run", "--help"])
     assert helped.exit_code == 0 and "--replay" in helped.output

@@ -175,3 +175,30 @@ def test_caching_engine_hits_misses_errors_and_replay(tmp_path: Path) -> None:
     other = CachingEngine(None, cache, identity={**engine.identity, "model_id": "other"})
     with pytest.raises(CacheMissError):
         other.generate(["p1"], max_tokens=8)
+
+
+def test_validation_part_never_sees_a_test_target() -> None:
+    data = _dataset()
+    test = make_split(data, Protocol(min_history=3))
+    targets = {(c.user_id, i) for c in test.cases for i in c.gold}
+    val = make_split(data, Protocol(min_history=3, part="validation"))
+    assert val.notes is not None and val.notes["part"] == "validation" and val.notes["test_targets_removed"] == 6
+    assert len(val.cases) == 6 and val.train is not None
+    for case in val.cases:
+        assert case.gold == {f"i{(int(case.user_id[1:]) + 5) % 20}": 1}  # the user's t5
+        assert len(case.history) == 5  # t0..t4: the target t5 is the last train positive; t6, t7 were test
+        assert not {(case.user_id, i) for i in case.gold} & targets
+        assert not {(case.user_id, h.item_id) for h in case.history} & targets
+    train_pairs = {(u, i) for u in val.train.user_ids for i in (h.item_id for h in val.train.history(u))}
+    assert not train_pairs & targets  # nor does the log that retrieval and the baselines see
+    # only the listed users, with counts of what was given
+    only = make_split(data, Protocol(min_history=3, part="validation", user_ids=("u1", "u4", "nobody")))
+    assert [c.user_id for c in only.cases] == ["u1", "u4"]
+    assert only.notes == {"user_ids_given": 3, "user_ids_evaluated": 2, "user_ids_unknown": 1,
+                          "user_ids_not_eligible": 0, "part": "validation", "test_targets_removed": 6}  # fmt: skip
+    with pytest.raises(InputError, match="none of the 2 user ids"):
+        make_split(data, Protocol(min_history=3, user_ids=("x", "y")))
+    conv = EvalDataset(name="c", kind="conversations", catalog_path=Path("x"), catalog_format="csv", mapping=None,
+                       items={}, cases=test.cases)  # fmt: skip
+    with pytest.raises(InputError, match="needs an interaction log"):
+        make_split(conv, Protocol(part="validation"))

@@ -5,8 +5,11 @@ with vLLM on the tiny model (tests/llm)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +17,7 @@ from agent.llm.server import serve_command
 from prompts import PromptRegistry
 from train.examples import render_messages
 
-from testkit import tiny_settings
+from testkit import free_port, tiny_settings
 from toy import toy_examples
 
 LABELS = list("ABCD")
@@ -69,3 +72,89 @@ def test_bad_adapter_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"adapter_config\.json") as err:
         adapter_info(str(tmp_path))
     assert "recagent train ranker" in err.value.hint
+
+
+@pytest.fixture(scope="module")
+def adapter_server(tiny_model_dir: Path, toy_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `vllm serve` (through `recagent llm serve`'s command) serving the tiny model and the toy adapter."""
+    from agent.llm.server import start_server, wait_healthy
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("lora-server") / "vllm.log"
+    proc = start_server(tiny_settings(tiny_model_dir, llm_adapter=str(toy_adapter)), port=port, log_file=log)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_healthy(url, proc, timeout_s=300)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_server_client_finds_the_served_adapter(
+    adapter_server: str, vllm_adapter: object, tiny_model_dir: Path, toy_adapter: Path, tmp_path: Path
+) -> None:
+    """With RECAGENT_LLM_ADAPTER set, the OpenAI-compatible client picks the LoRA module served from that folder (no
+    served-model name to configure) and scores as the in-process engine with the adapter; without it, the base."""
+    from agent.errors import ModelError
+    from agent.llm.openai_server import OpenAIServerEngine
+    from agent.rerank.calibration import engine_key
+
+    tuned = OpenAIServerEngine(
+        tiny_settings(tiny_model_dir, llm_server_url=adapter_server, llm_adapter=str(toy_adapter))
+    )
+    base = OpenAIServerEngine(tiny_settings(tiny_model_dir, llm_server_url=adapter_server))
+    try:
+        assert tuned.model_id == "adapter" and base.model_id != "adapter"
+        info = tuned.describe()
+        assert info["adapter"] == str(toy_adapter.resolve()) and info["adapter_sha256"]
+        assert "adapter" not in base.describe() and engine_key(tuned) != engine_key(base)
+        reqs = _requests()
+        remote = tuned.score_options(reqs, LABELS)
+        local = vllm_adapter.score_options(reqs, LABELS)  # type: ignore[attr-defined]
+        for r, v in zip(remote, local, strict=True):
+            for x in LABELS:
+                assert r.logprobs[x] == pytest.approx(v.logprobs[x], abs=2e-2)
+        plain = base.score_options(reqs, LABELS)
+        assert (
+            max(abs(p.logprobs[x] - r.logprobs[x]) for p, r in zip(plain, remote, strict=True) for x in LABELS) > 0.05
+        )
+        # the adapter read from another folder (as on another machine): the server's only LoRA module is used
+        copy = tmp_path / "elsewhere"
+        shutil.copytree(toy_adapter, copy)
+        other = OpenAIServerEngine(tiny_settings(tiny_model_dir, llm_server_url=adapter_server, llm_adapter=str(copy)))
+        assert other.model_id == "adapter"
+        other.close()
+    finally:
+        tuned.close()
+        base.close()
+
+    # a server without any LoRA module: a clear error naming what it serves
+    class NoLora(OpenAIServerEngine):
+        def _call(self, fn):  # type: ignore[no-untyped-def,override]
+            from types import SimpleNamespace
+
+            return SimpleNamespace(data=[SimpleNamespace(id="tiny", parent=None, root=str(tiny_model_dir))])
+
+    with pytest.raises(ModelError, match="does not serve the adapter") as err:
+        NoLora(tiny_settings(tiny_model_dir, llm_server_url=adapter_server, llm_adapter=str(toy_adapter)))
+    assert "RECAGENT_LLM_SERVED_MODEL_NAME" in err.value.hint
+
+
+def test_label_prior_key_follows_the_adapter_weights() -> None:
+    from types import SimpleNamespace
+
+    from agent.rerank.calibration import engine_key
+
+    def engine(sha: str | None) -> Any:
+        adapter = {"path": "/runs/ranker", "sha256": sha} if sha else None
+        return SimpleNamespace(
+            backend="vllm", model_id="gemma", adapter=adapter, settings=SimpleNamespace(llm_adapter=None)
+        )
+
+    assert engine_key(engine("aaa")) != engine_key(engine("bbb"))  # retrained into the same folder: new priors
+    assert engine_key(engine(None)) == "vllm:gemma"
