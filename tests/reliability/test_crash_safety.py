@@ -237,6 +237,10 @@ def test_sigterm_to_serve_leaves_no_engine_process(served_home: Path, tiny_model
     record("crash_safety", target="sigterm serve", signals=1, orphans=0)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_the_shutdown_guard_leaves_no_child_behind(signum: int, tmp_path: Path) -> None:
     """What every `recagent` command runs under (recagent/cli.py main): a signal ends the command, and the child
@@ -249,8 +253,10 @@ def test_the_shutdown_guard_leaves_no_child_behind(signum: int, tmp_path: Path) 
         "    print(child.pid, flush=True)\n"
         "    time.sleep(600)\n"
     )
+    # SIGINT as a terminal's Ctrl-C delivers it: a test run started in the background (`make test &`) inherits
+    # SIGINT ignored, and Python keeps an inherited "ignore" (as a background job should)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=_default_sigint)  # fmt: skip
     try:
         assert proc.stdout is not None
         child = psutil.Process(int(proc.stdout.readline()))
