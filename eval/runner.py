@@ -169,7 +169,7 @@ class _Runner:
         self.batch_size, self.progress = batch_size, progress
         self._embedder, self._store = embedder, store
         self.collection = collection
-        self._owned: list[LLMEngine] = []
+        self._kept: tuple[str, LLMEngine] | None = None  # the engine this runner started, kept for the next arm
         self.cache = LLMCache(cache_path)
         self.split = make_split(dataset, protocol)
         self.ranker = BaselineRanker(list(dataset.items), self.split.train, seed=protocol.seed)
@@ -218,16 +218,23 @@ class _Runner:
         model_keys = {"llm_model", "llm_backend", "llm_server_url", "llm_adapter"}
         inner = self.engine if self.engine is not None and not (set(arm.settings) & model_keys) else None
         if inner is None:
-            from agent.llm import create_engine
+            # arms with the same LLM settings share one engine (an engine start costs ~1 min on CPU); another
+            # model's engine is started only once the previous one is closed (one engine in memory at a time)
+            key = json.dumps({k: v for k, v in vs.model_dump(mode="json").items() if k.startswith("llm_")},
+                             sort_keys=True, default=str)  # fmt: skip
+            if self._kept is not None and self._kept[0] == key:
+                inner = self._kept[1]
+            else:
+                self.release_engine()
+                from agent.llm import create_engine
 
-            try:
-                inner = create_engine(vs)
-            except RecagentError as exc:
-                raise type(exc)(
-                    f"variant {arm.name}: the LLM engine cannot start: {exc.message}", hint=exc.hint
-                ) from exc
-        if inner is not self.engine:
-            self._owned.append(inner)  # engines the runner started are closed after their arm
+                try:
+                    inner = create_engine(vs)
+                except RecagentError as exc:
+                    raise type(exc)(
+                        f"variant {arm.name}: the LLM engine cannot start: {exc.message}", hint=exc.hint
+                    ) from exc
+                self._kept = (key, inner)
         wrapped = CachingEngine(inner, self.cache)
         self.cache.set_engine(arm.name, wrapped.identity)
         return wrapped
@@ -340,35 +347,42 @@ class _Runner:
                 "run without --replay to record the missing outputs",
             )
 
+    def release_engine(self) -> None:
+        """Close the engine this runner started (never one it was given)."""
+        if self._kept is not None:
+            kept, self._kept = self._kept[1], None
+            kept.close()
+
     # -- main loop ---------------------------------------------------------------------------------------------
     def run(self, cases_path: Path, done: set[tuple[str, str]]) -> None:
         todo = {arm.name: [c for c in self.split.cases if (arm.name, c.case_id) not in done] for arm in self.arms}
         total = sum(len(v) for v in todo.values())
         bar = tqdm(total=total, desc="eval", unit="case", disable=not self.progress, dynamic_ncols=True)
         with cases_path.open("a", encoding="utf-8") as fh:
-            for arm in self.arms:
-                cases = todo[arm.name]
-                if not cases:
-                    continue
-                bar.set_postfix_str(arm.name)
-                rec = self.recommender(arm) if arm.baseline in (None, "embedding", "retrieval") else None
-                try:
-                    for at in range(0, len(cases), self.batch_size):
-                        chunk = cases[at : at + self.batch_size]
-                        if rec is not None:
-                            records = self._pipeline_records(arm, rec, chunk)
-                            self._check_replay(arm)
-                        else:
-                            records = self._baseline_records(arm, chunk)
-                        for record in records:
-                            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        fh.flush()
-                        bar.update(len(chunk))
-                finally:
-                    for owned in self._owned:
-                        owned.close()
-                    self._owned.clear()
+            try:
+                self._run_arms(fh, todo, bar)
+            finally:
+                self.release_engine()
         bar.close()
+
+    def _run_arms(self, fh: Any, todo: dict[str, list[EvalCase]], bar: Any) -> None:
+        for arm in self.arms:
+            cases = todo[arm.name]
+            if not cases:
+                continue
+            bar.set_postfix_str(arm.name)
+            rec = self.recommender(arm) if arm.baseline in (None, "embedding", "retrieval") else None
+            for at in range(0, len(cases), self.batch_size):
+                chunk = cases[at : at + self.batch_size]
+                if rec is not None:
+                    records = self._pipeline_records(arm, rec, chunk)
+                    self._check_replay(arm)
+                else:
+                    records = self._baseline_records(arm, chunk)
+                for record in records:
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.flush()
+                bar.update(len(chunk))
 
 
 def _provenance(

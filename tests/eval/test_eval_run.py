@@ -174,3 +174,35 @@ def test_bad_inputs_fail_before_any_llm_call(
     with pytest.raises(InputError, match="no LLM cache"):
         _run(eval_settings, eval_embedder, ml_sample, tmp_path / "d", engine=engine, replay=True)
     assert engine.calls == []
+
+
+def test_arms_with_the_same_model_share_one_engine(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner starts an engine per model, not per arm, and closes it before starting the next model's."""
+    import agent.llm
+
+    started: list[tuple[str | None, FakeEngine]] = []
+    events: list[str] = []
+
+    class Counted(FakeEngine):
+        def close(self) -> None:
+            events.append(f"close {self.model_id}")
+
+    def create(settings: Settings) -> FakeEngine:
+        engine = Counted(score_fn=by_title, model_id=f"m-{settings.llm_model}")
+        started.append((settings.llm_model, engine))
+        events.append(f"start {engine.model_id}")
+        return engine
+
+    monkeypatch.setattr(agent.llm, "create_engine", create)
+    variants = [parse_variant(v) for v in ("a:strategy=options,weight=1.0,explain=none",
+                                           "b:strategy=options,weight=0.5,explain=none",
+                                           "c:strategy=options,weight=1.0,explain=none,model=other",
+                                           "d:strategy=options,weight=0.2,explain=none,model=other")]  # fmt: skip
+    result = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "run", engine=None, variants=variants,
+                  protocol=Protocol(users=4, seed=3, ks=(5,)))  # fmt: skip
+    assert [m for m, _ in started] == [eval_settings.llm_model, "other"]
+    base = f"m-{eval_settings.llm_model}"
+    assert events == [f"start {base}", f"close {base}", "start m-other", "close m-other"]
+    assert {a: result.results["arms"][a]["cases"] for a in "abcd"} == dict.fromkeys("abcd", 4)
