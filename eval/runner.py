@@ -385,6 +385,16 @@ class _Runner:
                 bar.update(len(chunk))
 
 
+def _config_protocol(protocol: Protocol) -> dict[str, Any]:
+    """The protocol as a run's config records it; fields added later are left out at their defaults, so that runs
+    recorded before them can still be resumed."""
+    out = protocol.model_dump(mode="json")
+    for name, default in (("part", "test"), ("user_ids", None)):
+        if out.get(name) == default:
+            out.pop(name, None)
+    return out
+
+
 def _provenance(
     settings: Settings, dataset: EvalDataset, protocol: Protocol, arms: list[Variant], registry: PromptRegistry
 ) -> dict[str, Any]:
@@ -462,7 +472,7 @@ def run_eval(
                      registry=registry, collection=collection, replay=replay, cache_path=cache_path,
                      batch_size=batch_size, progress=progress)  # fmt: skip
     config = {"dataset": dataset.name, "files": {f.name: file_sha256(f) for f in dataset.files if f.is_file()},
-              "protocol": protocol.model_dump(mode="json"), "arms": [a.describe() for a in arms],
+              "protocol": _config_protocol(protocol), "arms": [a.describe() for a in arms],
               "cases": [c.case_id for c in runner.split.cases]}  # fmt: skip
     done: set[tuple[str, str]] = set()
     if resume:

@@ -202,3 +202,10 @@ def test_validation_part_never_sees_a_test_target() -> None:
                        items={}, cases=test.cases)  # fmt: skip
     with pytest.raises(InputError, match="needs an interaction log"):
         make_split(conv, Protocol(part="validation"))
+
+
+def test_runs_recorded_before_the_part_field_can_still_be_resumed() -> None:
+    from eval.runner import _config_protocol
+
+    assert "part" not in _config_protocol(Protocol()) and "user_ids" not in _config_protocol(Protocol())
+    assert _config_protocol(Protocol(part="validation", user_ids=("1",)))["user_ids"] == ["1"]
