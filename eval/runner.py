@@ -121,6 +121,52 @@ class _FixedCandidates:
                 for r, i in enumerate(ids)]  # fmt: skip
 
 
+# settings that only change what happens after candidate generation (ranking, explanations, serving, chat)
+_RANKING_ONLY_PREFIXES = ("rerank_", "explain_", "llm_", "chat_", "server_", "session_", "enrich_", "profile_",
+                          "ground_", "max_")  # fmt: skip
+_RANKING_ONLY_FIELDS = {"k", "debug"}
+
+
+class _SharedRetrieval:
+    """Candidate lists shared by the arms of a run: arms whose retrieval settings are equal (e.g. ``opt-pure``,
+    ``default`` and the ``retrieval`` baseline differ only after retrieval) get the same candidates for the same
+    query, computed once. A call with LLM candidate sources (``extra`` / ``weights``) is not shared."""
+
+    def __init__(self) -> None:
+        self.lists: dict[tuple[str, str], list[Candidate]] = {}
+        self.hits = 0
+
+    @staticmethod
+    def fingerprint(settings: Settings, collection: str) -> str:
+        kept = {k: v for k, v in settings.model_dump(mode="json").items()
+                if k not in _RANKING_ONLY_FIELDS and not k.startswith(_RANKING_ONLY_PREFIXES)}  # fmt: skip
+        return json.dumps({"settings": kept, "collection": collection}, sort_keys=True, default=str)
+
+    def wrap(self, generator: Any, fingerprint: str) -> _MemoGenerator:
+        return _MemoGenerator(self, generator, fingerprint)
+
+
+class _MemoGenerator:
+    """A Recommender's candidate generator behind :class:`_SharedRetrieval`."""
+
+    def __init__(self, shared: _SharedRetrieval, inner: Any, fingerprint: str) -> None:
+        self.shared, self.inner, self.fingerprint = shared, inner, fingerprint
+
+    def generate(self, query: UserQuery, **kwargs: Any) -> list[Candidate]:
+        if any(v is not None for v in kwargs.values()):
+            return list(self.inner.generate(query, **kwargs))
+        key = (self.fingerprint, query.model_dump_json())
+        found = self.shared.lists.get(key)
+        if found is None:
+            found = self.shared.lists[key] = list(self.inner.generate(query))
+        else:
+            self.shared.hits += 1
+        return [c.model_copy(deep=True) for c in found]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def _read_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -173,6 +219,7 @@ class _Runner:
         self.cache = LLMCache(cache_path)
         self.split = make_split(dataset, protocol)
         self.ranker = BaselineRanker(list(dataset.items), self.split.train, seed=protocol.seed)
+        self.shared = _SharedRetrieval()
 
     # -- parts -------------------------------------------------------------------------------------------------
     @property
@@ -246,6 +293,9 @@ class _Runner:
                           registry=self.registry)  # fmt: skip
         if self.split.candidates is not None and "candidates" not in RecommendRequest.model_fields:
             rec.generator = _FixedCandidates(self._candidates_by_user())  # type: ignore[assignment]
+        elif self.split.candidates is None:
+            fingerprint = _SharedRetrieval.fingerprint(vs, rec.collection_name)
+            rec.generator = self.shared.wrap(rec.generator, fingerprint)  # type: ignore[assignment]
         return rec
 
     def _candidates_by_user(self) -> dict[str, list[str]]:

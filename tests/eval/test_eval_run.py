@@ -206,3 +206,36 @@ def test_arms_with_the_same_model_share_one_engine(
     base = f"m-{eval_settings.llm_model}"
     assert events == [f"start {base}", f"close {base}", "start m-other", "close m-other"]
     assert {a: result.results["arms"][a]["cases"] for a in "abcd"} == dict.fromkeys("abcd", 4)
+
+
+def test_arms_with_the_same_retrieval_share_candidate_lists(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retrieval runs once per case for all arms whose retrieval settings are equal; an arm with other fusion
+    weights (the embedding baseline) gets its own lists, and every arm's candidates are what its own generator
+    returns."""
+    from retrieval.candidates import CandidateGenerator
+
+    calls: list[str] = []
+    original = CandidateGenerator.generate
+
+    def counted(self: CandidateGenerator, query: Any, **kw: Any) -> Any:
+        calls.append(json.dumps(sorted(self.fusion.weights.items())))
+        return original(self, query, **kw)
+
+    monkeypatch.setattr(CandidateGenerator, "generate", counted)
+    variants = [parse_variant(v) for v in ("a:strategy=options,weight=1.0,explain=none",
+                                           "b:strategy=options,weight=0.2,explain=template")]  # fmt: skip
+    result = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "run", variants=variants,
+                  baselines=["retrieval", "embedding"], protocol=Protocol(users=4, seed=3, ks=(5,)))  # fmt: skip
+    assert len(calls) == 8 and len(set(calls)) == 2  # 4 cases x (default fusion, embedding fusion)
+    cands = {(r["variant"], r["case_id"]): r["candidate_ids"] for r in result.records}
+    cases = sorted({c for _, c in cands})
+    assert all(cands["a", c] == cands["b", c] == cands["retrieval", c] for c in cases)
+    assert any(cands["embedding", c] != cands["retrieval", c] for c in cases)
+
+    calls.clear()  # without sharing (one arm per run) the lists are the same
+    alone = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "alone", baselines=["embedding"],
+                 variants=[], protocol=Protocol(users=4, seed=3, ks=(5,)))  # fmt: skip
+    assert len(calls) == 4
+    assert {r["case_id"]: r["candidate_ids"] for r in alone.records} == {c: cands["embedding", c] for c in cases}
