@@ -17,7 +17,15 @@ from typing import Any, Generic, TypeVar
 
 from agent.errors import EngineError, EngineUnavailableError, InputError, RecagentError, StructuredOutputError
 
-__all__ = ["CallFailure", "Outcome", "call_batch", "failure_reason", "is_label_error", "loads_lenient"]
+__all__ = [
+    "CallFailure",
+    "Outcome",
+    "call_batch",
+    "failure_reason",
+    "generate_batch",
+    "is_label_error",
+    "loads_lenient",
+]
 
 T = TypeVar("T")
 REASON_MAX = 300
@@ -155,6 +163,27 @@ def call_batch(
 
     solve(list(range(n)))
     return Outcome([r if r is not None else CallFailure("engine_error: no result") for r in results], calls)
+
+
+def generate_batch(
+    engine: Any,
+    messages: Sequence[list[dict[str, str]]],
+    *,
+    max_tokens: int,
+    seed: int,
+    timeout: float | None,
+    json_schema: dict[str, Any] | None = None,
+) -> Outcome[Any]:
+    """Greedy generation (temperature 0) for each chat in ``messages``, in one engine call isolated by
+    :func:`call_batch`; with ``json_schema`` the outputs are constrained to it."""
+    return call_batch(
+        engine,
+        len(messages),
+        lambda idx: engine.generate(
+            [messages[j] for j in idx], json_schema=json_schema, max_tokens=max_tokens, temperature=0.0, seed=seed
+        ),
+        timeout=timeout,
+    )
 
 
 def loads_lenient(text: str) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.batching import CallFailure, call_batch, loads_lenient
+from agent.batching import CallFailure, generate_batch, loads_lenient
 from agent.errors import ConfigError, InputError, PromptError, StoreError
 from agent.llm.base import Generation, LLMEngine
 from agent.settings import Settings
@@ -346,18 +346,8 @@ def _enrich_batch(
         todo.append(i)
         messages.append(rendered.chat_messages())
     if todo:
-        outcome = call_batch(
-            engine,
-            len(todo),
-            lambda idx: engine.generate(
-                [messages[j] for j in idx],
-                json_schema=schema,
-                max_tokens=settings.enrich_max_tokens,
-                temperature=0.0,
-                seed=settings.seed,
-            ),
-            timeout=settings.rerank_timeout_s,
-        )
+        outcome = generate_batch(engine, messages, json_schema=schema, max_tokens=settings.enrich_max_tokens,
+                                 seed=settings.seed, timeout=settings.rerank_timeout_s)  # fmt: skip
         report.generated += len(todo)
         report.engine_calls += outcome.engine_calls
         fresh: list[tuple[str, dict[str, Any]]] = []

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.batching import CallFailure, call_batch, loads_lenient
+from agent.batching import CallFailure, generate_batch, loads_lenient
 from agent.chat_catalog import title_forms
 from agent.errors import ConfigError, PromptError
 from agent.llm.base import Generation, LLMEngine
@@ -240,18 +240,8 @@ def propose_and_ground(
             reports[i].failed = f"engine_error: {engine_error or 'no LLM engine'}"[:300]
         return reports
     schema = template.output_schema(n)
-    outcome = call_batch(
-        engine,
-        len(todo),
-        lambda idx: engine.generate(
-            [messages[j] for j in idx],
-            json_schema=schema,
-            max_tokens=settings.ground_max_tokens,
-            temperature=0.0,
-            seed=settings.seed,
-        ),
-        timeout=settings.rerank_timeout_s,
-    )
+    outcome = generate_batch(engine, messages, json_schema=schema, max_tokens=settings.ground_max_tokens,
+                             seed=settings.seed, timeout=settings.rerank_timeout_s)  # fmt: skip
     for i, result in zip(todo, outcome.results, strict=True):
         report = reports[i]
         value: Any

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.batching import CallFailure, call_batch
+from agent.batching import CallFailure, generate_batch
 from agent.enrich import GenerationCache, cache_key
 from agent.errors import PromptError
 from agent.llm.base import LLMEngine
@@ -138,17 +138,8 @@ def build_profiles(
         return out
     if todo:
         assert engine is not None
-        outcome = call_batch(
-            engine,
-            len(todo),
-            lambda idx: engine.generate(
-                [messages[todo[j]] for j in idx],
-                max_tokens=settings.profile_max_tokens,
-                temperature=0.0,
-                seed=settings.seed,
-            ),
-            timeout=settings.rerank_timeout_s,
-        )
+        outcome = generate_batch(engine, [messages[i] for i in todo], max_tokens=settings.profile_max_tokens,
+                                 seed=settings.seed, timeout=settings.rerank_timeout_s)  # fmt: skip
         fresh: list[tuple[str, dict[str, Any]]] = []
         for i, result in zip(todo, outcome.results, strict=True):
             if isinstance(result, CallFailure):

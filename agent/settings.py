@@ -75,8 +75,8 @@ class Settings(BaseSettings):
         None,
         gt=0,
         le=1,
-        description="vLLM gpu_memory_utilization; on the CPU build the share of RAM for the KV cache. "
-        "Default 0.3 on CPU, 0.85 on GPU.",
+        description="GPU: vLLM gpu_memory_utilization (default 0.85). CPU build: the share of the machine's RAM "
+        "given to the KV cache, passed to vLLM as an explicit size (default 0.1).",
     )
     llm_enforce_eager: bool = Field(True, description="Skip graph compilation (faster start, slower steps).")
     llm_prefix_caching: bool = Field(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
 from agent.settings import Settings, load_settings
@@ -18,6 +22,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words hashing embedder (normalised, never the zero vector) that counts its work: a
+    real vector store without loading a model. ``name`` and ``dim`` make its id (``<name>-<dim>``)."""
+
+    def __init__(self, name: str = "hash-words", dim: int = 64) -> None:
+        self._id = f"{name}-{dim}"
+        self._dim = dim
+        self.calls = 0
+        self.texts_embedded = 0
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        out = np.zeros((len(texts), self._dim), np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                digest = hashlib.md5(word.encode()).digest()
+                out[row, digest[0] % self._dim] += 1.0 if digest[1] % 2 else -1.0
+            out[row, -1] += 0.01
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def hashed_sample_home(home: Path, sample: Path, embedder: HashEmbedder, collection: str) -> Path:
+    """``home`` with the 300-movie sample ingested into ``collection`` of its embedded Chroma store."""
+    from retrieval.ingest import ingest
+
+    settings = load_settings(home=home)
+    report = ingest(sample, store_config=settings.store_config(), embed_config=settings.embed_config(progress=False),
+                    collection=collection, embedder=embedder)  # type: ignore[arg-type]  # fmt: skip
+    assert report.accepted == 300
+    return home
 
 
 def tiny_settings(model: Path, **kw: object) -> Settings:

@@ -49,7 +49,12 @@ def serve_command(settings: Settings, *, host: str | None = None, port: int | No
     if settings.llm_enforce_eager:
         cmd.append("--enforce-eager")
     if settings.llm_memory_fraction:
-        cmd += ["--gpu-memory-utilization", str(settings.llm_memory_fraction)]
+        from agent.llm.vllm_local import _on_cpu, cpu_kv_cache_bytes
+
+        if _on_cpu():  # the same explicit KV-cache size as the in-process engine (see cpu_kv_cache_bytes)
+            cmd += ["--kv-cache-memory-bytes", str(cpu_kv_cache_bytes(settings.llm_memory_fraction))]
+        else:
+            cmd += ["--gpu-memory-utilization", str(settings.llm_memory_fraction)]
     if settings.llm_api_key and settings.llm_api_key != "EMPTY":
         cmd += ["--api-key", settings.llm_api_key]
     adapter = adapter_info(settings.llm_adapter)

@@ -45,6 +45,22 @@ _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-
 _ENGINES: dict[tuple[Any, ...], VLLMEngine] = {}
 
 
+CPU_DEFAULT_MEMORY_FRACTION = 0.1
+GPU_DEFAULT_MEMORY_FRACTION = 0.85
+
+
+def cpu_kv_cache_bytes(fraction: float | None) -> int:
+    """KV-cache size of the CPU build: ``fraction`` (default 0.1) of the machine's RAM, at least 256 MiB.
+
+    Passed to vLLM as an explicit size: its own reading of ``gpu_memory_utilization`` on CPU is a share of one
+    memory node's RAM *minus what the engine process already holds*, which on some machines (a 12 GiB node view of
+    a 24 GiB box) is negative for small fractions, and the engine refuses to start."""
+    import psutil
+
+    share = fraction or CPU_DEFAULT_MEMORY_FRACTION
+    return max(int(psutil.virtual_memory().total * share), 256 * 2**20)
+
+
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
@@ -57,6 +73,9 @@ class VLLMEngine(LLMEngine):
     def __init__(self, settings: Settings, model_path: str) -> None:
         try:
             os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+            # engine logs (and its worker processes', which inherit this) go to stderr: stdout carries the
+            # command's own output, e.g. `--json` reports that scripts parse
+            os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
             import vllm
             from vllm import LLM
         except ImportError as exc:
@@ -72,12 +91,10 @@ class VLLMEngine(LLMEngine):
             # vLLM's CPU build keeps a core per worker for its scheduler; on a 2-core machine that halves the
             # model's threads (measured: option scoring p50 2.98 s with the default, 1.45 s with 0; docs/benchmarks.md)
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.llm_cpu_reserved_cores))
-        fraction = settings.llm_memory_fraction or (0.3 if _on_cpu() else 0.85)
         kwargs: dict[str, Any] = {
             "model": model_path,
             "dtype": settings.llm_dtype,
             "max_model_len": settings.llm_max_model_len,
-            "gpu_memory_utilization": fraction,
             "enforce_eager": settings.llm_enforce_eager,
             "seed": settings.seed,
             "max_logprobs": settings.llm_max_logprobs,
@@ -85,6 +102,10 @@ class VLLMEngine(LLMEngine):
             # compact JSON: no free whitespace between tokens (a weak model otherwise pads until max_tokens)
             "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
+        if _on_cpu():
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(settings.llm_memory_fraction)
+        else:
+            kwargs["gpu_memory_utilization"] = settings.llm_memory_fraction or GPU_DEFAULT_MEMORY_FRACTION
         self.adapter = adapter_info(settings.llm_adapter)
         self._lora: Any = None
         self._lora_ok = self.adapter is not None
@@ -101,7 +122,9 @@ class VLLMEngine(LLMEngine):
         except RuntimeError as exc:
             raise EngineUnavailableError(
                 f"vLLM failed to start: {exc}",
-                hint="lower RECAGENT_LLM_MAX_MODEL_LEN or RECAGENT_LLM_MEMORY_FRACTION, or use RECAGENT_LLM_BACKEND=hf",
+                hint="read the root cause above: when memory is short, lower RECAGENT_LLM_MEMORY_FRACTION (the KV "
+                "cache's share of RAM on CPU, of GPU memory on a GPU) or RECAGENT_LLM_MAX_MODEL_LEN; "
+                "or use RECAGENT_LLM_BACKEND=hf",
             ) from exc
         self.tokenizer = self.llm.get_tokenizer()
         if self.adapter is not None and self._lora_ok:

@@ -148,18 +148,23 @@ def test_gemma_end_to_end(settings: Settings, parts: dict[str, object], vllm_gem
         assert item.grounded is True or "template_justification" in item.flags
 
 
-def test_cli_recommend_json(settings: Settings) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECAGENT_")}
+def test_cli_recommend_json(settings: Settings, tiny_model_dir: Path) -> None:
+    """`--json` prints exactly one JSON document on stdout, also when an in-process vLLM engine (whose logs and
+    worker processes' logs go to stderr) ranks the candidates; default KV-cache sizing starts the engine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECAGENT_", "VLLM_"))}
     env.update(RECAGENT_HOME=str(settings.home), RECAGENT_COLLECTION=COLLECTION,
-               RECAGENT_INTERACTIONS=str(settings.interactions), RECAGENT_EXPLAIN_MODE="template")  # fmt: skip
+               RECAGENT_INTERACTIONS=str(settings.interactions), RECAGENT_EXPLAIN_MODE="template",
+               RECAGENT_LLM_MODEL=str(tiny_model_dir), RECAGENT_LLM_DTYPE="float32",
+               RECAGENT_LLM_MAX_MODEL_LEN="1024", RECAGENT_FUSION_N="5")  # fmt: skip
     out = subprocess.run(
-        [sys.executable, "-m", "recagent", "recommend", "--query", "a romantic comedy", "--strategy", "retrieval",
+        [sys.executable, "-m", "recagent", "recommend", "--query", "a romantic comedy", "--strategy", "options",
          "-k", "3", "--filter", "year>=1990", "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert len(data["items"]) == 3 and all(int(i["metadata"]["year"]) >= 1990 for i in data["items"])
+    assert data["strategy"] == "options" and data["fallback_reason"] is None, data
     bad = subprocess.run([sys.executable, "-m", "recagent", "recommend", "--query", "x", "--strategy", "magic"],
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "strategy" in bad.stderr

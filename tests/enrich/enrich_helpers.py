@@ -3,20 +3,18 @@ LLM answers for the enrich / profile / propose prompts."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from agent.llm.base import LLMRequest
 from retrieval.config import StoreConfig
 from retrieval.store import Store
 from retrieval.types import Item
 
+import testkit
 from fakes import text_of
 
 MOVIES = [
@@ -42,32 +40,11 @@ def catalog() -> list[Item]:
     return movies + products
 
 
-class HashEmbedder:
-    """Deterministic bag-of-words hashing embedder (64-d, normalised) that counts its work."""
+class HashEmbedder(testkit.HashEmbedder):
+    """The hashing embedder under the enrichment tests' id (``enrich-hash-64``)."""
 
     def __init__(self, dim: int = 64) -> None:
-        self._dim = dim
-        self.calls = 0
-        self.texts_embedded = 0
-
-    @property
-    def id(self) -> str:
-        return f"enrich-hash-{self._dim}"
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def embed(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
-        self.calls += 1
-        self.texts_embedded += len(texts)
-        out = np.zeros((len(texts), self._dim), np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                digest = hashlib.md5(word.encode()).digest()
-                out[row, digest[0] % self._dim] += 1.0 if digest[1] % 2 else -1.0
-            out[row, -1] += 0.01
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
+        super().__init__("enrich-hash", dim)
 
 
 def make_store(home: Path, name: str, embedder: HashEmbedder, items: list[Item] | None = None) -> Store:

@@ -19,10 +19,10 @@ from agent.llm.base import LLMEngine
 from agent.pipeline import Recommender
 from agent.server import create_app
 from agent.settings import Settings, load_settings
-from retrieval.ingest import ingest
 from retrieval.interactions import Interactions, read_interactions
 
-from reliability_kit import REL_COLLECTION, FakeLLMServer, HashEmbedder, MakeApp
+from reliability_kit import REL_COLLECTION, FakeLLMServer, MakeApp
+from testkit import HashEmbedder, hashed_sample_home
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +33,7 @@ def rel_embedder() -> HashEmbedder:
 @pytest.fixture(scope="session")
 def rel_home(ml_sample: Path, rel_embedder: HashEmbedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home whose embedded Chroma store holds the 300-movie sample (hashing embedder)."""
-    home = tmp_path_factory.mktemp("rel-home")
-    settings = load_settings(home=home)
-    report = ingest(ml_sample, store_config=settings.store_config(), embed_config=settings.embed_config(progress=False),
-                    collection=REL_COLLECTION, embedder=rel_embedder)  # type: ignore[arg-type]  # fmt: skip
-    assert report.accepted == 300
-    return home
+    return hashed_sample_home(tmp_path_factory.mktemp("rel-home"), ml_sample, rel_embedder, REL_COLLECTION)
 
 
 @pytest.fixture(scope="session")

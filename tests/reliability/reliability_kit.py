@@ -10,10 +10,8 @@ module is imported, before the tests' environment is cleaned) each call appends 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -24,11 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 from fastapi.testclient import TestClient
 
-from testkit import SAMPLE_COLLECTION
+from testkit import SAMPLE_COLLECTION, free_port
 
 LOG_PATH = os.environ.get("RECAGENT_RELIABILITY_LOG")
 REL_COLLECTION = "rel-test"  # the sample with the hashing embedder (conftest `rel_home`)
@@ -48,29 +45,6 @@ def record(theme: str, **counts: float | int | str) -> None:
     line = json.dumps({"theme": theme, "test": test, **counts}, sort_keys=True)
     with _LOG_LOCK, open(LOG_PATH, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ------------------------------------------------------------------------------------------------ embedder
-class HashEmbedder:
-    """Deterministic bag-of-words hashing embedder (64-d): a real vector store without loading a model."""
-
-    id = "hash-words-64"
-    dim = 64
-
-    def embed(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                digest = hashlib.md5(word.encode()).digest()
-                out[row, digest[0] % self.dim] += 1.0 if digest[1] % 2 else -1.0
-            out[row, -1] += 0.01
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------------------------ a fake LLM server

@@ -27,8 +27,8 @@ from agent.llm.server import serve_command, server_env, wait_healthy
 from agent.pipeline import Recommendation
 
 from fakes import FakeEngine
-from reliability_kit import FakeLLMServer, MakeApp, free_port, kill_tree, record, unread_bytes, wait_for
-from testkit import tiny_settings
+from reliability_kit import FakeLLMServer, MakeApp, kill_tree, record, unread_bytes, wait_for
+from testkit import free_port, tiny_settings
 
 QUERY = {"query": "a funny animated movie for kids", "k": 4}
 SMALL = {"n_candidates": 6}  # prompts that fit the tiny model's context (its toy tokenizer needs many tokens)

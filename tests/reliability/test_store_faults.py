@@ -23,7 +23,6 @@ from fakes import FakeEngine
 from reliability_kit import (
     REL_COLLECTION,
     ChromaServer,
-    HashEmbedder,
     MakeApp,
     assert_collection_matches,
     readonly_view,
@@ -32,6 +31,7 @@ from reliability_kit import (
     wait_for,
 )
 from server_helpers import assert_envelope
+from testkit import HashEmbedder
 
 QUERY = {"query": "a space adventure", "k": 3}
 

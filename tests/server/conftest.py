@@ -3,13 +3,10 @@ deterministic), apps over a scripted engine, and helpers to run ``recagent serve
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,28 +14,12 @@ from agent.llm.base import LLMEngine
 from agent.pipeline import Recommender
 from agent.server import create_app
 from agent.settings import Settings, load_settings
-from retrieval.ingest import ingest
 from retrieval.interactions import Interactions, read_interactions
 
 from fakes import FakeEngine
+from testkit import HashEmbedder, hashed_sample_home
 
 COLLECTION = "server-test"
-
-
-class HashEmbedder:
-    """Deterministic bag-of-words hashing embedder (64-d): a real vector store without loading a model."""
-
-    id = "hash-words-64"
-    dim = 64
-
-    def embed(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                digest = hashlib.md5(word.encode()).digest()
-                out[row, digest[0] % self.dim] += 1.0 if digest[1] % 2 else -1.0
-            out[row, -1] += 0.01
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="session")
@@ -49,12 +30,7 @@ def hash_embedder() -> HashEmbedder:
 @pytest.fixture(scope="session")
 def catalog_home(ml_sample: Path, hash_embedder: HashEmbedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A recagent home whose embedded Chroma store holds the 300-movie sample."""
-    home = tmp_path_factory.mktemp("server-home")
-    settings = load_settings(home=home)
-    report = ingest(ml_sample, store_config=settings.store_config(), embed_config=settings.embed_config(progress=False),
-                    collection=COLLECTION, embedder=hash_embedder)  # type: ignore[arg-type]  # fmt: skip
-    assert report.accepted == 300
-    return home
+    return hashed_sample_home(tmp_path_factory.mktemp("server-home"), ml_sample, hash_embedder, COLLECTION)
 
 
 @pytest.fixture(scope="session")
