@@ -148,9 +148,10 @@ class EnrichOutput(BaseModel):
         return list(out.values())
 
 
-def parse_enrichment(value: Any, *, max_chars: int, max_keywords: int) -> EnrichOutput | None:
+def parse_enrichment(value: Any, *, max_chars: int, max_keywords: int, item: Item | None = None) -> EnrichOutput | None:
     """The checked enrichment in a decoded JSON value (or raw text), or None when it is not usable: not JSON,
-    wrong shape, an empty or placeholder description, no keyword left, a description over ``max_chars``."""
+    wrong shape, an empty or placeholder description, no keyword left, a description over ``max_chars``. With
+    ``item``, also None when the output adds nothing to it (see :func:`uninformative`)."""
     if isinstance(value, str):
         try:
             value = loads_lenient(value)
@@ -160,10 +161,50 @@ def parse_enrichment(value: Any, *, max_chars: int, max_keywords: int) -> Enrich
         out = EnrichOutput.model_validate(value)
     except ValidationError:
         return None
+    out.description = _unique_sentences(out.description)
+    if item is not None:
+        names = _field_names(item)
+        out.keywords = [k for k in out.keywords if len(k) > 1 and _norm(k) not in names]
     if not out.description or not out.keywords or len(out.description) > max_chars:
+        return None
+    if item is not None and uninformative(out, item):
         return None
     out.keywords = out.keywords[:max_keywords]
     return out
+
+
+def uninformative(out: EnrichOutput, item: Item) -> bool:
+    """True when the description only restates the item's title (a small model's usual way of saying nothing)."""
+    title = _norm(item.title)
+    bare = _norm(_YEAR_SUFFIX.sub("", item.title))
+    return _norm(out.description) in {title, bare, ""}
+
+
+_YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_PROMPT_FIELDS = frozenset({"title", "text", "attribute", "attributes", "description", "keyword", "keywords"})
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def _field_names(item: Item) -> frozenset[str]:
+    """Names of the fields the prompt showed (and their singulars): a keyword that only names one is dropped."""
+    names = set(_PROMPT_FIELDS) | {_norm(k) for k in (*item.metadata, *item.texts)}
+    return frozenset(names | {n[:-1] for n in names if n.endswith("s")})
+
+
+def _unique_sentences(text: str) -> str:
+    """``text`` without repeated sentences (a small model often loops on one)."""
+    seen: set[str] = set()
+    kept = []
+    for sentence in _SENTENCE_END.split(text):
+        key = _norm(sentence)
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    return " ".join(kept)
 
 
 def is_thin(item: Item, min_chars: int) -> bool:
@@ -366,9 +407,11 @@ def _enrich_batch(
         parsed = None
         if reason is None or (reason == "invalid_output" and record.get("text")):
             parsed = parse_enrichment(record.get("value", record.get("text", "")), max_chars=max_chars,
-                                      max_keywords=max_keywords)  # fmt: skip
+                                      max_keywords=max_keywords, item=item)  # fmt: skip
         if parsed is None:
-            report.fail(str(reason or "invalid_output"), item.id)
+            value = record.get("value", record.get("text", ""))
+            loose = reason is None and parse_enrichment(value, max_chars=max_chars, max_keywords=max_keywords)
+            report.fail("uninformative" if loose else str(reason or "invalid_output"), item.id)
             continue
         report.enriched += 1
         enrichment = Enrichment(

@@ -67,6 +67,23 @@ def test_parse_enrichment_cleans_and_refuses_bad_output() -> None:
     assert parse_enrichment({"description": "x" * 50, "keywords": ["a"]}, max_chars=40, max_keywords=8) is None
 
 
+def test_parse_enrichment_refuses_output_that_adds_nothing_to_the_item() -> None:
+    """What a small base model does when it has nothing to say: restate the title, name the prompt's fields as
+    keywords, loop on one sentence. Generic rules (the item's own field names), no catalog-specific word lists."""
+    item = Item(id="9", title="Heavy (1995)", metadata={"genres": ["Drama"], "year": 1995})
+    check = {"max_chars": 400, "max_keywords": 8, "item": item}
+    assert parse_enrichment({"description": "Heavy (1995)", "keywords": ["drama"]}, **check) is None  # type: ignore[arg-type]
+    assert parse_enrichment({"description": "heavy", "keywords": ["drama"]}, **check) is None  # type: ignore[arg-type]
+    # keywords that only name a field the prompt showed (or its singular), and one-letter keywords, are dropped
+    only_fields = {"description": "A slow family drama.", "keywords": ["genre", "Year", "title", "keywords", "H"]}
+    assert parse_enrichment(only_fields, **check) is None  # type: ignore[arg-type]
+    looped = {"description": "A quiet drama. It is sad. A quiet drama. It is sad. It", "keywords": ["genre", "grief"]}
+    ok = parse_enrichment(looped, **check)  # type: ignore[arg-type]
+    assert ok is not None and ok.description == "A quiet drama. It is sad. It" and ok.keywords == ["grief"]
+    # without the item (no context) the same outputs are only checked for shape
+    assert parse_enrichment({"description": "Heavy (1995)", "keywords": ["genre"]}, max_chars=400, max_keywords=8)
+
+
 def test_enrich_thin_items_keeps_originals_and_reembeds(settings: Settings, store: Store,
                                                         embedder: HashEmbedder) -> None:  # fmt: skip
     coll = store.open_for(embedder, NAME)
@@ -123,19 +140,22 @@ def test_bad_output_is_counted_as_failed_and_never_stored(settings: Settings, st
             return '{"description": "cut off'  # not JSON: the engine raises for the batch, isolated by bisection
         if "Fargo" in text:
             return json.dumps({"description": "<one or two sentences>", "keywords": ["x"]})  # the placeholder
+        if "Amelie" in text:  # valid JSON that only restates the title: counted apart, never stored
+            return json.dumps({"description": "Amelie (2001)", "keywords": ["genres", "year"]})
         return enrich_answer(req)
 
     engine = FakeEngine(scripted(enrich=sometimes_bad))
     report = run(settings, store, embedder, engine)
-    assert report.failed == {"invalid_output": 2} and report.enriched == 7 and report.generated == 9
-    assert set(report.failed_examples) == {"m3", "m6"}
+    assert report.failed == {"invalid_output": 2, "uninformative": 1} and report.enriched == 6
+    assert report.generated == 9 and set(report.failed_examples) == {"m3", "m6", "m7"}
     coll = store.open_for(embedder, NAME)
     stored = coll.get_enrichments(coll.ids())
-    assert "m3" not in stored and "m6" not in stored and len(stored) == 7
+    assert not {"m3", "m6", "m7"} & set(stored) and len(stored) == 6
     # deterministic failures are cached: a rerun costs no LLM call and reports the same
     again = FakeEngine(scripted(enrich=sometimes_bad))
     second = run(settings, store, embedder, again)
-    assert again.calls == [] and second.cached == 9 and second.failed == {"invalid_output": 2}
+    assert again.calls == [] and second.cached == 9
+    assert second.failed == {"invalid_output": 2, "uninformative": 1}
 
 
 def test_engine_errors_are_not_cached_and_a_run_resumes(settings: Settings, store: Store,
