@@ -114,6 +114,11 @@ def test_serve_refuses_public_bind_without_key(tiny_model_dir: Path) -> None:
         check_bind("0.0.0.0", "EMPTY")
     cmd = serve_command(tiny_settings(tiny_model_dir), port=1234)
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--enforce-eager" in cmd
+    # on the CPU build the memory share is an explicit KV-cache size (vLLM's node-relative fraction can be < 0)
+    import psutil
+
+    size = int(cmd[cmd.index("--kv-cache-memory-bytes") + 1])
+    assert "--gpu-memory-utilization" not in cmd and size == int(psutil.virtual_memory().total * 0.05)
 
 
 # ------------------------------------------------------------------------------------------------ streaming
