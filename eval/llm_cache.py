@@ -76,6 +76,10 @@ class LLMCache:
             row = self._db.execute("SELECT error FROM errors WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def delete_error(self, key: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM errors WHERE key = ?", (key,))
+
     def put_error(self, key: str, kind: str, error: dict[str, Any]) -> None:
         with self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", (key, kind, json.dumps(error)))
@@ -115,6 +119,10 @@ def _error_record(exc: RecagentError) -> dict[str, Any]:
     }
 
 
+# errors that the same request always gets again (outputs that fail their schema, prompts that do not fit)
+_DETERMINISTIC_ERRORS = frozenset({"StructuredOutputError", "InputError", "SchemaError"})
+
+
 def _raise_recorded(record: dict[str, Any]) -> None:
     if record["type"] == "StructuredOutputError":
         raise StructuredOutputError(record["message"], raw=record.get("raw") or "", hint=record.get("hint") or "")
@@ -151,8 +159,8 @@ class CachingEngine(LLMEngine):
     def _call(self, kind: str, keys: list[str], reqs: list[LLMRequest], send: Any, decode: Any) -> list[Any]:
         call_key = _hash([kind, keys])
         recorded = self.cache.get_error(call_key)
-        if recorded is not None:
-            _raise_recorded(recorded)
+        if recorded is not None and (self.inner is None or recorded["type"] in _DETERMINISTIC_ERRORS):
+            _raise_recorded(recorded)  # a transient error (engine down, timeout) is tried again unless replaying
         out: list[Any] = [self.cache.get(k) for k in keys]
         missing = [i for i, v in enumerate(out) if v is None]
         self.cache.hits += len(keys) - len(missing)
@@ -165,6 +173,8 @@ class CachingEngine(LLMEngine):
             except RecagentError as exc:
                 self.cache.put_error(call_key, kind, _error_record(exc))
                 raise
+            if recorded is not None:
+                self.cache.delete_error(call_key)  # the call succeeded this time: replay must see the outputs
             for i, value in zip(missing, fresh, strict=True):
                 dumped = value.model_dump(mode="json")
                 self.cache.put(keys[i], kind, reqs[i].model_dump(mode="json"), dumped)

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agent.errors import ConfigError, InputError, RecagentError
+from agent.errors import ConfigError, EngineUnavailableError, InputError, RecagentError
 from agent.llm.base import LLMEngine
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
 from agent.profiles import llm_sources_on
@@ -347,6 +347,7 @@ class _Runner:
 
     def _pipeline_records(self, arm: Variant, rec: Recommender, cases: list[EvalCase]) -> list[dict[str, Any]]:
         results: list[Recommendation] = rec.recommend_many([self.request(c) for c in cases])
+        self._check_engine_alive(arm)
         out = []
         for case, res in zip(cases, results, strict=True):
             rr = res.rerank
@@ -396,6 +397,19 @@ class _Runner:
                 hint="replay needs the same data, protocol, variants, prompts and settings as the recorded run; "
                 "run without --replay to record the missing outputs",
             )
+
+    def _check_engine_alive(self, arm: Variant) -> None:
+        """A dead engine (e.g. its worker killed for memory) would turn every remaining case into a fallback:
+        stop instead, before the batch is written, so that running the command again resumes the run."""
+        for engine in (self._kept[1] if self._kept else None, self.engine):
+            dead = getattr(engine, "is_dead", None)
+            if callable(dead) and dead():
+                raise EngineUnavailableError(
+                    f"variant {arm.name}: the LLM engine died during the run (see its log above for the cause, "
+                    "e.g. a worker killed for lack of memory); the cases recorded so far are kept",
+                    hint="run the same command again to resume; free memory or lower RECAGENT_LLM_MEMORY_FRACTION "
+                    "if the engine was killed for memory",
+                )
 
     def release_engine(self) -> None:
         """Close the engine this runner started (never one it was given)."""

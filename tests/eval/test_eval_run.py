@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import ConfigError, InputError
+from agent.errors import ConfigError, EngineUnavailableError, InputError
 from agent.settings import Settings
 from eval.datasets import load_dataset
 from eval.llm_cache import CacheMissError
@@ -239,3 +239,29 @@ def test_arms_with_the_same_retrieval_share_candidate_lists(
                  variants=[], protocol=Protocol(users=4, seed=3, ks=(5,)))  # fmt: skip
     assert len(calls) == 4
     assert {r["case_id"]: r["candidate_ids"] for r in alone.records} == {c: cands["embedding", c] for c in cases}
+
+
+def test_runner_stops_when_the_engine_dies(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path
+) -> None:
+    """Every case after an engine death would be a fallback: the run stops instead (resumable), keeping the
+    batches recorded before it."""
+
+    class Dying(FakeEngine):
+        batches = 0
+
+        def score_options(self, *args: Any, **kwargs: Any) -> Any:
+            Dying.batches += 1
+            return super().score_options(*args, **kwargs)
+
+        def is_dead(self) -> bool:
+            return Dying.batches >= 2
+
+    out = tmp_path / "run"
+    with pytest.raises(EngineUnavailableError, match="engine died") as err:
+        run_eval(eval_settings, load_dataset(ml_sample), Protocol(users=8, seed=3, ks=(5,)), out,
+                 variants=[parse_variant("opt:strategy=options,weight=1.0,explain=none")], engine=Dying(),
+                 embedder=eval_embedder, collection="eval-test", progress=False, batch_size=4)  # fmt: skip
+    assert "run the same command again" in err.value.hint
+    lines = (out / "cases.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all('"fallback_reason": null' in line for line in lines)  # the first batch only

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.errors import ConfigError, InputError, StructuredOutputError
+from agent.errors import ConfigError, EngineError, EngineUnavailableError, InputError, StructuredOutputError
 from eval.compare import bootstrap_ci, compare_arms, paired_bootstrap_ci, permutation_test, winner_table
 from eval.datasets import EvalDataset, TitleIndex, load_dataset, load_turns, normalise_title
 from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
@@ -175,6 +176,28 @@ def test_caching_engine_hits_misses_errors_and_replay(tmp_path: Path) -> None:
     other = CachingEngine(None, cache, identity={**engine.identity, "model_id": "other"})
     with pytest.raises(CacheMissError):
         other.generate(["p1"], max_tokens=8)
+
+
+def test_transient_engine_errors_are_retried_unless_replaying(tmp_path: Path) -> None:
+    """An engine that was down for a call (not the request's fault) is asked again when a run resumes; a replay
+    of a run that saw the error still reproduces it; once the call succeeds, replay serves its outputs."""
+    down = [True]
+
+    def flaky(req: Any, schema: Any) -> str:
+        if down[0]:
+            raise EngineUnavailableError("engine core died")
+        return "ok:" + str(req.prompt)
+
+    cache = LLMCache(tmp_path / "c.sqlite")
+    engine = CachingEngine(FakeEngine(generate_fn=flaky), cache)
+    with pytest.raises(EngineError, match="died"):
+        engine.generate(["p"], max_tokens=8)
+    replay = CachingEngine(None, cache, identity=engine.identity)
+    with pytest.raises(EngineError, match="died"):  # what the recorded run saw
+        replay.generate(["p"], max_tokens=8)
+    down[0] = False
+    assert [g.text for g in engine.generate(["p"], max_tokens=8)] == ["ok:p"]  # resumed: asked again
+    assert [g.text for g in replay.generate(["p"], max_tokens=8)] == ["ok:p"]
 
 
 def test_validation_part_never_sees_a_test_target() -> None:
