@@ -186,12 +186,13 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     ]
     match = prov["dataset"].get("match")
     if match:
+        examples = match["unmatched_examples"][:5]
         lines += [
             "## Gold matching",
             "",
             f"{match['gold_total']} gold names: {match['matched_exact']} exact, {match['matched_normalised']} by "
-            f"normalised title, **{match['unmatched']} unmatched** "
-            f"(e.g. {', '.join(match['unmatched_examples'][:5])}); "
+            f"normalised title, **{match['unmatched']} unmatched**"
+            f"{' (e.g. ' + ', '.join(examples) + ')' if examples else ''}; "
             f"{match['turns_without_gold']} turns without any matched gold were not scored.",
             "",
         ]
