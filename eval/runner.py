@@ -134,7 +134,6 @@ class _SharedRetrieval:
 
     def __init__(self) -> None:
         self.lists: dict[tuple[str, str], list[Candidate]] = {}
-        self.hits = 0
 
     @staticmethod
     def fingerprint(settings: Settings, collection: str) -> str:
@@ -159,8 +158,6 @@ class _MemoGenerator:
         found = self.shared.lists.get(key)
         if found is None:
             found = self.shared.lists[key] = list(self.inner.generate(query))
-        else:
-            self.shared.hits += 1
         return [c.model_copy(deep=True) for c in found]
 
     def __getattr__(self, name: str) -> Any:
