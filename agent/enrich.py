@@ -148,10 +148,22 @@ class EnrichOutput(BaseModel):
         return list(out.values())
 
 
-def parse_enrichment(value: Any, *, max_chars: int, max_keywords: int, item: Item | None = None) -> EnrichOutput | None:
+def parse_enrichment(
+    value: Any,
+    *,
+    max_chars: int,
+    max_keywords: int,
+    item: Item | None = None,
+    min_new_words: int = 3,
+    instructions: str = "",
+) -> EnrichOutput | None:
     """The checked enrichment in a decoded JSON value (or raw text), or None when it is not usable: not JSON,
-    wrong shape, an empty or placeholder description, no keyword left, a description over ``max_chars``. With
-    ``item``, also None when the output adds nothing to it (see :func:`uninformative`)."""
+    wrong shape, an empty or placeholder description, no keyword left, a description over ``max_chars``.
+
+    Loops are cut (repeated sentences dropped, the text cut where a phrase of three words comes back a third
+    time). With ``item``, keywords that add nothing to it are dropped (a prompt field's name, a single character,
+    only words of its title, a phrase copied from the prompt's ``instructions``) and the output is refused when
+    its description adds fewer than ``min_new_words`` words to the item (see :func:`uninformative`)."""
     if isinstance(value, str):
         try:
             value = loads_lenient(value)
@@ -161,26 +173,53 @@ def parse_enrichment(value: Any, *, max_chars: int, max_keywords: int, item: Ite
         out = EnrichOutput.model_validate(value)
     except ValidationError:
         return None
-    out.description = _unique_sentences(out.description)
+    out.description = _cut_phrase_loop(_unique_sentences(out.description))
     if item is not None:
-        names = _field_names(item)
-        out.keywords = [k for k in out.keywords if len(k) > 1 and _norm(k) not in names]
+        names, title_words = _field_names(item), set(_norm(item.title).split())
+        said = f" {_norm(instructions)} "
+        looped = (_cut_phrase_loop(k, n=2, times=2) for k in out.keywords)
+        out.keywords = [
+            k
+            for k in dict.fromkeys(k for k in looped if k)
+            if len(k) > 1
+            and _norm(k) not in names
+            and not set(_norm(k).split()) <= title_words
+            and f" {_norm(k)} " not in said
+        ]
     if not out.description or not out.keywords or len(out.description) > max_chars:
         return None
-    if item is not None and uninformative(out, item):
+    if item is not None and uninformative(out, item, min_new_words):
         return None
     out.keywords = out.keywords[:max_keywords]
     return out
 
 
-def uninformative(out: EnrichOutput, item: Item) -> bool:
-    """True when the description only restates the item's title (a small model's usual way of saying nothing)."""
-    title = _norm(item.title)
-    bare = _norm(_YEAR_SUFFIX.sub("", item.title))
-    return _norm(out.description) in {title, bare, ""}
+def uninformative(out: EnrichOutput, item: Item, min_new_words: int = 3) -> bool:
+    """True when the description adds fewer than ``min_new_words`` distinct words to what the item already says
+    (its title, field names, attribute values and texts): a small model's usual ways of saying nothing are
+    restating the title ("The Karate Bullfighter (1975)"), reordering it, or wrapping it in filler ("This is a X
+    item. It is a comedy."). Words are counted when they have at least 4 letters or digits, in any language."""
+    known = set(_norm(" ".join([item.title, *item.metadata, *item.texts, *item.texts.values()])).split())
+    for value in item.metadata.values():
+        known.update(_norm(" ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)).split())
+    new = {w for w in _norm(out.description).split() if len(w) >= 4 and w not in known}
+    return len(new) < max(min_new_words, 1)
 
 
-_YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
+def _cut_phrase_loop(text: str, n: int = 3, times: int = 3) -> str:
+    """``text`` cut before the second occurrence of a phrase of ``n`` words that occurs ``times`` times (a loop
+    inside one sentence: "very beautiful, very beautiful, very beautiful, ...")."""
+    spans = [(m.start(), m.group().lower()) for m in _WORD.finditer(text)]
+    grams: dict[tuple[str, ...], list[int]] = {}
+    for i in range(len(spans) - n + 1):
+        grams.setdefault(tuple(w for _, w in spans[i : i + n]), []).append(i)
+    loops = [starts[1] for starts in grams.values() if len(starts) >= times]
+    if not loops:
+        return text
+    return text[: spans[min(loops)][0]].rstrip(" ,;:-")
+
+
+_WORD = re.compile(r"[^\W_]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _PROMPT_FIELDS = frozenset({"title", "text", "attribute", "attributes", "description", "keyword", "keywords"})
 
@@ -243,6 +282,9 @@ class EnrichReport(BaseModel):
     failed_examples: list[str] = Field(default_factory=list, description="A few ids that failed.")
     embedded: int = Field(default=0, description="Documents re-embedded (unchanged ones are not).")
     restored: int = Field(default=0, description="--off: items whose original document was restored.")
+    withdrawn: int = Field(
+        default=0, description="Items whose enrichment from an earlier run was removed: its output is now refused."
+    )
     enriched_total: int = Field(default=0, description="Items of the collection carrying an enrichment now.")
     on: bool = Field(default=True, description="Whether the collection now embeds its enrichment.")
     prompt_version: str = ""
@@ -339,7 +381,8 @@ def enrich_collection(
     try:
         with _progress(progress, len(selected), f"enriching {collection.name}") as advance:
             for batch in _chunks(selected, settings.enrich_batch_size):
-                found = _enrich_batch(batch, engine, template, schema, params, settings, cache, force, report)
+                found = _enrich_batch(batch, collection, engine, template, schema, params, settings, cache, force,
+                                      report)  # fmt: skip
                 report.embedded += collection.set_enrichments(dict(found), embedder, progress=False)
                 advance(len(batch))
     finally:
@@ -358,6 +401,7 @@ def enrich_collection(
 
 def _enrich_batch(
     batch: Sequence[Item],
+    collection: ItemCollection,
     engine: LLMEngine,
     template: Any,
     schema: dict[str, Any] | None,
@@ -366,9 +410,16 @@ def _enrich_batch(
     cache: GenerationCache,
     force: bool,
     report: EnrichReport,
-) -> list[tuple[str, Enrichment]]:
-    """Enrichments of one batch (cache, then one engine call for the misses); updates ``report``."""
+) -> list[tuple[str, Enrichment | None]]:
+    """Enrichments of one batch (cache, then one engine call for the misses), and None for refused items that
+    carry an enrichment from an earlier run; updates ``report``."""
     max_chars, max_keywords = params[1], params[2]
+    checks: dict[str, Any] = {
+        "max_chars": max_chars,
+        "max_keywords": max_keywords,
+        "min_new_words": settings.enrich_min_new_words,
+        "instructions": _instructions(template),
+    }
     keys = [cache_key(content_key(item), template.version_id, engine.model_id, params) for item in batch]
     hits = {} if force else cache.get_many(keys)
     records: dict[int, dict[str, Any]] = {}
@@ -400,18 +451,19 @@ def _enrich_batch(
             if record.get("reason") in (None, "invalid_output"):  # deterministic outcomes only
                 fresh.append((keys[i], record))
         cache.put_many(fresh)
-    out: list[tuple[str, Enrichment]] = []
+    out: list[tuple[str, Enrichment | None]] = []
+    refused: list[str] = []
     for i, record in sorted(records.items()):
         item = batch[i]
         reason = record.get("reason")
         parsed = None
         if reason is None or (reason == "invalid_output" and record.get("text")):
-            parsed = parse_enrichment(record.get("value", record.get("text", "")), max_chars=max_chars,
-                                      max_keywords=max_keywords, item=item)  # fmt: skip
+            parsed = parse_enrichment(record.get("value", record.get("text", "")), item=item, **checks)
         if parsed is None:
             value = record.get("value", record.get("text", ""))
             loose = reason is None and parse_enrichment(value, max_chars=max_chars, max_keywords=max_keywords)
             report.fail("uninformative" if loose else str(reason or "invalid_output"), item.id)
+            refused.append(item.id)
             continue
         report.enriched += 1
         enrichment = Enrichment(
@@ -421,7 +473,20 @@ def _enrich_batch(
             model=engine.model_id,
         )
         out.append((item.id, enrichment))
+    if refused:  # an enrichment stored by an earlier run (older checks, or before --force) is withdrawn
+        stale = list(collection.get_enrichments(refused))
+        report.withdrawn += len(stale)
+        out.extend((item_id, None) for item_id in stale)
     return out
+
+
+def _instructions(template: Any) -> str:
+    """The template's own words (rendered for an empty item): a keyword copied from them is dropped."""
+    try:
+        rendered = template.render({"item": {"title": ""}})
+    except PromptError:
+        return ""
+    return " ".join(m["content"] for m in rendered.chat_messages())
 
 
 def _record_of(result: Generation | CallFailure) -> dict[str, Any]:

@@ -180,6 +180,12 @@ class Settings(BaseSettings):
         400, ge=20, le=2000, description="Longest generated description (characters; enforced by the JSON schema)."
     )
     enrich_max_keywords: int = Field(8, ge=1, le=20, description="Most generated keywords per item.")
+    enrich_min_new_words: int = Field(
+        3,
+        ge=1,
+        description="A generated description must add at least this many distinct words (4+ letters) that the "
+        "item's title, fields and texts do not already contain; otherwise it is refused as uninformative.",
+    )
     profile_template: str = Field("user_profile", description="Template that writes a user's taste profile.")
     profile_max_tokens: int = Field(160, ge=16, description="Output budget of one user profile.")
     profile_max_chars: int = Field(600, ge=40, description="Profiles are cut (at a word) to this many characters.")

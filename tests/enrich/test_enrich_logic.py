@@ -77,11 +77,37 @@ def test_parse_enrichment_refuses_output_that_adds_nothing_to_the_item() -> None
     # keywords that only name a field the prompt showed (or its singular), and one-letter keywords, are dropped
     only_fields = {"description": "A slow family drama.", "keywords": ["genre", "Year", "title", "keywords", "H"]}
     assert parse_enrichment(only_fields, **check) is None  # type: ignore[arg-type]
-    looped = {"description": "A quiet drama. It is sad. A quiet drama. It is sad. It", "keywords": ["genre", "grief"]}
+    looped = {"description": "A quiet family drama. It is about grief. A quiet family drama. It is about grief. It",
+              "keywords": ["genre", "grief"]}  # fmt: skip
     ok = parse_enrichment(looped, **check)  # type: ignore[arg-type]
-    assert ok is not None and ok.description == "A quiet drama. It is sad. It" and ok.keywords == ["grief"]
+    assert ok is not None and ok.description == "A quiet family drama. It is about grief. It"
+    assert ok.keywords == ["grief"]
     # without the item (no context) the same outputs are only checked for shape
     assert parse_enrichment({"description": "Heavy (1995)", "keywords": ["genre"]}, max_chars=400, max_keywords=8)
+
+
+def test_parse_enrichment_needs_new_words_and_cuts_phrase_loops() -> None:
+    """Outputs the default model really gave on MovieLens (session 6): the title reordered or wrapped in filler,
+    a phrase looping inside one sentence, keywords copied from the title or from the prompt's own instructions."""
+    omega = Item(id="1", title="Omega Code, The (1999)", metadata={"genres": ["Action"]})
+    check = {"max_chars": 400, "max_keywords": 8, "instructions": "Then give 3 to 8 short keywords someone might"}
+    reordered = {"description": "The (1999) Omega Code, The (1999)", "keywords": ["Action", "The", "(1999)", "Omega"]}
+    assert parse_enrichment(reordered, item=omega, **check) is None  # type: ignore[arg-type]
+    wanderlust = Item(id="2", title="Wanderlust (2012)", metadata={"genres": ["Comedy"]})
+    filler = {"description": "This is a Wanderlust (2012) item. It is a comedy.", "keywords": ["comedy", "road"]}
+    assert parse_enrichment(filler, item=wanderlust, **check) is None  # type: ignore[arg-type]
+    # the same words are enough with a lower threshold (a setting: enrich_min_new_words)
+    assert parse_enrichment(filler, item=wanderlust, min_new_words=2, **check) is not None  # type: ignore[arg-type]
+    albino = Item(id="3", title="Albino Alligator (1996)", metadata={"genres": ["Crime"]})
+    loop = {
+        "description": "A hostage thriller set in a bar. It is very tense, very dark, very violent, very violent, "
+        "very violent, very violent, very violent",
+        "keywords": ["very tense, very tense, very", "3 to 8 short keywords", "albino alligator", "hostage"],
+    }
+    ok = parse_enrichment(loop, item=albino, **check)  # type: ignore[arg-type]
+    assert ok is not None
+    assert ok.description == "A hostage thriller set in a bar. It is very tense, very dark, very violent"
+    assert ok.keywords == ["very tense", "hostage"]  # title words and the prompt's own phrase dropped
 
 
 def test_enrich_thin_items_keeps_originals_and_reembeds(settings: Settings, store: Store,
@@ -110,7 +136,7 @@ def test_enrich_thin_items_keeps_originals_and_reembeds(settings: Settings, stor
     assert np.allclose(after["p1"], before_vectors["p1"])
     got = coll.raw.get(ids=["m1"], include=["documents"])
     assert got["documents"][0] == item_document(before_items["m1"]) + (
-        "\nDescription: About Heat (1995): spaceship voyage.\nKeywords: spaceship, Heat (1995)"
+        "\nDescription: About Heat (1995): spaceship voyage.\nKeywords: spaceship"  # the title as keyword: dropped
     )
     info = coll.enrichment_info()
     assert info is not None and info.on and info.items == 9 and info.prompt_version == report.prompt_version
@@ -130,6 +156,27 @@ def test_second_run_generates_nothing(settings: Settings, store: Store, embedder
     assert second.prompt_tokens == 0
     forced = run(settings, store, embedder, FakeEngine(scripted()), force=True)
     assert forced.generated == 9 and forced.cached == 0 and forced.embedded == 0  # same text: nothing to re-embed
+
+
+def test_stricter_checks_withdraw_an_earlier_enrichment_without_llm_calls(settings: Settings, store: Store,
+                                                                           embedder: HashEmbedder) -> None:  # fmt: skip
+    """Outputs are re-checked on every run (the cache keeps the raw output): an enrichment stored by an earlier
+    run whose output the current checks refuse is removed and the original document re-embedded, never left."""
+    coll = store.open_for(embedder, NAME)
+    original = coll.get_embeddings(coll.ids())
+    first = run(settings, store, embedder, FakeEngine(scripted()))
+    assert first.enriched == 9 and first.withdrawn == 0
+    stricter = settings.model_copy(update={"enrich_min_new_words": 4})  # "About X: spaceship voyage." adds 3
+    engine = FakeEngine(scripted())
+    second = run(stricter, store, embedder, engine)
+    assert engine.calls == [] and second.cached == 9 and second.generated == 0
+    assert second.enriched == 0 and second.failed == {"uninformative": 9} and second.withdrawn == 9
+    assert second.embedded == 9 and second.enriched_total == 0
+    assert coll.get_enrichments(coll.ids()) == {}
+    back = coll.get_embeddings(coll.ids())
+    assert all(np.allclose(back[i], original[i]) for i in original)
+    third = run(stricter, store, embedder, FakeEngine(scripted()))
+    assert third.withdrawn == 0 and third.embedded == 0  # nothing left to withdraw
 
 
 def test_bad_output_is_counted_as_failed_and_never_stored(settings: Settings, store: Store,
