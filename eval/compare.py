@@ -140,6 +140,8 @@ def _arm_metrics(records: list[dict[str, Any]], arm: str | None, run: Path) -> t
         if r["variant"] == arm:
             for metric, value in r["metrics"].items():
                 table.setdefault(metric, {})[r["case_id"]] = float(value)
+            if r.get("retrieved") is not None:  # recall of the fused candidates (pipeline arms, full protocol)
+                table.setdefault("retrieval_recall", {})[r["case_id"]] = float(r["retrieved"])
     return arm, table
 
 

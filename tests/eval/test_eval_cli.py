@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -46,6 +47,15 @@ def test_cli_run_and_compare(eval_settings: Settings, ml_sample: Path, tmp_path:
     assert {r["metric"] for r in data["rows"]} >= {"ndcg@5", "hit_rate@5"}
     text = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--arm-a", "retrieval"])
     assert text.exit_code == 0 and "winner" in text.output
+    # arms that retrieve (pipeline arms) are also compared on the recall of their fused candidates
+    assert "retrieval_recall" not in {r["metric"] for r in data["rows"]}  # popularity vs item-kNN: no retrieval
+    same = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "a"), "--arm-a", "retrieval",
+                               "--arm-b", "retrieval", "--json"])  # fmt: skip
+    rows = {r["metric"]: r for r in json.loads(same.output)["rows"]}
+    records = [json.loads(x) for x in (tmp_path / "a" / "cases.jsonl").open()]
+    recall = [r["retrieved"] for r in records if r["variant"] == "retrieval"]
+    assert rows["retrieval_recall"]["mean_a"] == pytest.approx(sum(recall) / len(recall))
+    assert rows["retrieval_recall"]["diff"] == 0.0 and rows["retrieval_recall"]["cases"] == 5
 
 
 def test_cli_bad_input_is_a_clear_error(eval_settings: Settings, ml_sample: Path, tmp_path: Path) -> None:
