@@ -86,6 +86,8 @@ def clean_data(value: Any, *, multiline: bool = False) -> str:
         text = _INLINE_SPACE.sub(" ", text)
     text = _drop_invisible(text, multiline=multiline)
     text = text.translate(_COMPAT_MAP)
+    if not multiline:  # again: a dropped control character can leave two spaces side by side ("0 \x1b 0")
+        text = _INLINE_SPACE.sub(" ", text)
     text = _LEFT_RUN.sub("<<", text)
     text = _RIGHT_RUN.sub(">>", text)
     text = _SPECIAL_PIPE.sub(r"(\1)", text)
