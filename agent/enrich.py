@@ -378,11 +378,17 @@ def enrich_collection(
     max_chars, max_keywords = settings.enrich_description_max_chars, settings.enrich_max_keywords
     schema = template.output_schema(max_keywords=max_keywords, description_max_length=max_chars)
     params = [settings.enrich_max_tokens, max_chars, max_keywords]
+    checks: dict[str, Any] = {  # the output checks of parse_enrichment, the same for every batch
+        "max_chars": max_chars,
+        "max_keywords": max_keywords,
+        "min_new_words": settings.enrich_min_new_words,
+        "instructions": _instructions(template),
+    }
     try:
         with _progress(progress, len(selected), f"enriching {collection.name}") as advance:
             for batch in _chunks(selected, settings.enrich_batch_size):
-                found = _enrich_batch(batch, collection, engine, template, schema, params, settings, cache, force,
-                                      report)  # fmt: skip
+                found = _enrich_batch(batch, collection, engine, template, schema, params, checks, settings, cache,
+                                      force, report)  # fmt: skip
                 report.embedded += collection.set_enrichments(dict(found), embedder, progress=False)
                 advance(len(batch))
     finally:
@@ -406,6 +412,7 @@ def _enrich_batch(
     template: Any,
     schema: dict[str, Any] | None,
     params: list[int],
+    checks: dict[str, Any],
     settings: Settings,
     cache: GenerationCache,
     force: bool,
@@ -414,12 +421,6 @@ def _enrich_batch(
     """Enrichments of one batch (cache, then one engine call for the misses), and None for refused items that
     carry an enrichment from an earlier run; updates ``report``."""
     max_chars, max_keywords = params[1], params[2]
-    checks: dict[str, Any] = {
-        "max_chars": max_chars,
-        "max_keywords": max_keywords,
-        "min_new_words": settings.enrich_min_new_words,
-        "instructions": _instructions(template),
-    }
     keys = [cache_key(content_key(item), template.version_id, engine.model_id, params) for item in batch]
     hits = {} if force else cache.get_many(keys)
     records: dict[int, dict[str, Any]] = {}
