@@ -213,9 +213,10 @@ class _Runner:
         self._embedder, self._store = embedder, store
         self.collection = collection
         self._kept: tuple[str, LLMEngine] | None = None  # the engine this runner started, kept for the next arm
-        self.cache = LLMCache(cache_path)
-        self.split = make_split(dataset, protocol)
+        self.split = make_split(dataset, protocol)  # bad data fails here, before anything is written
         self.ranker = BaselineRanker(list(dataset.items), self.split.train, seed=protocol.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        self.cache = LLMCache(cache_path)
         self.shared = _SharedRetrieval()
 
     # -- parts -------------------------------------------------------------------------------------------------
@@ -527,7 +528,6 @@ def run_eval(
         if not cache_path.is_file():
             raise InputError(f"replay: no LLM cache at {cache_path}", hint="run without --replay first (same --out)")
         out = out / REPLAY_DIR
-    out.mkdir(parents=True, exist_ok=True)
     cases_path = out / CASES_FILE
     runner = _Runner(settings, dataset, protocol, arms, out, engine=engine, embedder=embedder, store=store,
                      registry=registry, collection=collection, replay=replay, cache_path=cache_path,

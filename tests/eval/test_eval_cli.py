@@ -58,7 +58,12 @@ def test_cli_run_and_compare(eval_settings: Settings, ml_sample: Path, tmp_path:
     assert rows["retrieval_recall"]["diff"] == 0.0 and rows["retrieval_recall"]["cases"] == 5
 
 
-def test_cli_bad_input_is_a_clear_error(eval_settings: Settings, ml_sample: Path, tmp_path: Path) -> None:
+def test_cli_bad_input_is_a_clear_error(
+    eval_settings: Settings, ml_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the default --out (eval-out) lands here
     app = _app(eval_settings)
     runner = CliRunner()
     bad_variant = runner.invoke(app, ["eval", "run", str(ml_sample), "--variant", "x:strategy=magic"])
@@ -82,3 +87,4 @@ def test_cli_bad_input_is_a_clear_error(eval_settings: Settings, ml_sample: Path
     assert bad_part.exit_code != 0 and "part" in str(bad_part.exception or bad_part.output)
     helped = runner.invoke(app, ["eval", "run", "--help"])
     assert helped.exit_code == 0 and "--replay" in helped.output
+    assert list(work.iterdir()) == []  # refused runs write nothing (no eval-out/ with an empty LLM cache)

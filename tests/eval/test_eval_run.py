@@ -174,6 +174,7 @@ def test_bad_inputs_fail_before_any_llm_call(
     with pytest.raises(InputError, match="no LLM cache"):
         _run(eval_settings, eval_embedder, ml_sample, tmp_path / "d", engine=engine, replay=True)
     assert engine.calls == []
+    assert not any(tmp_path.iterdir())  # nothing written either: no output folder, no empty LLM cache
 
 
 def test_arms_with_the_same_model_share_one_engine(
