@@ -1,8 +1,9 @@
 """Batched engine calls that never raise: timeouts, per-request isolation, one caller at a time per engine.
 
-The ranking and justification stages send the requests of many users in ONE engine call. A problem with one
-request (a prompt that does not fit the context, an output that does not parse) makes the engine raise for the
-whole batch; :func:`call_batch` then bisects the batch so that only the guilty requests fail.
+The ranking and justification stages send the requests of many users in ONE engine call. Outputs that do not
+parse come back per request (:class:`~agent.errors.PartialOutputError`: the valid outputs are kept, nothing is
+generated twice). Any other problem with one request (a prompt that does not fit the context) makes the engine
+raise for the whole batch; :func:`call_batch` then bisects the batch so that only the guilty requests fail.
 Every failure becomes a :class:`CallFailure` with a short reason that ends up in ``RerankResult.fallback_reason``.
 """
 
@@ -15,7 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from agent.errors import EngineError, EngineUnavailableError, InputError, RecagentError, StructuredOutputError
+from agent.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InputError,
+    PartialOutputError,
+    RecagentError,
+    StructuredOutputError,
+)
 
 __all__ = [
     "CallFailure",
@@ -133,9 +141,10 @@ def call_batch(
     *,
     timeout: float | None = None,
 ) -> Outcome[T]:
-    """Run ``call(indices)`` for requests ``0..n-1`` in one engine call; on a failure that may be one request's
-    fault (an engine error other than "unavailable", an output that does not parse), split the batch in halves
-    and retry each half, down to single requests. Never raises (except KeyboardInterrupt and friends)."""
+    """Run ``call(indices)`` for requests ``0..n-1`` in one engine call. Outputs that do not parse fail alone
+    (:class:`PartialOutputError` keeps the others); on another failure that may be one request's fault (an
+    engine error other than "unavailable"), split the batch in halves and retry each half, down to single
+    requests. Never raises (except KeyboardInterrupt and friends)."""
     if n == 0:
         return Outcome([], 0)
     results: list[T | CallFailure | None] = [None] * n
@@ -148,6 +157,15 @@ def call_batch(
             out = list(_run(engine, lambda: call(indices), timeout))
             if len(out) != len(indices):
                 raise EngineError(f"the engine returned {len(out)} results for {len(indices)} requests")
+        except PartialOutputError as exc:
+            if len(exc.outcomes) == len(indices):  # per-request outcomes: keep the valid outputs, no second call
+                for i, item in zip(indices, exc.outcomes, strict=True):
+                    results[i] = CallFailure(failure_reason(item), item) if isinstance(item, BaseException) else item
+            else:
+                wrong = EngineError(f"the engine returned {len(exc.outcomes)} outcomes for {len(indices)} requests")
+                for i in indices:
+                    results[i] = CallFailure(failure_reason(wrong), wrong)
+            return
         except Exception as exc:
             if len(indices) == 1 or not _isolatable(exc):
                 failure = CallFailure(failure_reason(exc), exc)

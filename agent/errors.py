@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from retrieval.errors import (
     CatalogError,
     ConfigError,
@@ -18,6 +20,7 @@ __all__ = [
     "EngineUnavailableError",
     "InputError",
     "ModelError",
+    "PartialOutputError",
     "PromptError",
     "RecagentError",
     "SchemaError",
@@ -51,3 +54,24 @@ class StructuredOutputError(EngineError):
     def __init__(self, message: str, *, raw: str, hint: str = "") -> None:
         super().__init__(message, hint=hint)
         self.raw = raw
+
+
+class PartialOutputError(StructuredOutputError):
+    """Some outputs of a batched ``generate`` call do not validate, the others do.
+
+    ``outcomes`` holds one entry per request of the call: its ``Generation``, or the
+    :class:`StructuredOutputError` of that request. Callers keep the valid outputs instead of generating the batch
+    again (``agent.batching.call_batch`` does); the message and ``raw`` are those of the first failure.
+    """
+
+    def __init__(self, outcomes: list[Any]) -> None:
+        bad = [o for o in outcomes if isinstance(o, StructuredOutputError)]
+        if not bad:
+            raise ValueError("PartialOutputError needs at least one failed outcome")
+        first = bad[0]
+        super().__init__(
+            f"{len(bad)} of {len(outcomes)} outputs do not validate; first: {first.message}",
+            raw=first.raw,
+            hint=first.hint,
+        )
+        self.outcomes = outcomes

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EngineError, InputError, RecagentError, StructuredOutputError
+from agent.errors import EngineError, InputError, PartialOutputError, RecagentError, StructuredOutputError
 from agent.llm.base import (
     Generation,
     LLMEngine,
@@ -123,12 +123,16 @@ def _error_record(exc: RecagentError) -> dict[str, Any]:
 _DETERMINISTIC_ERRORS = frozenset({"StructuredOutputError", "InputError", "SchemaError"})
 
 
-def _raise_recorded(record: dict[str, Any]) -> None:
+def _recorded(record: dict[str, Any]) -> RecagentError:
     if record["type"] == "StructuredOutputError":
-        raise StructuredOutputError(record["message"], raw=record.get("raw") or "", hint=record.get("hint") or "")
+        return StructuredOutputError(record["message"], raw=record.get("raw") or "", hint=record.get("hint") or "")
     if record["type"] == "InputError":
-        raise InputError(record["message"], hint=record.get("hint") or "")
-    raise EngineError(record["message"], hint=record.get("hint") or "")
+        return InputError(record["message"], hint=record.get("hint") or "")
+    return EngineError(record["message"], hint=record.get("hint") or "")
+
+
+def _raise_recorded(record: dict[str, Any]) -> None:
+    raise _recorded(record)
 
 
 class CachingEngine(LLMEngine):
@@ -162,23 +166,41 @@ class CachingEngine(LLMEngine):
         if recorded is not None and (self.inner is None or recorded["type"] in _DETERMINISTIC_ERRORS):
             _raise_recorded(recorded)  # a transient error (engine down, timeout) is tried again unless replaying
         out: list[Any] = [self.cache.get(k) for k in keys]
-        missing = [i for i, v in enumerate(out) if v is None]
+        # outputs that failed their schema inside a batch are recorded per request (PartialOutputError)
+        failed: dict[int, RecagentError] = {}
+        if len(keys) > 1:
+            for i, v in enumerate(out):
+                single = self.cache.get_error(_hash([kind, [keys[i]]])) if v is None else None
+                if single is not None and single["type"] == "StructuredOutputError":
+                    failed[i] = _recorded(single)
+        missing = [i for i, v in enumerate(out) if v is None and i not in failed]
         self.cache.hits += len(keys) - len(missing)
         self.cache.misses += len(missing)
         if missing:
             if self.inner is None:
                 raise self._miss(kind)
             try:
-                fresh = send(missing)
+                fresh: list[Any] = list(send(missing))
+            except PartialOutputError as exc:
+                fresh = list(exc.outcomes)
             except RecagentError as exc:
                 self.cache.put_error(call_key, kind, _error_record(exc))
                 raise
             if recorded is not None:
                 self.cache.delete_error(call_key)  # the call succeeded this time: replay must see the outputs
             for i, value in zip(missing, fresh, strict=True):
+                if isinstance(value, StructuredOutputError):
+                    self.cache.put_error(_hash([kind, [keys[i]]]), kind, _error_record(value))
+                    failed[i] = value
+                    continue
                 dumped = value.model_dump(mode="json")
                 self.cache.put(keys[i], kind, reqs[i].model_dump(mode="json"), dumped)
                 out[i] = dumped
+        if failed:
+            outcomes = [failed[i] if i in failed else decode(v) for i, v in enumerate(out)]
+            if len(outcomes) == 1:
+                raise failed[0]
+            raise PartialOutputError(outcomes)
         return [decode(v) for v in out]
 
     def generate(

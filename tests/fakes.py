@@ -18,7 +18,7 @@ from agent.llm.base import (
     RequestLike,
     SchemaArg,
     check_labels,
-    parse_structured,
+    parse_outputs,
     schemas_per_request,
 )
 from agent.schemas import CandidateItem, HistoryItem, UserContext
@@ -146,10 +146,8 @@ class FakeEngine(LLMEngine):
                     finish_reason="stop",
                 )
             )
-            if schema is not None and self.validate:
-                gen.parsed = parse_structured(gen.text, schema)
             out.append(gen)
-        return out
+        return parse_outputs(out, schemas) if self.validate else out
 
     def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
         reqs = [LLMRequest.of(r) for r in requests]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.errors import InputError, SchemaError, StructuredOutputError
+from agent.errors import InputError, PartialOutputError, SchemaError, StructuredOutputError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -107,6 +107,31 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     except jsonschema.ValidationError as exc:
         raise StructuredOutputError(f"the model's JSON does not match the schema: {exc.message}", raw=text) from exc
     return value
+
+
+def parse_outputs(gens: list[Generation], schemas: Sequence[Schema | None]) -> list[Generation]:
+    """Decode and validate every structured output of a batch (sets ``parsed``), never losing the valid ones.
+
+    When some outputs do not validate, a batch raises :class:`PartialOutputError` carrying every request's
+    outcome (its Generation or its StructuredOutputError), so that nothing is generated twice; a single request
+    raises its own StructuredOutputError."""
+    outcomes: list[Generation | StructuredOutputError] = []
+    for gen, schema in zip(gens, schemas, strict=True):
+        if schema is None:
+            outcomes.append(gen)
+            continue
+        try:
+            gen.parsed = parse_structured(gen.text, schema)
+        except StructuredOutputError as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(gen)
+    errors = [o for o in outcomes if isinstance(o, StructuredOutputError)]
+    if not errors:
+        return gens
+    if len(outcomes) == 1:
+        raise errors[0]
+    raise PartialOutputError(list(outcomes))
 
 
 Schema = dict[str, Any]

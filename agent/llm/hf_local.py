@@ -24,7 +24,7 @@ from agent.llm.base import (
     SchemaArg,
     StopFilter,
     check_labels,
-    parse_structured,
+    parse_outputs,
     schemas_per_request,
 )
 from agent.llm.prompting import check_length, encode_request, label_token_ids
@@ -107,17 +107,15 @@ class HFEngine(LLMEngine):
             new = out[0, len(ids) :].tolist()
             stopped = bool(new) and new[-1] in _as_list(eos)
             text = str(self.tokenizer.decode(new, skip_special_tokens=True))
-            parsed = parse_structured(text, schema) if schema is not None else None
             results.append(
                 Generation(
                     text=text,
                     prompt_tokens=len(ids),
                     completion_tokens=len(new),
                     finish_reason="stop" if stopped or len(new) < max_tokens else "length",
-                    parsed=parsed,
                 )
             )
-        return results
+        return parse_outputs(results, schemas)
 
     def _sampling(self, max_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
         eos = self.tokenizer.eos_token_id

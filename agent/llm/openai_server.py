@@ -34,7 +34,7 @@ from agent.llm.base import (
     Schema,
     SchemaArg,
     check_labels,
-    parse_structured,
+    parse_outputs,
     schemas_per_request,
 )
 from agent.llm.prompting import flatten_messages
@@ -190,11 +190,9 @@ class OpenAIServerEngine(LLMEngine):
                     f"LLM server rejected the request: {exc.message}",
                     hint="shorten the prompt or check the server's --max-model-len",
                 ) from exc
-            if schema is not None:
-                gen.parsed = parse_structured(gen.text, schema)
             return gen
 
-        return self._map(one, list(zip(requests, schemas, strict=True)))
+        return parse_outputs(self._map(one, list(zip(requests, schemas, strict=True))), schemas)
 
     def _tokenize_labels(self, labels: list[str]) -> dict[str, int] | None:
         """Label token ids via vLLM's /tokenize; None on servers without it."""

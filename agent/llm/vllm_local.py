@@ -31,7 +31,7 @@ from agent.llm.base import (
     RequestLike,
     SchemaArg,
     check_labels,
-    parse_structured,
+    parse_outputs,
     schemas_per_request,
 )
 from agent.llm.hf_local import adapter_info
@@ -209,7 +209,7 @@ class VLLMEngine(LLMEngine):
         ]
         outputs = self._run(prompts, params)
         results: list[Generation] = []
-        for out, schema in zip(outputs, schemas, strict=True):
+        for out in outputs:
             comp = out.outputs[0]
             results.append(
                 Generation(
@@ -217,10 +217,9 @@ class VLLMEngine(LLMEngine):
                     prompt_tokens=len(out.prompt_token_ids or []),
                     completion_tokens=len(comp.token_ids),
                     finish_reason=comp.finish_reason,
-                    parsed=parse_structured(comp.text, schema) if schema is not None else None,
                 )
             )
-        return results
+        return parse_outputs(results, schemas)
 
     def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
         from vllm import SamplingParams

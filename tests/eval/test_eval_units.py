@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.errors import ConfigError, EngineError, EngineUnavailableError, InputError, StructuredOutputError
+from agent.errors import (
+    ConfigError,
+    EngineError,
+    EngineUnavailableError,
+    InputError,
+    PartialOutputError,
+    StructuredOutputError,
+)
 from eval.compare import bootstrap_ci, compare_arms, paired_bootstrap_ci, permutation_test, winner_table
 from eval.datasets import EvalDataset, TitleIndex, load_dataset, load_turns, normalise_title
 from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
@@ -176,6 +183,32 @@ def test_caching_engine_hits_misses_errors_and_replay(tmp_path: Path) -> None:
     other = CachingEngine(None, cache, identity={**engine.identity, "model_id": "other"})
     with pytest.raises(CacheMissError):
         other.generate(["p1"], max_tokens=8)
+
+
+def test_outputs_failing_their_schema_in_a_batch_are_recorded_per_request(tmp_path: Path) -> None:
+    """A batch where one output does not validate: the valid outputs are cached, the failure is recorded for its
+    request alone, and a later batch (or a replay) gets the same outcomes without asking the engine again."""
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    inner = FakeEngine(generate_fn=lambda req, s: "nope" if "bad" in str(req.prompt) else '{"x": 1}')
+    cache = LLMCache(tmp_path / "c.sqlite")
+    engine = CachingEngine(inner, cache)
+    with pytest.raises(PartialOutputError) as err:
+        engine.generate(["a", "bad", "c"], json_schema=schema)
+    kinds = [type(o).__name__ for o in err.value.outcomes]
+    assert kinds == ["Generation", "StructuredOutputError", "Generation"] and len(inner.calls) == 1
+    assert err.value.outcomes[1].raw == "nope"
+    with pytest.raises(PartialOutputError) as again:  # another batch holding the same requests: no engine call
+        engine.generate(["bad", "a", "d"], json_schema=schema)
+    assert [type(o).__name__ for o in again.value.outcomes] == ["StructuredOutputError", "Generation", "Generation"]
+    assert [len(c.requests) for c in inner.calls] == [3, 1]  # only "d" was new
+    with pytest.raises(StructuredOutputError) as alone:
+        engine.generate(["bad"], json_schema=schema)
+    assert not isinstance(alone.value, PartialOutputError) and len(inner.calls) == 2
+    replay = CachingEngine(None, cache, identity=engine.identity)
+    with pytest.raises(PartialOutputError) as replayed:
+        replay.generate(["a", "bad", "c"], json_schema=schema)
+    assert [getattr(o, "parsed", None) for o in replayed.value.outcomes] == [{"x": 1}, None, {"x": 1}]
+    assert replayed.value.outcomes[1].raw == "nope"
 
 
 def test_transient_engine_errors_are_retried_unless_replaying(tmp_path: Path) -> None:

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, InputError, ModelError, SchemaError, StructuredOutputError
-from agent.llm.base import ChatMessage, LLMRequest, OptionScores, check_schema, log_softmax_subset, parse_structured
+from agent.errors import ConfigError, InputError, ModelError, PartialOutputError, SchemaError, StructuredOutputError
+from agent.llm.base import (
+    ChatMessage,
+    Generation,
+    LLMRequest,
+    OptionScores,
+    check_schema,
+    log_softmax_subset,
+    parse_outputs,
+    parse_structured,
+)
 from agent.llm.models import resolve_model
 from agent.llm.prompting import encode_request, flatten_messages, label_token_ids
 from agent.settings import load_settings
@@ -52,6 +61,25 @@ def test_parse_structured_validates_and_keeps_raw() -> None:
     assert err.value.raw == '{"id": "zzz"}'
     with pytest.raises(StructuredOutputError, match="not valid JSON"):
         parse_structured('{"id": ', schema)
+
+
+def test_parse_outputs_keeps_the_valid_outputs_of_a_batch() -> None:
+    schema = {"type": "object", "properties": {"id": {"enum": ["a", "b"]}}, "required": ["id"]}
+
+    def gen(text: str) -> Generation:
+        return Generation(text=text, prompt_tokens=3, completion_tokens=2, finish_reason="stop")
+
+    ok = parse_outputs([gen('{"id": "a"}'), gen("free text")], [schema, None])
+    assert [g.parsed for g in ok] == [{"id": "a"}, None]
+    with pytest.raises(PartialOutputError) as err:
+        parse_outputs([gen('{"id": "b"}'), gen('{"id": '), gen("free")], [schema, schema, None])
+    first, bad, free = err.value.outcomes
+    assert first.parsed == {"id": "b"} and free.text == "free"
+    assert isinstance(bad, StructuredOutputError) and bad.raw == '{"id": '
+    assert "1 of 3 outputs" in err.value.message and err.value.raw == '{"id": '
+    with pytest.raises(StructuredOutputError) as single:  # one request: its own error, as before
+        parse_outputs([gen("{")], [schema])
+    assert not isinstance(single.value, PartialOutputError)
 
 
 def test_option_scores_ranking_and_renormalisation() -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent.errors import EngineError, SchemaError
+from agent.batching import CallFailure, call_batch
+from agent.errors import EngineError, PartialOutputError, SchemaError, StructuredOutputError
 from agent.llm.base import LLMEngine
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,30 @@ def test_structured_output_respects_enum_under_sampling(engine_name: str, reques
         assert len(g.parsed["ranking"]) == 5
         assert set(g.parsed["ranking"]) <= set(IDS[:7])
         assert g.prompt_tokens > 0 and g.completion_tokens > 0
+
+
+@pytest.mark.parametrize("engine_name", ["vllm_tiny", "hf_tiny"])
+def test_an_output_cut_off_fails_alone_in_one_engine_call(engine_name: str, request: pytest.FixtureRequest) -> None:
+    """A JSON output cut at max_tokens fails alone: the batch's other outputs come back from the same call."""
+    engine: LLMEngine = request.getfixturevalue(engine_name)
+    schema = enum_schema(IDS[:7], 5)  # five quoted ids need far more than 3 tokens
+    with pytest.raises(PartialOutputError) as err:
+        engine.generate(["the movie", "rank these", "a book about"], json_schema=[None, schema, None], max_tokens=3)
+    free, cut, free2 = err.value.outcomes
+    assert isinstance(cut, StructuredOutputError) and not isinstance(free, BaseException)
+    assert free.completion_tokens == 3 and free2.completion_tokens == 3 and free.parsed is None
+    outcome = call_batch(
+        engine,
+        3,
+        lambda idx: engine.generate(
+            [["the movie", "rank these", "a book about"][i] for i in idx],
+            json_schema=[[None, schema, None][i] for i in idx],
+            max_tokens=3,
+        ),
+    )
+    assert outcome.engine_calls == 1  # before: the batch was bisected down to single requests (5 calls)
+    reasons = [r.reason if isinstance(r, CallFailure) else "ok" for r in outcome.results]
+    assert reasons == ["ok", "invalid_output", "ok"]
 
 
 def test_unconstrained_generation_reports_tokens_and_length(vllm_tiny: LLMEngine) -> None:
