@@ -123,16 +123,17 @@ def _error_record(exc: RecagentError) -> dict[str, Any]:
 _DETERMINISTIC_ERRORS = frozenset({"StructuredOutputError", "InputError", "SchemaError"})
 
 
+def _single_key(kind: str, key: str) -> str:
+    """The call key of a one-request call: where a failure of that request alone is recorded."""
+    return _hash([kind, [key]])
+
+
 def _recorded(record: dict[str, Any]) -> RecagentError:
     if record["type"] == "StructuredOutputError":
         return StructuredOutputError(record["message"], raw=record.get("raw") or "", hint=record.get("hint") or "")
     if record["type"] == "InputError":
         return InputError(record["message"], hint=record.get("hint") or "")
     return EngineError(record["message"], hint=record.get("hint") or "")
-
-
-def _raise_recorded(record: dict[str, Any]) -> None:
-    raise _recorded(record)
 
 
 class CachingEngine(LLMEngine):
@@ -164,13 +165,13 @@ class CachingEngine(LLMEngine):
         call_key = _hash([kind, keys])
         recorded = self.cache.get_error(call_key)
         if recorded is not None and (self.inner is None or recorded["type"] in _DETERMINISTIC_ERRORS):
-            _raise_recorded(recorded)  # a transient error (engine down, timeout) is tried again unless replaying
+            raise _recorded(recorded)  # a transient error (engine down, timeout) is tried again unless replaying
         out: list[Any] = [self.cache.get(k) for k in keys]
         # outputs that failed their schema inside a batch are recorded per request (PartialOutputError)
         failed: dict[int, RecagentError] = {}
         if len(keys) > 1:
             for i, v in enumerate(out):
-                single = self.cache.get_error(_hash([kind, [keys[i]]])) if v is None else None
+                single = self.cache.get_error(_single_key(kind, keys[i])) if v is None else None
                 if single is not None and single["type"] == "StructuredOutputError":
                     failed[i] = _recorded(single)
         missing = [i for i, v in enumerate(out) if v is None and i not in failed]
@@ -190,7 +191,7 @@ class CachingEngine(LLMEngine):
                 self.cache.delete_error(call_key)  # the call succeeded this time: replay must see the outputs
             for i, value in zip(missing, fresh, strict=True):
                 if isinstance(value, StructuredOutputError):
-                    self.cache.put_error(_hash([kind, [keys[i]]]), kind, _error_record(value))
+                    self.cache.put_error(_single_key(kind, keys[i]), kind, _error_record(value))
                     failed[i] = value
                     continue
                 dumped = value.model_dump(mode="json")
