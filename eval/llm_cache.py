@@ -15,6 +15,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from agent.llm.base import (
     schemas_per_request,
 )
 
-__all__ = ["CacheMissError", "CachingEngine", "LLMCache"]
+__all__ = ["CacheMissError", "CachingEngine", "LLMCache", "MergeReport", "cache_file", "merge_caches"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, kind TEXT, request TEXT, response TEXT);
@@ -93,6 +94,32 @@ class LLMCache:
             row = self._db.execute("SELECT identity FROM engines WHERE name = ?", (name,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def absorb(self, source: sqlite3.Connection) -> dict[str, Any]:
+        """Copy another cache's rows into this one (one transaction); counts of what came in and what was added.
+        A key this cache already holds keeps its output (a different one is counted as a conflict); errors and
+        engine identities are copied as recorded unless this cache has the key or arm name."""
+        responses = errors = added = held = conflicts = 0
+        names: list[str] = []
+        with self._lock, self._db:
+            for key, kind, request, response in source.execute("SELECT key, kind, request, response FROM responses"):
+                responses += 1
+                row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    self._db.execute("INSERT INTO responses VALUES (?, ?, ?, ?)", (key, kind, request, response))
+                    added += 1
+                elif json.loads(row[0]) == json.loads(response):
+                    held += 1
+                else:
+                    conflicts += 1
+            for key, kind, error in source.execute("SELECT key, kind, error FROM errors"):
+                errors += 1
+                self._db.execute("INSERT OR IGNORE INTO errors VALUES (?, ?, ?)", (key, kind, error))
+            for name, identity in source.execute("SELECT name, identity FROM engines"):
+                self._db.execute("INSERT OR IGNORE INTO engines VALUES (?, ?)", (name, identity))
+                names.append(str(name))
+        return {"responses": responses, "errors": errors, "added": added, "already_held": held,
+                "conflicts": conflicts, "engines": sorted(names)}  # fmt: skip
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
@@ -100,6 +127,96 @@ class LLMCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+CACHE_FILE = "llm_cache.sqlite"
+
+
+def cache_file(path: Path) -> Path:
+    """A run folder's LLM cache (``OUT/llm_cache.sqlite``), or ``path`` itself when it names a file."""
+    path = Path(path)
+    return path / CACHE_FILE if path.is_dir() or not path.suffix else path
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What :func:`merge_caches` did, per source and in all."""
+
+    dest: Path
+    sources: list[dict[str, Any]]  # path, responses, errors, added, already_held, conflicts, engines
+    responses: int  # responses held by the destination afterwards
+    added: int
+    conflicts: int  # same key, different recorded output: the destination's output is kept
+
+
+def _open_source(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise InputError(
+            f"LLM cache {path} does not exist",
+            hint="give run folders written by `recagent eval run` (OUT/llm_cache.sqlite) or the .sqlite files",
+        )
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise InputError(f"{path} is not an SQLite file: {exc}", hint="give an evaluator LLM cache") from exc
+    if not {"responses", "errors", "engines"} <= tables:
+        db.close()
+        raise InputError(f"{path} is not an evaluator LLM cache (tables: {sorted(tables)})",
+                         hint="give run folders written by `recagent eval run`")  # fmt: skip
+    return db
+
+
+def merge_caches(sources: Sequence[Path], dest: Path) -> MergeReport:
+    """Copy every recorded output, error and engine identity of ``sources`` into the cache ``dest`` (created when
+    missing), so that one ``--replay`` run can recompute the arms that several runs recorded.
+
+    Keys already hash the engine identity, so outputs of different models never mix. Refused before anything is
+    written: a missing or foreign source, ``dest`` among the sources, and an arm name whose engine identity
+    differs between the caches (a replay would look its requests up under one identity only). A key held with a
+    different output (a non-deterministic engine) keeps the destination's output and is counted as a conflict."""
+    dest = cache_file(dest)
+    paths = [cache_file(s) for s in sources]
+    if not paths:
+        raise InputError("no LLM cache to merge", hint="give one or more run folders or .sqlite files")
+    resolved = dest.resolve()
+    if any(p.resolve() == resolved for p in paths):
+        raise InputError(f"{dest} is both a source and the destination", hint="write the merge to another folder")
+    dbs = [_open_source(p) for p in paths]
+    try:
+        engines: dict[str, tuple[str, Path]] = {}
+        if dest.is_file():
+            held = _open_source(dest)
+            try:
+                engines = {n: (i, dest) for n, i in held.execute("SELECT name, identity FROM engines")}
+            finally:
+                held.close()
+        for path, db in zip(paths, dbs, strict=True):
+            for name, identity in db.execute("SELECT name, identity FROM engines"):
+                seen = engines.setdefault(name, (identity, path))
+                if json.loads(seen[0]) != json.loads(identity):
+                    raise InputError(
+                        f"arm {name!r} was recorded with different engines in {seen[1]} and {path}",
+                        hint="merge caches whose arms of the same name used the same model and engine version, "
+                        "or rename the arm in one of the runs",
+                    )
+        cache = LLMCache(dest)
+        try:
+            rows = [{"path": str(path), **cache.absorb(db)} for path, db in zip(paths, dbs, strict=True)]
+            total = cache.count()
+        finally:
+            cache.close()
+    finally:
+        for db in dbs:
+            db.close()
+    return MergeReport(
+        dest=dest,
+        sources=rows,
+        responses=total,
+        added=sum(r["added"] for r in rows),
+        conflicts=sum(r["conflicts"] for r in rows),
+    )
 
 
 def engine_identity(engine: LLMEngine) -> dict[str, Any]:

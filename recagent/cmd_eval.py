@@ -1,4 +1,4 @@
-"""`recagent eval run|compare`: offline evaluation of prompt/model variants. Thin wiring of :mod:`eval` only."""
+"""`recagent eval run|compare|merge-cache`: offline evaluation of variants. Thin wiring of :mod:`eval` only."""
 
 from __future__ import annotations
 
@@ -152,4 +152,28 @@ def compare_cmd(
         typer.echo(
             f"{r['metric']:<14} {r['mean_a']:>8.4f} {r['mean_b']:>8.4f} {r['diff']:>+8.4f}  {ci:<20} "
             f"{r['p_value']:>6.3f}  {r['winner']}"
+        )
+
+
+@app.command("merge-cache")
+def merge_cache_cmd(
+    sources: list[Path] = typer.Argument(..., help="Run folders (OUT of `eval run`) or llm_cache.sqlite files."),
+    out: Path = typer.Option(..., "--out", help="Run folder (or .sqlite file) that receives the merged cache."),
+) -> None:
+    """Combine the LLM caches of several runs, so that one `eval run --replay --out OUT` recomputes the arms they
+    recorded (e.g. strategies recorded in separate runs, compared on identical cases in one report, no engine)."""
+    from eval.llm_cache import merge_caches
+
+    report = merge_caches(sources, out)
+    for row in report.sources:
+        typer.echo(
+            f"{row['path']}: {row['responses']} outputs ({row['added']} added, {row['already_held']} already held, "
+            f"{row['conflicts']} conflicting), {row['errors']} recorded errors, arms: {', '.join(row['engines'])}"
+        )
+    typer.echo(f"{report.dest}: {report.responses} outputs ({report.added} added)")
+    if report.conflicts:
+        typer.echo(
+            f"warning: {report.conflicts} requests were recorded with different outputs; the first recording was "
+            "kept (a non-deterministic engine or sampling settings)",
+            err=True,
         )

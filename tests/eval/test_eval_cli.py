@@ -88,3 +88,26 @@ def test_cli_bad_input_is_a_clear_error(
     helped = runner.invoke(app, ["eval", "run", "--help"])
     assert helped.exit_code == 0 and "--replay" in helped.output
     assert list(work.iterdir()) == []  # refused runs write nothing (no eval-out/ with an empty LLM cache)
+
+
+def test_cli_merge_cache(eval_settings: Settings, tmp_path: Path) -> None:
+    from eval.llm_cache import CachingEngine, LLMCache
+
+    from fakes import FakeEngine
+
+    for folder, prompts in (("a", ["p1", "p2"]), ("b", ["p2", "p3"])):
+        cache = LLMCache(tmp_path / folder / "llm_cache.sqlite")
+        engine = CachingEngine(FakeEngine(), cache)
+        engine.generate(prompts, max_tokens=8)
+        cache.set_engine(f"arm-{folder}", engine.identity)
+        cache.close()
+    app = _app(eval_settings)
+    runner = CliRunner()
+    done = runner.invoke(app, ["eval", "merge-cache", str(tmp_path / "a"), str(tmp_path / "b"),
+                               "--out", str(tmp_path / "m")])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "2 outputs (1 added, 1 already held, 0 conflicting), 0 recorded errors, arms: arm-b" in done.output
+    assert f"{tmp_path / 'm' / 'llm_cache.sqlite'}: 3 outputs (3 added)" in done.output
+    missing = runner.invoke(app, ["eval", "merge-cache", str(tmp_path / "zzz"), "--out", str(tmp_path / "m2")])
+    assert isinstance(missing.exception, InputError) and "does not exist" in str(missing.exception)
+    assert not (tmp_path / "m2").exists()

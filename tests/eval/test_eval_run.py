@@ -12,7 +12,7 @@ import pytest
 from agent.errors import ConfigError, EngineUnavailableError, InputError
 from agent.settings import Settings
 from eval.datasets import load_dataset
-from eval.llm_cache import CacheMissError
+from eval.llm_cache import CacheMissError, merge_caches
 from eval.protocol import Protocol
 from eval.runner import run_eval
 from eval.variants import parse_variant
@@ -266,3 +266,27 @@ def test_runner_stops_when_the_engine_dies(
     assert "run the same command again" in err.value.hint
     lines = (out / "cases.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all('"fallback_reason": null' in line for line in lines)  # the first batch only
+
+
+def test_caches_of_separate_runs_merge_into_one_replay(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path
+) -> None:
+    """Two arms recorded in two runs (as long strategies are, one at a time) are replayed side by side on identical
+    cases from the merged cache: the same records as the runs that recorded them, no engine, no miss."""
+    first = parse_variant("opt:strategy=options,weight=1.0,explain=none")
+    second = parse_variant("opt2:strategy=options,weight=0.5,explain=none,orders=2")
+    a = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "a", variants=[first], baselines=["retrieval"])
+    b = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "b", variants=[second])
+    with pytest.raises(CacheMissError):  # neither run holds the other's outputs
+        _run(eval_settings, eval_embedder, ml_sample, tmp_path / "a", engine=None, replay=True,
+             variants=[first, second])  # fmt: skip
+    report = merge_caches([tmp_path / "a", tmp_path / "b"], tmp_path / "both")
+    assert report.conflicts == 0 and report.added == report.responses > 0
+    assert [r["engines"] for r in report.sources] == [["opt"], ["opt2"]]
+    replayed = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "both", engine=None, replay=True,
+                    variants=[first, second], baselines=["retrieval"])  # fmt: skip
+    results = json.loads((tmp_path / "both" / "replay" / "results.json").read_text())
+    assert results["provenance"]["llm_cache"]["misses"] == 0 and set(results["arms"]) == {"opt", "opt2", "retrieval"}
+    recorded = _stable(a.records) + _stable([r for r in b.records if r["variant"] == "opt2"])
+    key = lambda r: (r["variant"], r["case_id"])  # noqa: E731
+    assert sorted(_stable(replayed.records), key=key) == sorted(recorded, key=key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from agent.errors import (
 )
 from eval.compare import bootstrap_ci, compare_arms, paired_bootstrap_ci, permutation_test, winner_table
 from eval.datasets import EvalDataset, TitleIndex, load_dataset, load_turns, normalise_title
-from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
+from eval.llm_cache import CacheMissError, CachingEngine, LLMCache, merge_caches
 from eval.protocol import Protocol, make_split
 from eval.variants import parse_variant, variant_settings
 from retrieval.interactions import Interactions
@@ -265,3 +266,49 @@ def test_runs_recorded_before_the_part_field_can_still_be_resumed() -> None:
 
     assert "part" not in _config_protocol(Protocol()) and "user_ids" not in _config_protocol(Protocol())
     assert _config_protocol(Protocol(part="validation", user_ids=("1",)))["user_ids"] == ["1"]
+
+
+def test_merge_caches_counts_refuses_bad_input_and_keeps_the_first_output(tmp_path: Path) -> None:
+    def record(folder: str, arm: str, prompts: list[str], model_id: str = "fake-model", tag: str = "") -> Path:
+        cache = LLMCache(tmp_path / folder / "llm_cache.sqlite")
+        engine = CachingEngine(FakeEngine(generate_fn=lambda r, s: tag + str(r.prompt), model_id=model_id), cache)
+        engine.generate(prompts, max_tokens=8)
+        cache.set_engine(arm, engine.identity)
+        cache.close()
+        return tmp_path / folder
+
+    a = record("a", "arm-a", ["p1", "p2"])
+    b = record("b", "arm-b", ["p2", "p3"])
+    c = record("c", "arm-c", ["p1"], tag="changed:")  # same request, another output
+    report = merge_caches([a, b, c], tmp_path / "m")
+    assert [(r["responses"], r["added"], r["already_held"], r["conflicts"]) for r in report.sources] == [
+        (2, 2, 0, 0),
+        (2, 1, 1, 0),
+        (1, 0, 0, 1),
+    ]
+    assert report.responses == 3 and report.added == 3 and report.conflicts == 1
+    merged = LLMCache(tmp_path / "m" / "llm_cache.sqlite")
+    identity = merged.engine("arm-a")
+    assert identity is not None and merged.engine("arm-c") == identity
+    replay = CachingEngine(None, merged, identity=identity)
+    assert [g.text for g in replay.generate(["p1", "p2", "p3"], max_tokens=8)] == ["p1", "p2", "p3"]  # first kept
+    merged.close()
+    assert merge_caches([a], tmp_path / "m").added == 0  # merging again adds nothing
+
+    other = record("o", "arm-a", ["p9"], model_id="other-model")  # same arm name, another model
+    with pytest.raises(InputError, match="arm 'arm-a' was recorded with different engines"):
+        merge_caches([a, other], tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+    with pytest.raises(InputError, match="does not exist"):
+        merge_caches([tmp_path / "nowhere"], tmp_path / "refused")
+    (tmp_path / "plain.sqlite").write_bytes(b"not a database at all, just text" * 4)
+    with pytest.raises(InputError, match="not an SQLite file"):
+        merge_caches([tmp_path / "plain.sqlite"], tmp_path / "refused")
+    sqlite3.connect(tmp_path / "other.sqlite").execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(InputError, match="not an evaluator LLM cache"):
+        merge_caches([tmp_path / "other.sqlite"], tmp_path / "refused")
+    with pytest.raises(InputError, match="both a source and the destination"):
+        merge_caches([a, b], a)
+    with pytest.raises(InputError, match="no LLM cache"):
+        merge_caches([], tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
