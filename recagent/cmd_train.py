@@ -25,6 +25,13 @@ def ranker_cmd(
     examples_per_user: int = typer.Option(2, "--examples-per-user", min=1, help="Targets per training user."),
     history: int = typer.Option(10, "--history", min=1, help="History items shown in each prompt."),
     options: int = typer.Option(20, "--options", min=2, max=26, help="Options (labels A..) per prompt."),
+    option_order: str = typer.Option(
+        "random",
+        "--option-order",
+        help="random (negatives sampled, target at a random letter) or retrieval "
+        "(inference windows: the first --options fused candidates, target at its fused rank, missed targets skipped).",
+    ),
+    tries: int = typer.Option(5, "--tries", min=1, help="--option-order retrieval: targets tried per example."),
     lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank."),
     lora_alpha: int = typer.Option(16, "--lora-alpha", help="LoRA alpha (scale = alpha / r)."),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="Dropout on the LoRA input."),
@@ -53,9 +60,10 @@ def ranker_cmd(
     from train.trainer import train_ranker
 
     settings = ctx.find_root().obj.settings
-    data_cfg = DataConfig(split=split, min_rating=min_rating, min_history=min_history, users=users, seed=seed,
-                          sample_seed=train_seed, val_users=val_users, max_train_users=max_train_users,
-                          examples_per_user=examples_per_user, history=history, options=options)  # fmt: skip
+    data_cfg = DataConfig.model_validate(dict(
+        split=split, min_rating=min_rating, min_history=min_history, users=users, seed=seed, sample_seed=train_seed,
+        val_users=val_users, max_train_users=max_train_users, examples_per_user=examples_per_user, history=history,
+        options=options, option_order=option_order, tries=tries))  # fmt: skip
     modules = [m.strip() for m in target_modules.split(",") if m.strip()]
     train_cfg = TrainConfig.model_validate(dict(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=modules, lr=lr,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.schemas import RerankConfig
 from eval.protocol import Protocol
+from train.examples import OptionOrder
 
 __all__ = ["DataConfig", "TrainConfig", "fingerprint", "split_kinds"]
 
@@ -46,6 +47,12 @@ class DataConfig(_Model):
     history: int = Field(_RERANK.history_limit, ge=1, le=50, description="History items shown in the prompt.")
     options: int = Field(_RERANK.option_window, ge=2, le=26, description="Options per prompt (labels A..).")
     pool: int = Field(50, ge=2, le=500, description="Fused candidates the negatives are drawn from.")
+    option_order: OptionOrder = Field(
+        "random",
+        description="random: sampled negatives, target at a random letter; retrieval: the first `options` fused "
+        "candidates in fused order, the target at its own rank (targets retrieval missed are skipped).",
+    )
+    tries: int = Field(5, ge=1, le=100, description="With option_order=retrieval: targets tried per wanted example.")
     template: str = Field(_RERANK.options_template, description="The option-logit template (task rank_options).")
     include_text: bool = Field(_RERANK.include_text, description="Show item free text, as the ranker does.")
 

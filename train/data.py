@@ -130,6 +130,8 @@ def build_data(
                 count=count,
                 options=cfg.options,
                 pool=cfg.pool,
+                order=cfg.option_order,
+                tries=cfg.tries,
                 rng=random.Random(f"{cfg.sample_seed}:{user}"),
             )
         return out

@@ -8,6 +8,12 @@ history (kept in retrieval order) with the target inserted at a seeded random po
 over all letters (the base model's last-label bias cannot fit the data). Negatives never include the user's
 other interactions nor any of the user's ``forbidden`` (test) items.
 
+With ``order="retrieval"`` an example is shaped like an inference window instead: the options are the first
+``options`` fused candidates in fused order, and the target keeps its own fused rank (its letter). A target the
+retrieval did not put among them is skipped (at inference such a case cannot be ranked right whatever the model
+does), and further earlier positives are tried, up to ``tries`` per wanted example. The label spread then follows
+where retrieval puts the held-out items, so the model learns what it must add to the retrieval order.
+
 Prompts are rendered by :func:`render_messages` exactly as :func:`agent.rerank.options.run_options` renders a
 window at inference (same template, variables and :class:`~agent.schemas.UserContext` helpers; a test checks the
 two agree token for token).
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,7 +31,10 @@ from agent.schemas import CandidateItem, UserContext
 from prompts import PromptRegistry, option_label
 from retrieval.types import Candidate, HistoryEntry, Item, UserQuery
 
-__all__ = ["FuseFn", "ItemsFn", "RankExample", "labels", "render_messages", "user_examples"]
+__all__ = ["FuseFn", "ItemsFn", "OptionOrder", "RankExample", "labels", "render_messages", "user_examples"]
+
+OptionOrder = Literal["random", "retrieval"]
+"""How options are laid out: sampled negatives with the target at a random letter, or an inference window."""
 
 FuseFn = Callable[[UserQuery], list[Candidate]]
 """Fused candidates for a query (the pipeline's ``CandidateGenerator.generate``)."""
@@ -105,11 +114,16 @@ def user_examples(
     options: int,
     pool: int,
     rng: random.Random,
+    order: OptionOrder = "random",
+    tries: int = 5,
 ) -> list[RankExample]:
     """The examples of one user from their TRAIN interactions ``entries`` (oldest first)."""
     out: list[RankExample] = []
     all_ids = [e.item_id for e in entries]
-    for t in target_positions(entries, min_rating=min_rating, min_history=min_history, count=count, rng=rng):
+    wanted_targets = count * tries if order == "retrieval" else count
+    for t in target_positions(entries, min_rating=min_rating, min_history=min_history, count=wanted_targets, rng=rng):
+        if len(out) >= count:
+            break
         target = entries[t].item_id
         later = [i for i in all_ids[t + 1 :] if i != target]
         query = UserQuery(
@@ -120,13 +134,17 @@ def user_examples(
         )
         fused = fuse(query)
         retrieved = next((c for c in fused if c.item_id == target), None)
-        negatives = [c for c in fused if c.item_id != target and c.item_id not in forbidden][:pool]
-        if not negatives:
-            continue
-        keep = sorted(rng.sample(range(len(negatives)), min(options - 1, len(negatives))))
-        chosen = [negatives[i] for i in keep]
-        label = rng.randrange(len(chosen) + 1)
-        chosen.insert(label, retrieved or Candidate(item_id=target, score=0.0, sources={}))
+        if order == "retrieval":
+            chosen = [c for c in fused if c.item_id not in forbidden][:options]
+            if retrieved is None or retrieved not in chosen or len(chosen) < 2:
+                continue
+        else:
+            negatives = [c for c in fused if c.item_id != target and c.item_id not in forbidden][:pool]
+            if not negatives:
+                continue
+            keep = sorted(rng.sample(range(len(negatives)), min(options - 1, len(negatives))))
+            chosen = [negatives[i] for i in keep]
+            chosen.insert(rng.randrange(len(chosen) + 1), retrieved or Candidate(item_id=target, score=0.0, sources={}))
         wanted = [c.item_id for c in chosen] + [e.item_id for e in entries[:t][-50:]]
         items = get_items(list(dict.fromkeys(wanted)))
         if target not in items:

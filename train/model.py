@@ -141,13 +141,14 @@ def label_loss(model: Any, batch: Sequence[Encoded], pad_id: int) -> Any:
 
 
 def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: int) -> dict[str, float]:
-    """Mean loss, NDCG@10, accuracy (target ranked first), MRR of the label ranking, and the share of prompts
-    whose top label is the last one (the base model's position bias)."""
+    """Mean loss, NDCG@10, accuracy (target ranked first), MRR of the label ranking, the share of prompts
+    whose top label is the last one (the base model's position bias), and ``order_ndcg@10``: the NDCG@10 of the
+    options' own order (A first), what the model must beat when the options come in retrieval order."""
     import torch
 
     was_training = model.training
     model.eval()
-    loss = ndcg = acc = mrr = last = 0.0
+    loss = ndcg = acc = mrr = last = order = 0.0
     with torch.inference_mode():
         for at in range(0, len(examples), batch_size):
             chunk = examples[at : at + batch_size]
@@ -161,8 +162,10 @@ def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: i
                 acc += rank == 1
                 mrr += 1.0 / rank
                 last += int(scores.argmax()) == len(e.label_ids) - 1
+                order += 1.0 / math.log2(e.target + 2) if e.target < 10 else 0.0
             del targets
     if was_training:
         model.train()
     n = max(len(examples), 1)
-    return {"loss": loss / n, "ndcg@10": ndcg / n, "accuracy": acc / n, "mrr": mrr / n, "last_label_share": last / n}
+    return {"loss": loss / n, "ndcg@10": ndcg / n, "accuracy": acc / n, "mrr": mrr / n, "last_label_share": last / n,
+            "order_ndcg@10": order / n}  # fmt: skip

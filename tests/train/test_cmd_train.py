@@ -44,6 +44,8 @@ def test_bad_options(tmp_path: Path, ml_small: Path, tiny_model_dir: Path) -> No
     common = ["train", "ranker", "--catalog", str(ml_small), "--interactions", str(ml_small / "ratings.csv")]
     bad_split = runner.invoke(app, [*common, "--out", str(tmp_path / "o"), "--split", "sideways"])
     assert isinstance(bad_split.exception, ValidationError) and "split" in str(bad_split.exception)
+    bad_order = runner.invoke(app, [*common, "--out", str(tmp_path / "o"), "--option-order", "sideways"])
+    assert isinstance(bad_order.exception, ValidationError) and "option_order" in str(bad_order.exception)
     few = runner.invoke(app, [*common, "--out", str(tmp_path / "o"), "--val-users", "100000"])
     assert isinstance(few.exception, InputError) and "too few users" in few.exception.message
     assert "--val-users" in few.exception.hint

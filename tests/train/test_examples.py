@@ -70,6 +70,37 @@ def test_label_positions_are_spread() -> None:
     assert set(labels) == set(range(6))  # not always the same (or the last) letter
 
 
+def test_retrieval_order_examples_are_inference_windows() -> None:
+    """option_order=retrieval: the options are the first fused candidates in fused order, the label is the target's
+    own fused rank, a target retrieval missed is skipped and an earlier positive is tried instead."""
+    fused_lists: dict[str, list[str]] = {}
+
+    def fuse(query: UserQuery) -> list[Candidate]:
+        t = len(query.history)  # the target of this query is m{t}
+        blocked = query.excluded_ids()
+        others = [i for i in CATALOG if i not in blocked and i != f"m{t}"]
+        ids = others[:] if t % 3 == 0 else [*others[: t % 7], f"m{t}", *others[t % 7 :]]  # missed when t % 3 == 0
+        fused_lists[f"m{t}"] = ids
+        return [Candidate(item_id=i, score=1 / (r + 1), sources={}) for r, i in enumerate(ids[: query.n or 50])]
+
+    forbidden = {"m30", "m33"}
+    examples = user_examples("u1", _entries(19), fuse=fuse, get_items=lambda ids: {i: CATALOG[i] for i in ids},
+                             forbidden=forbidden, min_rating=4.0, min_history=5, count=4, options=8, pool=30,
+                             rng=random.Random(2), order="retrieval", tries=3)  # fmt: skip
+    assert len(examples) == 4
+    for ex in examples:
+        t = int(ex.target_id[1:])
+        assert t % 3 != 0 and ex.label == t % 7 and ex.target_retrieved  # its fused rank, never a missed target
+        expected = [i for i in fused_lists[ex.target_id] if i not in forbidden][:8]
+        assert ex.option_ids() == expected  # the inference window: fused order, forbidden items dropped
+    assert "m18" in fused_lists and "m18" not in {e.target_id for e in examples}  # the last positive was missed
+    # tries bound the search: one try per wanted example finds only what the first targets give
+    few = user_examples("u1", _entries(19), fuse=fuse, get_items=lambda ids: {i: CATALOG[i] for i in ids},
+                        forbidden=forbidden, min_rating=4.0, min_history=5, count=2, options=8, pool=30,
+                        rng=random.Random(2), order="retrieval", tries=1)  # fmt: skip
+    assert len(few) == 1 and few[0].target_id != "m18"  # 2 targets tried: the last (missed) and one earlier
+
+
 def test_prompt_is_the_rankers_prompt() -> None:
     """The training prompt is token for token what the option-logit ranker sends for the same user and options."""
     registry = PromptRegistry()

@@ -97,3 +97,29 @@ def test_real_split_examples_hold_no_test_interaction(ml_train_data: object) -> 
         assert_no_leakage([planted], data.forbidden)
     stats = data.stats
     assert stats["test_users"] == 40 and len(stats["train"]["labels"]) > 4
+
+
+@pytest.mark.slow
+def test_retrieval_order_examples_on_the_real_split(train_settings: object, train_embedder: object,
+                                                    ml_sample: Path) -> None:  # fmt: skip
+    """option_order=retrieval on real retrieval: every kept target was retrieved into the window, the label is its
+    fused rank, and no test interaction leaks."""
+    from eval.runner import DeterministicStore
+    from train.config import DataConfig
+    from train.data import build_data, load_data
+
+    from testkit import SAMPLE_COLLECTION
+
+    dataset = load_data(ml_sample, ml_sample / "ratings.csv")
+    cfg = DataConfig(users=40, val_users=10, max_train_users=30, examples_per_user=2, history=5, options=8,
+                     option_order="retrieval", tries=4)  # fmt: skip
+    data = build_data(train_settings, dataset, cfg, embedder=train_embedder,  # type: ignore[arg-type]
+                      store=DeterministicStore(train_settings.store_config()),  # type: ignore[attr-defined]
+                      collection=SAMPLE_COLLECTION, progress=False)  # fmt: skip
+    assert data.train and data.val
+    for ex in [*data.train, *data.val]:
+        assert ex.target_retrieved and len(ex.options) == 8 and ex.options[ex.label].id == ex.target_id
+        scores = [c.candidate.score for c in ex.options]
+        assert scores == sorted(scores, reverse=True)  # fused order, the target at its own rank
+    assert find_leaks([*data.train, *data.val], data.forbidden) == []
+    assert data.stats["train"]["target_retrieved"] == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def test_loss_decreases_on_toy_task(tiny_model_dir: Path, tmp_path: Path) -> Non
     m = result.manifest  # type: ignore[attr-defined]
     curve = m["val_curve"]
     assert [v["step"] for v in curve] == [0, 4, 8]
+    expected_order = sum(1 / math.log2(e.label + 2) for e in VAL if e.label < 10) / len(VAL)
+    assert all(v["order_ndcg@10"] == pytest.approx(expected_order) for v in curve)  # the options' own order
     assert curve[-1]["loss"] < 0.7 * curve[0]["loss"]  # validation loss, same examples at every point
     losses = [v for _, v in m["loss_curve"]]
     assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3])
