@@ -136,7 +136,7 @@ def user_examples(
         retrieved = next((c for c in fused if c.item_id == target), None)
         if order == "retrieval":
             chosen = [c for c in fused if c.item_id not in forbidden][:options]
-            if retrieved is None or retrieved not in chosen or len(chosen) < 2:
+            if target not in {c.item_id for c in chosen} or len(chosen) < 2:
                 continue
         else:
             negatives = [c for c in fused if c.item_id != target and c.item_id not in forbidden][:pool]

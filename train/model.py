@@ -140,6 +140,11 @@ def label_loss(model: Any, batch: Sequence[Encoded], pad_id: int) -> Any:
     return F.cross_entropy(logits, targets)
 
 
+def _ndcg_at_10(rank: int) -> float:
+    """NDCG@10 of one relevant option ranked ``rank`` (1 = first)."""
+    return 1.0 / math.log2(rank + 1) if rank <= 10 else 0.0
+
+
 def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: int) -> dict[str, float]:
     """Mean loss, NDCG@10, accuracy (target ranked first), MRR of the label ranking, the share of prompts
     whose top label is the last one (the base model's position bias), and ``order_ndcg@10``: the NDCG@10 of the
@@ -158,11 +163,11 @@ def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: i
                 scores = logp[row, : len(e.label_ids)]
                 rank = int((scores > scores[e.target]).sum().item()) + 1
                 loss -= float(scores[e.target])
-                ndcg += 1.0 / math.log2(rank + 1) if rank <= 10 else 0.0
+                ndcg += _ndcg_at_10(rank)
                 acc += rank == 1
                 mrr += 1.0 / rank
                 last += int(scores.argmax()) == len(e.label_ids) - 1
-                order += 1.0 / math.log2(e.target + 2) if e.target < 10 else 0.0
+                order += _ndcg_at_10(e.target + 1)
             del targets
     if was_training:
         model.train()
