@@ -205,115 +205,92 @@ def train_embedder(
     base_path = resolve_base(base_model)
 
     import torch
+
+    threads_before = torch.get_num_threads()
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    try:
+        torch.manual_seed(train_cfg.seed)
+        model = _load_model(base_path)
+        ids, docs = _documents(items)
+        evaluator = RecallEvaluator(ids, docs, val, batch_size=train_cfg.eval_batch_size)
+        record: dict[str, Any] = {"val_curve": [], "loss_curve": [], "best": None, "best_step": 0, "bad_evals": 0,
+                                  "best_state": None, "stopped": None}  # fmt: skip
+        _consider(record, 0, evaluator(model), model)
+        steps, train_seconds = _fit(model, pairs, items, evaluator, record, train_cfg, progress)
+        model.load_state_dict(record["best_state"])
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(str(out), create_model_card=False)
+        _write_val_users(out, val)
+        pairs_seen = steps * train_cfg.batch_size  # an epoch's last batch may be smaller: an upper bound then
+        if train_cfg.max_steps is None:
+            pairs_seen = min(pairs_seen, len(pairs) * train_cfg.epochs)
+        manifest = {
+            "kind": KIND,
+            "base_model": {"setting": base_model, "path": base_path,
+                           "embedder_id": make_embedder(EmbedConfig(model=base_model)).id},
+            "embedder_id": make_embedder(EmbedConfig(model=str(out))).id,
+            "data": provenance or {},
+            "split": data_cfg.protocol().model_dump(mode="json"),
+            "data_config": data_cfg.model_dump(mode="json"),
+            "hyper_parameters": {**train_cfg.model_dump(mode="json"), "loss": "MultipleNegativesRankingLoss",
+                                 "batch_sampler": "no_duplicates"},
+            "pairs": {"train": len(pairs), "val_users": len(val), "catalog_items": len(ids)},
+            "steps": {"done": steps, "stopped": record["stopped"] or f"reached {steps} steps"},
+            "base": record["val_curve"][0],
+            "best": {"step": record["best_step"], **record["best"]},
+            "val_curve": record["val_curve"],
+            "loss_curve": record["loss_curve"],
+            "cost": {"wall_seconds": round(time.perf_counter() - started, 1),
+                     "train_seconds": round(train_seconds, 1),
+                     "validation_seconds": round(evaluator.seconds, 1), "validations": evaluator.calls,
+                     "pairs_seen": pairs_seen, "pairs_per_second": round(pairs_seen / train_seconds, 2),
+                     "threads": torch.get_num_threads()},
+            "versions": {p: _version(p) for p in ("sentence-transformers", "transformers", "torch", "datasets")}
+            | {"python": platform.python_version()},
+            "git_commit": git_commit(),
+        }  # fmt: skip
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        return EmbedderResult(out, manifest)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _fit(model: Any, pairs: Sequence[ItemPair], items: dict[str, Item], evaluator: RecallEvaluator,
+         record: dict[str, Any], cfg: EmbedTrainConfig, progress: bool) -> tuple[int, float]:  # fmt: skip
+    """Run sentence-transformers' trainer; returns (steps done, training seconds without the validations)."""
+    import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import PrinterCallback
 
-    cfg = train_cfg
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = _load_model(base_path)
-    ids, docs = _documents(items)
-    evaluator = RecallEvaluator(ids, docs, val, batch_size=cfg.eval_batch_size)
-    record: dict[str, Any] = {
-        "val_curve": [],
-        "loss_curve": [],
-        "best": None,
-        "best_step": 0,
-        "bad_evals": 0,
-        "best_state": None,
-        "stopped": None,
-    }
-    _consider(record, 0, evaluator(model), model)
-    train_data = Dataset.from_dict(
-        {
-            "anchor": [item_document(items[p.anchor]) for p in pairs],
-            "positive": [item_document(items[p.positive]) for p in pairs],
-        }
-    )
+    data = Dataset.from_dict({"anchor": [item_document(items[p.anchor]) for p in pairs],
+                              "positive": [item_document(items[p.positive]) for p in pairs]})  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="recagent-embedder-") as scratch:
         args = SentenceTransformerTrainingArguments(
-            output_dir=scratch,
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps or -1,
-            per_device_train_batch_size=cfg.batch_size,
-            learning_rate=cfg.lr,
-            warmup_steps=cfg.warmup_ratio,
-            weight_decay=cfg.weight_decay,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
-            eval_strategy="steps",
-            eval_steps=cfg.eval_every,
-            save_strategy="no",
-            logging_steps=max(1, min(cfg.eval_every, 50)),
-            report_to="none",
-            disable_tqdm=not progress,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-        )
-        trainer = SentenceTransformerTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_data,
-            loss=MultipleNegativesRankingLoss(model),
-            evaluator=evaluator,
-            callbacks=[_keep_best_callback(cfg.patience, record)],
-        )
+            output_dir=scratch, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+            per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,  # an item is never its own in-batch negative
+            eval_strategy="steps", eval_steps=cfg.eval_every, save_strategy="no",
+            logging_steps=max(1, min(cfg.eval_every, 50)), report_to="none", disable_tqdm=not progress,
+            dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        )  # fmt: skip
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                             loss=MultipleNegativesRankingLoss(model), evaluator=evaluator,
+                                             callbacks=[_keep_best_callback(cfg.patience, record)])  # fmt: skip
         if not progress:  # without a progress bar the trainer prints every log dict: keep quiet instead
-            from transformers import PrinterCallback
-
             trainer.remove_callback(PrinterCallback)
         eval_before = evaluator.seconds
-        t1 = time.perf_counter()
+        started = time.perf_counter()
         trainer.train()
-        train_seconds = max(time.perf_counter() - t1 - (evaluator.seconds - eval_before), 1e-9)
-        steps = int(trainer.state.global_step)
-        if record["val_curve"][-1]["step"] != steps and record["stopped"] is None:
-            _consider(record, steps, evaluator(model), model)
-    model.load_state_dict(record["best_state"])
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out), create_model_card=False)
-    _write_val_users(out, val)
-    pairs_seen = (
-        min(steps * cfg.batch_size, len(pairs) * cfg.epochs) if cfg.max_steps is None else steps * cfg.batch_size
-    )
-    base_id = make_embedder(EmbedConfig(model=base_model)).id
-    manifest = {
-        "kind": KIND,
-        "base_model": {"setting": base_model, "path": base_path, "embedder_id": base_id},
-        "embedder_id": make_embedder(EmbedConfig(model=str(out))).id,
-        "data": provenance or {},
-        "split": data_cfg.protocol().model_dump(mode="json"),
-        "data_config": data_cfg.model_dump(mode="json"),
-        "hyper_parameters": {
-            **cfg.model_dump(mode="json"),
-            "loss": "MultipleNegativesRankingLoss",
-            "batch_sampler": "no_duplicates",
-        },
-        "pairs": {"train": len(pairs), "val_users": len(val), "catalog_items": len(ids)},
-        "steps": {"done": steps, "stopped": record["stopped"] or f"reached {steps} steps"},
-        "base": record["val_curve"][0],
-        "best": {"step": record["best_step"], **record["best"]},
-        "val_curve": record["val_curve"],
-        "loss_curve": record["loss_curve"],
-        "cost": {
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "train_seconds": round(train_seconds, 1),
-            "validation_seconds": round(evaluator.seconds, 1),
-            "validations": evaluator.calls,
-            "pairs_seen": pairs_seen,
-            "pairs_per_second": round(pairs_seen / train_seconds, 2),
-            "threads": torch.get_num_threads(),
-        },
-        "versions": {p: _version(p) for p in ("sentence-transformers", "transformers", "torch", "datasets")}
-        | {"python": platform.python_version()},
-        "git_commit": git_commit(),
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    return EmbedderResult(out, manifest)
+        train_seconds = max(time.perf_counter() - started - (evaluator.seconds - eval_before), 1e-9)
+    steps = int(trainer.state.global_step)
+    if record["val_curve"][-1]["step"] != steps and record["stopped"] is None:
+        _consider(record, steps, evaluator(model), model)
+    return steps, train_seconds
 
 
 def _version(package: str) -> str:
