@@ -201,10 +201,13 @@ def test_cli_trains_on_the_sample(ml_sample: Path, tiny_st_dir: Path, tmp_path: 
     assert any(f.endswith("ratings.csv") for f in manifest["data"]["files"])
     assert manifest["data"]["stats"]["pairs"] == 300 and manifest["pairs"]["catalog_items"] == 300
     assert [p["step"] for p in manifest["val_curve"]] == [0, 2, 3]
-    assert manifest["base_model"]["path"] == str(tiny_st_dir.resolve()) and manifest["git_commit"]
+    assert manifest["base_model"]["path"] == str(tiny_st_dir.resolve())
     assert make_embedder(EmbedConfig(model=str(out), progress=False)).embed(["Toy Story"]).shape == (1, 32)
     again = _run(app, args)  # the folder holds that run now
     assert isinstance(again.exception, InputError) and "--force" in again.exception.hint
+    replaced = _run(app, [*args, "--force", "--max-steps", "1"])
+    assert replaced.exit_code == 0, replaced.output + repr(replaced.exception)
+    assert json.loads((out / "manifest.json").read_text())["steps"]["done"] == 1
 
 
 def test_cli_bad_input(ml_sample: Path, tiny_st_dir: Path, tmp_path: Path) -> None:
