@@ -1,4 +1,5 @@
-"""`recagent train ranker`: LoRA fine-tuning of the option-logit ranker. Thin wiring of :mod:`train` only."""
+"""`recagent train ranker` (LoRA fine-tuning of the option-logit ranker) and `recagent train embedder`
+(sentence-transformers fine-tuning of the catalog embedder). Thin wiring of :mod:`train` only."""
 
 from __future__ import annotations
 
@@ -84,6 +85,110 @@ def ranker_cmd(
     typer.echo(f"adapter: {result.out} (best step {best.get('step')}, validation NDCG@10 {best.get('val_ndcg@10')})")
     typer.echo(f"steps: {m.get('steps', {}).get('done')}, {cost.get('examples_per_second')} examples/s, "
                f"{cost.get('seconds_per_step')} s/step, wall {cost.get('wall_seconds')} s")  # fmt: skip
+
+
+@app.command("embedder")
+def embedder_cmd(
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
+    interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: the tuned model (RECAGENT_EMBED_MODEL=OUT)."),
+    split: str = typer.Option("temporal", "--split", help="The evaluator's split (use the evaluation's value)."),
+    min_rating: float = typer.Option(4.0, "--min-rating", help="Ratings >= this are positives."),
+    min_history: int = typer.Option(5, "--min-history", min=1, help="Earlier interactions a validation target needs."),
+    users: int | None = typer.Option(None, "--users", min=1, help="The evaluator's --users (test users sampled)."),
+    seed: int = typer.Option(0, "--seed", help="The evaluator's split seed."),
+    val_users: int = typer.Option(100, "--val-users", min=1, help="Validation users (never paired)."),
+    window: int = typer.Option(3, "--window", min=1, help="Pair each positive with the next N positives."),
+    max_pairs: int | None = typer.Option(None, "--max-pairs", min=1, help="Cap on training pairs (seeded sample)."),
+    history: int = typer.Option(10, "--history", min=1, help="Items before the validation target (the query)."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the pairs."),
+    batch_size: int = typer.Option(32, "--batch-size", min=2, help="Pairs per step (in-batch negatives)."),
+    lr: float = typer.Option(2e-5, "--lr", help="Peak learning rate (linear warm-up and decay)."),
+    warmup_ratio: float = typer.Option(0.1, "--warmup-ratio", help="Share of the steps spent warming up."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    train_seed: int = typer.Option(0, "--train-seed", help="Seed of validation users, pair sample, data order."),
+    eval_every: int = typer.Option(200, "--eval-every", min=1, help="Validate every N steps."),
+    patience: int = typer.Option(3, "--patience", min=1, help="Early stop after N validations without gain."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Steps to run (wins over --epochs)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads."),
+    base_model: str = typer.Option("default", "--base-model", help="'default' (bundled MiniLM), a folder or HF id."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier embedder run in OUT."),
+) -> None:
+    """Fine-tune the catalog embedder on co-interaction pairs (items a user liked close together in time) from the
+    TRAIN part of the evaluator's split; validated by retrieval recall@20/@50 of each validation user's next liked
+    item. Use it with RECAGENT_EMBED_MODEL=OUT and a new collection (`recagent ingest ... --collection NAME`)."""
+    from train.data import load_data
+    from train.embed_pairs import EmbedDataConfig, build_embed_data
+    from train.embedder import EmbedTrainConfig, resolve_base, train_embedder
+
+    data_cfg = EmbedDataConfig.model_validate(
+        dict(
+            split=split,
+            min_rating=min_rating,
+            min_history=min_history,
+            users=users,
+            seed=seed,
+            sample_seed=train_seed,
+            val_users=val_users,
+            window=window,
+            max_pairs=max_pairs,
+            history=history,
+        )
+    )
+    train_cfg = EmbedTrainConfig.model_validate(
+        dict(
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay,
+            seed=train_seed,
+            eval_every=eval_every,
+            patience=patience,
+            threads=threads,
+        )
+    )
+    dataset = load_data(catalog, interactions)
+    resolve_base(base_model)  # a missing model folder fails before the pairs are cut
+    data = build_embed_data(dataset, data_cfg)
+    s = data.stats
+    typer.echo(
+        f"pairs: {s['pairs']} from {s['pair_users']} users ({s['pairs_cut_by_max_pairs']} cut by --max-pairs, "
+        f"{s['duplicate_pairs']} duplicates dropped, {s['users_under_two_positives']} users with under two "
+        f"positives); validation: {s['val_users']} users; {s['test_interactions']} test interactions kept out"
+    )
+    provenance = {
+        "catalog": str(catalog),
+        "interactions": str(interactions),
+        "files": {str(f): _sha(f) for f in dataset.files},
+        "stats": data.stats,
+    }
+    result = train_embedder(
+        base_model,
+        data.pairs,
+        data.val,
+        dataset.items,
+        out,
+        forbidden=data.forbidden,
+        data_cfg=data_cfg,
+        train_cfg=train_cfg,
+        provenance=provenance,
+        force=force,
+    )
+    m = result.manifest
+    base, best, cost = m["base"], m["best"], m["cost"]
+    typer.echo(
+        f"validation ({s['val_users']} users): base recall@20 {base['recall@20']:.4f} recall@50 "
+        f"{base['recall@50']:.4f} MRR {base['mrr']:.4f}; best (step {best['step']}) recall@20 "
+        f"{best['recall@20']:.4f} recall@50 {best['recall@50']:.4f} MRR {best['mrr']:.4f}"
+    )
+    if best["step"] == 0:
+        typer.echo("no validation beat the base model: OUT holds the base weights")
+    typer.echo(
+        f"model: {result.out} (embedder id {m['embedder_id']}); steps {m['steps']['done']} "
+        f"({m['steps']['stopped']}); wall {cost['wall_seconds']} s, {cost['pairs_per_second']} pairs/s"
+    )
 
 
 def _sha(path: Path) -> str:

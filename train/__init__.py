@@ -10,4 +10,7 @@ thin ``recagent`` CLI imports ``train``.
 - :mod:`train.data`: dataset -> split -> fused candidates -> train / validation examples.
 - :mod:`train.model`: model loading, LoRA, label-token loss at the last position, validation metrics.
 - :mod:`train.trainer`: the loop (early stopping, resumable checkpoints, progress bar) and the output folder.
+- :mod:`train.embed_pairs`: co-interaction pairs and validation queries for the embedder, from the same train log.
+- :mod:`train.embed_eval`: the embedder's validation metric (in-memory retrieval recall@K and MRR).
+- :mod:`train.embedder`: sentence-transformers fine-tuning of the catalog embedder and its output folder.
 """

@@ -9,16 +9,37 @@ step and refuses to train on a leaking example set.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from agent.errors import RecagentError
 from retrieval.interactions import Interactions
 from train.examples import RankExample
 
-__all__ = ["LeakageError", "assert_no_leakage", "find_leaks", "held_out_pairs"]
+__all__ = [
+    "LeakageError",
+    "assert_no_leakage",
+    "assert_no_pair_leakage",
+    "find_leaks",
+    "find_pair_leaks",
+    "held_out_pairs",
+]
 
 
 class LeakageError(RecagentError):
     """A training example holds a test-split interaction."""
+
+
+class UserPair(Protocol):
+    """A co-interaction pair of one user (what the embedder trains on)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def anchor(self) -> str: ...
+
+    @property
+    def positive(self) -> str: ...
 
 
 def held_out_pairs(full: Interactions, train: Interactions) -> dict[str, set[str]]:
@@ -55,5 +76,34 @@ def assert_no_leakage(examples: Iterable[RankExample], forbidden: Mapping[str, s
         raise LeakageError(
             f"{len(leaks)} test-split interactions reach the training examples: {shown}",
             hint="build examples from the split's train log only, and drop the user's test items from the options",
+        )
+    return len(checked)
+
+
+def find_pair_leaks(pairs: Iterable[UserPair], forbidden: Mapping[str, set[str]]) -> list[tuple[str, str, str]]:
+    """(user, item, role) of every test pair found in co-interaction ``pairs``; role is anchor or positive."""
+    leaks: list[tuple[str, str, str]] = []
+    for pair in pairs:
+        blocked = forbidden.get(pair.user_id)
+        if blocked:
+            leaks.extend(
+                (pair.user_id, item, role)
+                for role, item in (("anchor", pair.anchor), ("positive", pair.positive))
+                if item in blocked
+            )
+    return leaks
+
+
+def assert_no_pair_leakage(pairs: Iterable[UserPair], forbidden: Mapping[str, set[str]]) -> int:
+    """Raise :class:`LeakageError` when a co-interaction pair holds a test interaction of its user; returns the
+    number of pairs checked."""
+    checked = list(pairs)
+    leaks = find_pair_leaks(checked, forbidden)
+    if leaks:
+        shown = ", ".join(f"user {u} item {i} ({role})" for u, i, role in leaks[:5])
+        raise LeakageError(
+            f"{len(leaks)} test-split interactions reach the embedder's training pairs: {shown}",
+            hint="cut pairs from the split's train log only (train.embed_pairs.build_pairs does), with the "
+            "evaluator's --split/--min-rating/--min-history/--users/--seed",
         )
     return len(checked)

@@ -61,3 +61,27 @@ def toy_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     train_ranker(tiny_settings(tiny_model_dir), str(tiny_model_dir), train, val, out, forbidden={},
                  data_cfg=DataConfig(), train_cfg=cfg, progress=False, merge=True)  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT sentence-transformer (2 layers, width 32, mean pooling) with the bundled MiniLM's
+    tokenizer, saved by SentenceTransformer.save(): a base model for the embedder tests that trains in seconds."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from retrieval.embed import default_model_path
+
+    root = tmp_path_factory.mktemp("tiny-st")
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(root / "hf"))
+    tokenizer.save_pretrained(str(root / "hf"))
+    transformer = Transformer(str(root / "hf"), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu")
+    model.save(str(root / "st"), create_model_card=False)
+    return root / "st"

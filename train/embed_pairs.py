@@ -1,0 +1,206 @@
+"""Co-interaction pairs for the embedder, cut from the TRAIN part of the evaluator's split.
+
+For each training user, the positives (rating >= ``min_rating``) of the split's train log in time order; each
+positive is paired with the next ``window`` positives (anchor = the earlier item, positive = the later one). Pairs are
+deduplicated across users (an unordered item pair counts once, the first user's orientation is kept) and optionally
+capped by a seeded sample. Validation users (a seeded choice among users with an eligible target) give no pair:
+their last eligible positive and the items before it are the validation queries of :mod:`train.embed_eval`.
+The leakage guard (:func:`train.leakage.assert_no_pair_leakage`) checks every pair against the split's test pairs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.errors import InputError
+from eval.datasets import EvalDataset
+from eval.protocol import Protocol, Split, make_split
+from retrieval.interactions import Interactions
+from retrieval.types import HistoryEntry
+from train.config import split_kinds
+from train.leakage import assert_no_pair_leakage, held_out_pairs
+
+__all__ = ["EmbedData", "EmbedDataConfig", "ItemPair", "ValTarget", "build_embed_data", "build_pairs", "val_target"]
+
+
+class EmbedDataConfig(BaseModel):
+    """How pairs and validation queries are cut. ``split``/``min_rating``/``min_history``/``users``/``seed`` are the
+    evaluator's protocol options: give the values the evaluation will use, so its test interactions stay out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = Field("temporal", description="The evaluator's split (temporal = leave last positive out).")
+    min_rating: float = Field(4.0, description="Ratings >= this are positives.")
+    min_history: int = Field(5, ge=1, description="Earlier interactions a validation target needs.")
+    users: int | None = Field(None, ge=1, description="The evaluator's --users (test users sampled; None: all).")
+    seed: int = Field(0, description="The evaluator's split seed.")
+    sample_seed: int = Field(0, description="Seed of the validation users and the --max-pairs sample.")
+    val_users: int = Field(100, ge=1, description="Users whose interactions only validate (never paired).")
+    window: int = Field(3, ge=1, description="Each positive is paired with the next `window` positives.")
+    max_pairs: int | None = Field(None, ge=1, description="Cap on training pairs (seeded sample; None: all).")
+    history: int = Field(10, ge=1, description="Items before the validation target that form the query.")
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, value: str) -> str:
+        if value not in split_kinds():
+            raise ValueError(f"unknown split {value!r}; the evaluator knows {', '.join(split_kinds())}")
+        return value
+
+    def protocol(self) -> Protocol:
+        """The evaluator's protocol these pairs respect."""
+        return Protocol.model_validate(
+            {
+                "split": self.split,
+                "min_rating": self.min_rating,
+                "min_history": self.min_history,
+                "users": self.users,
+                "seed": self.seed,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ItemPair:
+    """Two items one user liked close together in time: ``anchor`` before ``positive``."""
+
+    user_id: str
+    anchor: str
+    positive: str
+
+
+@dataclass(frozen=True)
+class ValTarget:
+    """A validation query: the user's last eligible positive and the items the user had seen before it."""
+
+    user_id: str
+    target: str
+    history: tuple[str, ...]
+    """The last ``history`` items before the target, oldest first (the query)."""
+    seen: frozenset[str]
+    """Every item before the target (excluded from the ranking)."""
+
+
+@dataclass
+class EmbedData:
+    """Pairs, validation targets and where they came from."""
+
+    dataset: EvalDataset
+    split: Split
+    forbidden: dict[str, set[str]]
+    pairs: list[ItemPair]
+    val: list[ValTarget]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def val_target(user: str, entries: Sequence[HistoryEntry], cfg: EmbedDataConfig) -> ValTarget | None:
+    """The user's last positive with at least ``min_history`` earlier interactions, or None."""
+    for pos in range(len(entries) - 1, cfg.min_history - 1, -1):
+        rating = entries[pos].rating
+        if rating is not None and rating >= cfg.min_rating:
+            before = [e.item_id for e in entries[:pos]]
+            target = entries[pos].item_id
+            history = tuple(i for i in before if i != target)[-cfg.history :]
+            return ValTarget(user, target, history, frozenset(before) - {target})
+    return None
+
+
+def build_pairs(
+    histories: Mapping[str, Sequence[HistoryEntry]],
+    users: Sequence[str],
+    *,
+    min_rating: float,
+    window: int,
+    known: set[str] | None = None,
+) -> tuple[list[ItemPair], dict[str, int]]:
+    """Pairs of ``users`` (in that order) and counts: users paired, users skipped (fewer than two positives),
+    positives outside the catalog ``known`` (dropped), self pairs and duplicate pairs (dropped)."""
+    pairs: list[ItemPair] = []
+    seen: set[tuple[str, str]] = set()
+    counts = {
+        "users_paired": 0,
+        "users_under_two_positives": 0,
+        "positives_not_in_catalog": 0,
+        "self_pairs": 0,
+        "duplicate_pairs": 0,
+    }
+    for user in users:
+        positives = [e.item_id for e in histories[user] if e.rating is not None and e.rating >= min_rating]
+        if known is not None:
+            kept = [i for i in positives if i in known]
+            counts["positives_not_in_catalog"] += len(positives) - len(kept)
+            positives = kept
+        if len(positives) < 2:
+            counts["users_under_two_positives"] += 1
+            continue
+        before = len(pairs)
+        for i, anchor in enumerate(positives):
+            for positive in positives[i + 1 : i + 1 + window]:
+                if anchor == positive:
+                    counts["self_pairs"] += 1
+                    continue
+                key = (anchor, positive) if anchor < positive else (positive, anchor)
+                if key in seen:
+                    counts["duplicate_pairs"] += 1
+                    continue
+                seen.add(key)
+                pairs.append(ItemPair(user, anchor, positive))
+        counts["users_paired"] += len(pairs) > before
+    return pairs, counts
+
+
+def build_embed_data(dataset: EvalDataset, cfg: EmbedDataConfig) -> EmbedData:
+    """Split, choose validation users, cut pairs from the train log, run the leakage guard."""
+    split = make_split(dataset, cfg.protocol())
+    assert split.train is not None and dataset.interactions is not None
+    train_log: Interactions = split.train
+    forbidden = held_out_pairs(dataset.interactions, train_log)
+    histories = {u: train_log.history(u) for u in train_log.user_ids}
+    targets = {u: t for u in train_log.user_ids if (t := val_target(u, histories[u], cfg)) is not None}
+    if len(targets) < cfg.val_users + 1:
+        raise InputError(
+            f"too few users for a validation split: {len(targets)} of {len(histories)} users have a positive "
+            f"(rating >= {cfg.min_rating}) after {cfg.min_history} earlier train interactions, and {cfg.val_users} "
+            "are asked for validation (at least one more must remain to train on)",
+            hint="lower --val-users or --min-history, or give a larger interaction log",
+        )
+    order = sorted(targets)
+    random.Random(f"{cfg.sample_seed}:val-users").shuffle(order)
+    val_users = set(order[: cfg.val_users])
+    val = [targets[u] for u in sorted(val_users)]
+    train_users = [u for u in train_log.user_ids if u not in val_users]
+    pairs, counts = build_pairs(
+        histories, train_users, min_rating=cfg.min_rating, window=cfg.window, known=set(dataset.items)
+    )
+    all_pairs = len(pairs)
+    if cfg.max_pairs is not None and len(pairs) > cfg.max_pairs:
+        keep = sorted(random.Random(f"{cfg.sample_seed}:pairs").sample(range(len(pairs)), cfg.max_pairs))
+        pairs = [pairs[i] for i in keep]
+    if not pairs:
+        raise InputError(
+            f"no training pairs: none of {len(train_users)} training users has two positives "
+            f"(rating >= {cfg.min_rating}) in the train log",
+            hint="lower --min-rating, raise --window, or give a larger interaction log",
+        )
+    assert_no_pair_leakage(pairs, forbidden)
+    stats = {
+        "users": len(histories),
+        "train_users": len(train_users),
+        "val_users": len(val),
+        "eligible_val_users": len(targets),
+        "pairs": len(pairs),
+        "pairs_before_cap": all_pairs,
+        "pairs_cut_by_max_pairs": all_pairs - len(pairs),
+        "pair_users": len({p.user_id for p in pairs}),
+        "pair_items": len({p.anchor for p in pairs} | {p.positive for p in pairs}),
+        **counts,
+        "test_users": len(split.cases),
+        "test_interactions": sum(len(v) for v in forbidden.values()),
+        "train_interactions": len(train_log),
+    }
+    return EmbedData(dataset, split, forbidden, pairs, val, stats)
