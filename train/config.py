@@ -16,7 +16,7 @@ from agent.schemas import RerankConfig
 from eval.protocol import Protocol
 from train.examples import OptionOrder
 
-__all__ = ["DataConfig", "TrainConfig", "fingerprint", "split_kinds"]
+__all__ = ["DataConfig", "SplitOptions", "TrainConfig", "fingerprint", "split_kinds"]
 
 _RERANK = RerankConfig()
 
@@ -30,31 +30,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Model):
-    """How examples are cut. ``split``/``min_rating``/``min_history``/``users``/``seed`` are the evaluator's
-    protocol options: give the values the evaluation will use, so that its test interactions are the ones the
-    leakage guard keeps out."""
+class SplitOptions(_Model):
+    """The evaluator's protocol options a training run must share with the evaluation it prepares
+    (``split``/``min_rating``/``min_history``/``users``/``seed``): with the evaluation's values, its test interactions
+    are the ones the leakage guard keeps out."""
 
     split: str = Field("temporal", description="The evaluator's split (temporal = leave last positive out).")
     min_rating: float = Field(4.0, description="Ratings >= this are positives (targets).")
     min_history: int = Field(5, ge=1, description="Earlier interactions a target needs (also the evaluator's).")
     users: int | None = Field(None, ge=1, description="The evaluator's --users (test users sampled; None: all).")
     seed: int = Field(0, description="The evaluator's split seed.")
-    sample_seed: int = Field(0, description="Seed of the validation users, targets, negatives and label positions.")
-    val_users: int = Field(50, ge=1, description="Users whose examples only validate (never trained on).")
-    max_train_users: int | None = Field(None, ge=1, description="Cap on training users (None: all others).")
-    examples_per_user: int = Field(2, ge=1, le=50, description="Targets per user: the last positive + earlier ones.")
-    history: int = Field(_RERANK.history_limit, ge=1, le=50, description="History items shown in the prompt.")
-    options: int = Field(_RERANK.option_window, ge=2, le=26, description="Options per prompt (labels A..).")
-    pool: int = Field(50, ge=2, le=500, description="Fused candidates the negatives are drawn from.")
-    option_order: OptionOrder = Field(
-        "random",
-        description="random: sampled negatives, target at a random letter; retrieval: the first `options` fused "
-        "candidates in fused order, the target at its own rank (targets retrieval missed are skipped).",
-    )
-    tries: int = Field(5, ge=1, le=100, description="With option_order=retrieval: targets tried per wanted example.")
-    template: str = Field(_RERANK.options_template, description="The option-logit template (task rank_options).")
-    include_text: bool = Field(_RERANK.include_text, description="Show item free text, as the ranker does.")
 
     @field_validator("split")
     @classmethod
@@ -74,6 +59,28 @@ class DataConfig(_Model):
                 "seed": self.seed,
             }
         )
+
+
+class DataConfig(SplitOptions):
+    """How examples are cut. ``split``/``min_rating``/``min_history``/``users``/``seed`` are the evaluator's
+    protocol options: give the values the evaluation will use, so that its test interactions are the ones the
+    leakage guard keeps out."""
+
+    sample_seed: int = Field(0, description="Seed of the validation users, targets, negatives and label positions.")
+    val_users: int = Field(50, ge=1, description="Users whose examples only validate (never trained on).")
+    max_train_users: int | None = Field(None, ge=1, description="Cap on training users (None: all others).")
+    examples_per_user: int = Field(2, ge=1, le=50, description="Targets per user: the last positive + earlier ones.")
+    history: int = Field(_RERANK.history_limit, ge=1, le=50, description="History items shown in the prompt.")
+    options: int = Field(_RERANK.option_window, ge=2, le=26, description="Options per prompt (labels A..).")
+    pool: int = Field(50, ge=2, le=500, description="Fused candidates the negatives are drawn from.")
+    option_order: OptionOrder = Field(
+        "random",
+        description="random: sampled negatives, target at a random letter; retrieval: the first `options` fused "
+        "candidates in fused order, the target at its own rank (targets retrieval missed are skipped).",
+    )
+    tries: int = Field(5, ge=1, le=100, description="With option_order=retrieval: targets tried per wanted example.")
+    template: str = Field(_RERANK.options_template, description="The option-logit template (task rank_options).")
+    include_text: bool = Field(_RERANK.include_text, description="Show item free text, as the ranker does.")
 
 
 class TrainConfig(_Model):

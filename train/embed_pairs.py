@@ -15,54 +15,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
 from agent.errors import InputError
 from eval.datasets import EvalDataset
-from eval.protocol import Protocol, Split, make_split
+from eval.protocol import Split, make_split
 from retrieval.interactions import Interactions
 from retrieval.types import HistoryEntry
-from train.config import split_kinds
+from train.config import SplitOptions
 from train.leakage import assert_no_pair_leakage, held_out_pairs
 
 __all__ = ["EmbedData", "EmbedDataConfig", "ItemPair", "ValTarget", "build_embed_data", "build_pairs", "val_target"]
 
 
-class EmbedDataConfig(BaseModel):
-    """How pairs and validation queries are cut. ``split``/``min_rating``/``min_history``/``users``/``seed`` are the
-    evaluator's protocol options: give the values the evaluation will use, so its test interactions stay out."""
+class EmbedDataConfig(SplitOptions):
+    """How pairs and validation queries are cut; the split options are the evaluator's (give the evaluation's
+    values, so its test interactions stay out)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    split: str = Field("temporal", description="The evaluator's split (temporal = leave last positive out).")
-    min_rating: float = Field(4.0, description="Ratings >= this are positives.")
-    min_history: int = Field(5, ge=1, description="Earlier interactions a validation target needs.")
-    users: int | None = Field(None, ge=1, description="The evaluator's --users (test users sampled; None: all).")
-    seed: int = Field(0, description="The evaluator's split seed.")
     sample_seed: int = Field(0, description="Seed of the validation users and the --max-pairs sample.")
     val_users: int = Field(100, ge=1, description="Users whose interactions only validate (never paired).")
     window: int = Field(3, ge=1, description="Each positive is paired with the next `window` positives.")
     max_pairs: int | None = Field(None, ge=1, description="Cap on training pairs (seeded sample; None: all).")
     history: int = Field(10, ge=1, description="Items before the validation target that form the query.")
-
-    @field_validator("split")
-    @classmethod
-    def _known_split(cls, value: str) -> str:
-        if value not in split_kinds():
-            raise ValueError(f"unknown split {value!r}; the evaluator knows {', '.join(split_kinds())}")
-        return value
-
-    def protocol(self) -> Protocol:
-        """The evaluator's protocol these pairs respect."""
-        return Protocol.model_validate(
-            {
-                "split": self.split,
-                "min_rating": self.min_rating,
-                "min_history": self.min_history,
-                "users": self.users,
-                "seed": self.seed,
-            }
-        )
 
 
 @dataclass(frozen=True)
