@@ -100,7 +100,12 @@ def embedder_cmd(
     val_users: int = typer.Option(100, "--val-users", min=1, help="Validation users (never paired)."),
     window: int = typer.Option(3, "--window", min=1, help="Pair each positive with the next N positives."),
     max_pairs: int | None = typer.Option(None, "--max-pairs", min=1, help="Cap on training pairs (seeded sample)."),
-    history: int = typer.Option(10, "--history", min=1, help="Items before the validation target (the query)."),
+    val_query: str = typer.Option(
+        "item2item",
+        "--val-query",
+        help="Validation query: item2item (as the pipeline's item-to-item source) or recent (mean of --history).",
+    ),
+    history: int = typer.Option(10, "--history", min=1, help="--val-query recent: items before the target."),
     epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the pairs."),
     batch_size: int = typer.Option(32, "--batch-size", min=2, help="Pairs per step (in-batch negatives)."),
     lr: float = typer.Option(2e-5, "--lr", help="Peak learning rate (linear warm-up and decay)."),
@@ -132,6 +137,7 @@ def embedder_cmd(
             val_users=val_users,
             window=window,
             max_pairs=max_pairs,
+            val_query=val_query,
             history=history,
         )
     )

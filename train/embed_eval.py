@@ -1,9 +1,16 @@
 """Validation of the embedder: retrieval recall@K and MRR over the whole catalog, in memory (numpy, no Chroma).
 
-For each validation user (:class:`~train.embed_pairs.ValTarget`) the query is the mean of the L2-normalised
-embeddings of the last ``history`` items before the target, renormalised; every catalog item is scored by dot
-product, the items the user saw before the target are excluded, and the target's rank gives recall@K (share of users
-whose target is in the top K) and MRR (mean reciprocal rank over the full ranking).
+For each validation user (:class:`~train.embed_pairs.ValTarget`) every catalog item is scored by one of two queries:
+
+- ``item2item`` (default): what the pipeline's item-to-item source does (``retrieval.candidates.ItemToItemSource``):
+  each seed (the user's liked items, weighted by rating and recency, ``ValTarget.seeds``) retrieves its
+  ``fetch_k + len(seen)`` nearest items by cosine, and an item scores the weight-averaged similarity over the seeds
+  that retrieved it; an item no seed retrieved is not retrieved (a target there is a miss).
+- ``recent``: the mean of the L2-normalised embeddings of the last ``history`` items before the target, renormalised,
+  dot product with every item.
+
+The items the user saw before the target are excluded, and the target's rank gives recall@K (share of users whose
+target is in the top K) and MRR (mean reciprocal rank; a miss counts 0).
 """
 
 from __future__ import annotations
@@ -27,24 +34,59 @@ def _normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
+def _recent_scores(items: np.ndarray, index: dict[str, int], case: ValTarget) -> np.ndarray | None:
+    rows = [index[i] for i in case.history if i in index]
+    if not rows:
+        return None
+    return items @ _normalize(items[rows].mean(axis=0))
+
+
+def _item2item_scores(items: np.ndarray, index: dict[str, int], case: ValTarget, fetch_k: int) -> np.ndarray | None:
+    seeds = [(index[i], w) for i, w in case.seeds if i in index]
+    if not seeds:
+        return None
+    rows = np.asarray([r for r, _ in seeds])
+    weights = np.asarray([w for _, w in seeds], dtype=np.float64)
+    sims = items @ items[rows].T  # (items, seeds) cosine similarities
+    n = min(len(items), fetch_k + len(case.seen))
+    total = np.zeros(len(items), dtype=np.float64)
+    retrieved = np.zeros(len(items), dtype=bool)
+    for col, weight in enumerate(weights):
+        top = np.argpartition(-sims[:, col], n - 1)[:n] if n < len(items) else np.arange(len(items))
+        total[top] += weight * sims[top, col]
+        retrieved[top] = True
+    return np.where(retrieved, total / weights.sum(), -np.inf)
+
+
 def retrieval_metrics(
-    vectors: np.ndarray, item_ids: Sequence[str], targets: Sequence[ValTarget], ks: Sequence[int] = KS
+    vectors: np.ndarray,
+    item_ids: Sequence[str],
+    targets: Sequence[ValTarget],
+    ks: Sequence[int] = KS,
+    *,
+    query: str = "item2item",
+    fetch_k: int = 100,
 ) -> dict[str, float]:
-    """recall@K for ``ks`` and MRR of ``targets`` against the item ``vectors`` (rows in ``item_ids`` order)."""
+    """recall@K for ``ks`` and MRR of ``targets`` against the item ``vectors`` (rows in ``item_ids`` order), with the
+    ``query`` of the module docstring (``item2item`` or ``recent``)."""
+    if query not in ("item2item", "recent"):
+        raise ValueError(f"unknown validation query {query!r}: use item2item or recent")
     index = {item: row for row, item in enumerate(item_ids)}
     items = _normalize(np.asarray(vectors, dtype=np.float32))
-    ranks: list[int] = []
+    ranks: list[float] = []
     for case in targets:
-        rows = [index[i] for i in case.history if i in index]
-        if case.target not in index or not rows:
-            ranks.append(len(item_ids) + 1)  # unrankable: counts as a miss
+        scores = (
+            _item2item_scores(items, index, case, fetch_k)
+            if query == "item2item"
+            else _recent_scores(items, index, case)
+        )
+        if case.target not in index or scores is None:
+            ranks.append(np.inf)  # unrankable: a miss (reciprocal rank 0)
             continue
-        query = _normalize(items[rows].mean(axis=0))
-        scores = items @ query
         excluded = [index[i] for i in case.seen if i in index]
         scores[excluded] = -np.inf
         target_score = scores[index[case.target]]
-        ranks.append(int(np.sum(scores > target_score)) + 1)
+        ranks.append(np.inf if target_score == -np.inf else int(np.sum(scores > target_score)) + 1)
     arr = np.asarray(ranks, dtype=np.float64)
     out = {f"recall@{k}": float(np.mean(arr <= k)) if len(arr) else 0.0 for k in ks}
     out["mrr"] = float(np.mean(1.0 / arr)) if len(arr) else 0.0
@@ -70,6 +112,8 @@ class RecallEvaluator(SentenceEvaluator):  # type: ignore[misc]
         *,
         batch_size: int = 64,
         ks: Sequence[int] = KS,
+        query: str = "item2item",
+        fetch_k: int = 100,
     ) -> None:
         super().__init__()
         self.item_ids = list(item_ids)
@@ -77,6 +121,7 @@ class RecallEvaluator(SentenceEvaluator):  # type: ignore[misc]
         self.targets = list(targets)
         self.batch_size = batch_size
         self.ks = tuple(ks)
+        self.query, self.fetch_k = query, fetch_k
         self.greater_is_better = True
         self.primary_metric = PRIMARY
         self.calls = 0
@@ -102,7 +147,9 @@ class RecallEvaluator(SentenceEvaluator):  # type: ignore[misc]
             )
         if was_training:
             model.train()
-        metrics = retrieval_metrics(np.asarray(vectors), self.item_ids, self.targets, self.ks)
+        metrics = retrieval_metrics(
+            np.asarray(vectors), self.item_ids, self.targets, self.ks, query=self.query, fetch_k=self.fetch_k
+        )
         self.calls += 1
         self.seconds += time.perf_counter() - started
         return metrics

@@ -13,15 +13,17 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from agent.errors import InputError
 from eval.datasets import EvalDataset
 from eval.protocol import Split, make_split
+from retrieval.candidates import seed_weights
+from retrieval.config import FusionConfig
 from retrieval.interactions import Interactions
-from retrieval.types import HistoryEntry
+from retrieval.types import HistoryEntry, UserQuery
 from train.config import SplitOptions
 from train.leakage import assert_no_pair_leakage, held_out_pairs
 
@@ -36,7 +38,16 @@ class EmbedDataConfig(SplitOptions):
     val_users: int = Field(100, ge=1, description="Users whose interactions only validate (never paired).")
     window: int = Field(3, ge=1, description="Each positive is paired with the next `window` positives.")
     max_pairs: int | None = Field(None, ge=1, description="Cap on training pairs (seeded sample; None: all).")
-    history: int = Field(10, ge=1, description="Items before the validation target that form the query.")
+    val_query: Literal["item2item", "recent"] = Field(
+        "item2item",
+        description="Validation query: 'item2item' scores like the pipeline's item-to-item source (its seed "
+        "weights over the history before the target, each seed's nearest neighbours summed); 'recent' is the mean "
+        "of the last `history` items' embeddings.",
+    )
+    history: int = Field(10, ge=1, description="With val_query 'recent': items before the target in the query.")
+    fetch_k: int = Field(
+        FusionConfig().k, ge=1, description="With val_query 'item2item': results per source (the fusion's k)."
+    )
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,9 @@ class ValTarget:
     """The last ``history`` items before the target, oldest first (the query)."""
     seen: frozenset[str]
     """Every item before the target (excluded from the ranking)."""
+    seeds: tuple[tuple[str, float], ...] = ()
+    """The pipeline's item-to-item seeds for the history before the target (``retrieval.candidates.seed_weights``:
+    liked items weighted by rating and recency), heaviest first."""
 
 
 @dataclass
@@ -80,7 +94,9 @@ def val_target(user: str, entries: Sequence[HistoryEntry], cfg: EmbedDataConfig)
             before = [e.item_id for e in entries[:pos]]
             target = entries[pos].item_id
             history = tuple(i for i in before if i != target)[-cfg.history :]
-            return ValTarget(user, target, history, frozenset(before) - {target})
+            earlier = [e for e in entries[:pos] if e.item_id != target]
+            seeds = tuple(seed_weights(UserQuery(history=earlier)).items())
+            return ValTarget(user, target, history, frozenset(before) - {target}, seeds)
     return None
 
 

@@ -213,7 +213,9 @@ def train_embedder(
         torch.manual_seed(train_cfg.seed)
         model = _load_model(base_path)
         ids, docs = _documents(items)
-        evaluator = RecallEvaluator(ids, docs, val, batch_size=train_cfg.eval_batch_size)
+        evaluator = RecallEvaluator(
+            ids, docs, val, batch_size=train_cfg.eval_batch_size, query=data_cfg.val_query, fetch_k=data_cfg.fetch_k
+        )
         record: dict[str, Any] = {"val_curve": [], "loss_curve": [], "best": None, "best_step": 0, "bad_evals": 0,
                                   "best_state": None, "stopped": None}  # fmt: skip
         _consider(record, 0, evaluator(model), model)

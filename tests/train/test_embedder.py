@@ -53,7 +53,7 @@ def toy_task(seed: int = 0) -> tuple[dict[str, Item], list[ItemPair], list[ValTa
         members = [f"{g}{i}" for i in range(20)]
         rng.shuffle(members)
         history = tuple(members[:4])
-        val.append(ValTarget(f"v{n}", members[4], history, frozenset(history)))
+        val.append(ValTarget(f"v{n}", members[4], history, frozenset(history), tuple((i, 1.0) for i in history)))
     return items, pairs, val
 
 
@@ -205,9 +205,11 @@ def test_cli_trains_on_the_sample(ml_sample: Path, tiny_st_dir: Path, tmp_path: 
     assert make_embedder(EmbedConfig(model=str(out), progress=False)).embed(["Toy Story"]).shape == (1, 32)
     again = _run(app, args)  # the folder holds that run now
     assert isinstance(again.exception, InputError) and "--force" in again.exception.hint
-    replaced = _run(app, [*args, "--force", "--max-steps", "1"])
+    assert manifest["data_config"]["val_query"] == "item2item"  # validation scores as the pipeline's item2item
+    replaced = _run(app, [*args, "--force", "--max-steps", "1", "--val-query", "recent"])
     assert replaced.exit_code == 0, replaced.output + repr(replaced.exception)
-    assert json.loads((out / "manifest.json").read_text())["steps"]["done"] == 1
+    again_manifest = json.loads((out / "manifest.json").read_text())
+    assert again_manifest["steps"]["done"] == 1 and again_manifest["data_config"]["val_query"] == "recent"
 
 
 def test_cli_bad_input(ml_sample: Path, tiny_st_dir: Path, tmp_path: Path) -> None:
@@ -222,4 +224,6 @@ def test_cli_bad_input(ml_sample: Path, tiny_st_dir: Path, tmp_path: Path) -> No
     assert "--val-users" in few.exception.hint
     bad_model = _run(app, [*common[:-1], str(tmp_path), *data])
     assert isinstance(bad_model.exception, InputError) and "not a model folder" in bad_model.exception.message
+    bad_query = _run(app, [*common, *data, "--val-query", "centroid"])
+    assert bad_query.exit_code != 0 and "item2item" in str(bad_query.exception)
     assert _run(app, ["train", "embedder", "--help"]).exit_code == 0

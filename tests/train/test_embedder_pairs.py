@@ -51,7 +51,11 @@ def test_pairs_by_hand() -> None:
 def test_validation_target_by_hand() -> None:
     cfg = EmbedDataConfig(min_history=2, history=2)
     got = val_target("u1", HISTORIES["u1"], cfg)
-    assert got == ValTarget("u1", "e", ("c", "d"), frozenset({"a", "b", "c", "d"}))
+    assert got is not None
+    assert (got.user_id, got.target, got.history, got.seen) == ("u1", "e", ("c", "d"), frozenset({"a", "b", "c", "d"}))
+    # the pipeline's item-to-item seeds: liked items (b, rated 2, is not), 1 + rating - 4, halved every 20 steps back
+    assert [i for i, _ in got.seeds] == ["a", "d", "c"]
+    assert dict(got.seeds) == pytest.approx({"a": 2 * 0.5 ** (3 / 20), "d": 1.5, "c": 0.5 ** (1 / 20)})
     assert val_target("u3", HISTORIES["u3"], cfg) is None  # its only positive has no earlier item
     assert val_target("u1", HISTORIES["u1"], EmbedDataConfig(min_history=5)) is None
 
@@ -124,8 +128,35 @@ def test_recall_and_mrr_by_hand() -> None:
         ValTarget("u2", "w", ("z",), frozenset({"z"})),  # query z: y .6, x 0, w 0 -> w at rank 2 (ties count for it)
         ValTarget("u3", "y", ("x", "z"), frozenset({"x", "z"})),  # query (x+z)/|.|: y first
     ]
-    got = retrieval_metrics(vectors, ids, targets, ks=(1, 2))
+    got = retrieval_metrics(vectors, ids, targets, ks=(1, 2), query="recent")
     assert got == {"recall@1": pytest.approx(1 / 3, abs=1e-6), "recall@2": 1.0, "mrr": pytest.approx(2 / 3, abs=1e-6)}
+    with pytest.raises(ValueError, match="item2item or recent"):
+        retrieval_metrics(vectors, ids, targets, query="centroid")
     assert better({"recall@20": 0.5, "mrr": 0.2}, {"recall@20": 0.5, "mrr": 0.1})
     assert not better({"recall@20": 0.5, "mrr": 0.1}, {"recall@20": 0.5, "mrr": 0.1})
     assert not better({"recall@20": 0.4, "mrr": 0.9}, {"recall@20": 0.5, "mrr": 0.1})
+
+
+def test_item2item_query_by_hand() -> None:
+    """As the pipeline's item-to-item source: each seed retrieves its fetch_k + len(seen) nearest items, an item scores
+    the weight-averaged similarity over the seeds that retrieved it, an item no seed retrieved is a miss."""
+    angles = {"x": 0, "y": 30, "z": 80, "v": 120, "w": 180}
+    ids = list(angles)
+    vectors = np.array([[np.cos(np.radians(a)), np.sin(np.radians(a))] for a in angles.values()], dtype=np.float32)
+    seeds = (("x", 1.0), ("z", 3.0))
+
+    def case(target: str) -> ValTarget:
+        return ValTarget("u", target, (), frozenset({"x", "z"}), seeds)
+
+    # fetch_k 1 -> 3 neighbours per seed: x gets x y z, z gets z v y. y = (.866 + 3 * .643) / 4 beats v = 3 * .766 / 4
+    # and w is retrieved by neither seed: a miss (reciprocal rank 0)
+    targets = [case("y"), case("v"), case("w")]
+    got = retrieval_metrics(vectors, ids, targets, ks=(1, 2), fetch_k=1)
+    assert got == {"recall@1": pytest.approx(1 / 3, abs=1e-6), "recall@2": pytest.approx(2 / 3, abs=1e-6),
+                   "mrr": pytest.approx(0.5, abs=1e-6)}  # fmt: skip
+    # with room for every item, w is retrieved and ranks third
+    wide = retrieval_metrics(vectors, ids, targets, ks=(1, 2), fetch_k=100)
+    assert wide["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3, abs=1e-6)
+    # no seed at all (nothing liked): every target is a miss
+    bare = [ValTarget("u", "y", ("x",), frozenset({"x"}))]
+    assert retrieval_metrics(vectors, ids, bare) == {"recall@20": 0.0, "recall@50": 0.0, "mrr": 0.0}
