@@ -105,6 +105,9 @@ def embedder_cmd(
         "--val-query",
         help="Validation query: item2item (as the pipeline's item-to-item source) or recent (mean of --history).",
     ),
+    val_targets: int = typer.Option(
+        5, "--val-targets", min=1, help="Validation queries per validation user (its last N liked items)."
+    ),
     history: int = typer.Option(10, "--history", min=1, help="--val-query recent: items before the target."),
     epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the pairs."),
     batch_size: int = typer.Option(32, "--batch-size", min=2, help="Pairs per step (in-batch negatives)."),
@@ -138,6 +141,7 @@ def embedder_cmd(
             window=window,
             max_pairs=max_pairs,
             val_query=val_query,
+            val_targets=val_targets,
             history=history,
         )
     )
@@ -162,7 +166,8 @@ def embedder_cmd(
     typer.echo(
         f"pairs: {s['pairs']} from {s['pair_users']} users ({s['pairs_cut_by_max_pairs']} cut by --max-pairs, "
         f"{s['duplicate_pairs']} duplicates dropped, {s['users_under_two_positives']} users with under two "
-        f"positives); validation: {s['val_users']} users; {s['test_interactions']} test interactions kept out"
+        f"positives); validation: {s['val_users']} users, {s['val_queries']} queries; {s['test_interactions']} test "
+        "interactions kept out"
     )
     provenance = {
         "catalog": str(catalog),
@@ -185,7 +190,8 @@ def embedder_cmd(
     m = result.manifest
     base, best, cost = m["base"], m["best"], m["cost"]
     typer.echo(
-        f"validation ({s['val_users']} users): base recall@20 {base['recall@20']:.4f} recall@50 "
+        f"validation ({s['val_users']} users, {s['val_queries']} queries, --val-query {data_cfg.val_query}): "
+        f"base recall@20 {base['recall@20']:.4f} recall@50 "
         f"{base['recall@50']:.4f} MRR {base['mrr']:.4f}; best (step {best['step']}) recall@20 "
         f"{best['recall@20']:.4f} recall@50 {best['recall@50']:.4f} MRR {best['mrr']:.4f}"
     )

@@ -27,7 +27,16 @@ from retrieval.types import HistoryEntry, UserQuery
 from train.config import SplitOptions
 from train.leakage import assert_no_pair_leakage, held_out_pairs
 
-__all__ = ["EmbedData", "EmbedDataConfig", "ItemPair", "ValTarget", "build_embed_data", "build_pairs", "val_target"]
+__all__ = [
+    "EmbedData",
+    "EmbedDataConfig",
+    "ItemPair",
+    "ValTarget",
+    "build_embed_data",
+    "build_pairs",
+    "val_target",
+    "val_targets",
+]
 
 
 class EmbedDataConfig(SplitOptions):
@@ -43,6 +52,9 @@ class EmbedDataConfig(SplitOptions):
         description="Validation query: 'item2item' scores like the pipeline's item-to-item source (its seed "
         "weights over the history before the target, each seed's nearest neighbours summed); 'recent' is the mean "
         "of the last `history` items' embeddings.",
+    )
+    val_targets: int = Field(
+        5, ge=1, description="Validation queries per validation user: its last N eligible positives, newest first."
     )
     history: int = Field(10, ge=1, description="With val_query 'recent': items before the target in the query.")
     fetch_k: int = Field(
@@ -86,9 +98,13 @@ class EmbedData:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def val_target(user: str, entries: Sequence[HistoryEntry], cfg: EmbedDataConfig) -> ValTarget | None:
-    """The user's last positive with at least ``min_history`` earlier interactions, or None."""
+def val_targets(user: str, entries: Sequence[HistoryEntry], cfg: EmbedDataConfig) -> list[ValTarget]:
+    """The user's last ``cfg.val_targets`` positives with at least ``min_history`` earlier interactions, newest
+    first; each is ranked from the history before it."""
+    out: list[ValTarget] = []
     for pos in range(len(entries) - 1, cfg.min_history - 1, -1):
+        if len(out) >= cfg.val_targets:
+            break
         rating = entries[pos].rating
         if rating is not None and rating >= cfg.min_rating:
             before = [e.item_id for e in entries[:pos]]
@@ -96,8 +112,14 @@ def val_target(user: str, entries: Sequence[HistoryEntry], cfg: EmbedDataConfig)
             history = tuple(i for i in before if i != target)[-cfg.history :]
             earlier = [e for e in entries[:pos] if e.item_id != target]
             seeds = tuple(seed_weights(UserQuery(history=earlier)).items())
-            return ValTarget(user, target, history, frozenset(before) - {target}, seeds)
-    return None
+            out.append(ValTarget(user, target, history, frozenset(before) - {target}, seeds))
+    return out
+
+
+def val_target(user: str, entries: Sequence[HistoryEntry], cfg: EmbedDataConfig) -> ValTarget | None:
+    """The user's last positive with at least ``min_history`` earlier interactions, or None."""
+    found = val_targets(user, entries, cfg.model_copy(update={"val_targets": 1}))
+    return found[0] if found else None
 
 
 def build_pairs(
@@ -162,7 +184,7 @@ def build_embed_data(dataset: EvalDataset, cfg: EmbedDataConfig) -> EmbedData:
     order = sorted(targets)
     random.Random(f"{cfg.sample_seed}:val-users").shuffle(order)
     val_users = set(order[: cfg.val_users])
-    val = [targets[u] for u in sorted(val_users)]
+    val = [t for u in sorted(val_users) for t in val_targets(u, histories[u], cfg)]
     train_users = [u for u in train_log.user_ids if u not in val_users]
     pairs, counts = build_pairs(
         histories, train_users, min_rating=cfg.min_rating, window=cfg.window, known=set(dataset.items)
@@ -181,7 +203,8 @@ def build_embed_data(dataset: EvalDataset, cfg: EmbedDataConfig) -> EmbedData:
     stats = {
         "users": len(histories),
         "train_users": len(train_users),
-        "val_users": len(val),
+        "val_users": len(val_users),
+        "val_queries": len(val),
         "eligible_val_users": len(targets),
         "pairs": len(pairs),
         "pairs_before_cap": all_pairs,

@@ -171,7 +171,7 @@ def _consider(record: dict[str, Any], step: int, metrics: dict[str, float], mode
 
 def _write_val_users(out: Path, val: Sequence[ValTarget]) -> None:
     text = "# validation users of this embedder run (never paired); one id per line\n"
-    (out / VAL_USERS).write_text(text + "\n".join(sorted(v.user_id for v in val)) + "\n", encoding="utf-8")
+    (out / VAL_USERS).write_text(text + "\n".join(sorted({v.user_id for v in val})) + "\n", encoding="utf-8")
 
 
 def train_embedder(
@@ -237,7 +237,8 @@ def train_embedder(
             "data_config": data_cfg.model_dump(mode="json"),
             "hyper_parameters": {**train_cfg.model_dump(mode="json"), "loss": "MultipleNegativesRankingLoss",
                                  "batch_sampler": "no_duplicates"},
-            "pairs": {"train": len(pairs), "val_users": len(val), "catalog_items": len(ids)},
+            "pairs": {"train": len(pairs), "val_users": len({v.user_id for v in val}),
+                      "val_queries": len(val), "catalog_items": len(ids)},
             "steps": {"done": steps, "stopped": record["stopped"] or f"reached {steps} steps"},
             "base": record["val_curve"][0],
             "best": {"step": record["best_step"], **record["best"]},

@@ -205,6 +205,8 @@ def test_cli_trains_on_the_sample(ml_sample: Path, tiny_st_dir: Path, tmp_path: 
     assert make_embedder(EmbedConfig(model=str(out), progress=False)).embed(["Toy Story"]).shape == (1, 32)
     again = _run(app, args)  # the folder holds that run now
     assert isinstance(again.exception, InputError) and "--force" in again.exception.hint
+    assert manifest["pairs"]["val_users"] == 20 and 20 < manifest["pairs"]["val_queries"] <= 100  # 5 per user at most
+    assert (out / "val_users.txt").read_text().count("\n") == 21  # each user once
     assert manifest["data_config"]["val_query"] == "item2item"  # validation scores as the pipeline's item2item
     replaced = _run(app, [*args, "--force", "--max-steps", "1", "--val-query", "recent"])
     assert replaced.exit_code == 0, replaced.output + repr(replaced.exception)

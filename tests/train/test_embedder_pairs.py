@@ -10,7 +10,15 @@ import pytest
 from agent.errors import InputError
 from retrieval.types import HistoryEntry
 from train.embed_eval import better, retrieval_metrics
-from train.embed_pairs import EmbedDataConfig, ItemPair, ValTarget, build_embed_data, build_pairs, val_target
+from train.embed_pairs import (
+    EmbedDataConfig,
+    ItemPair,
+    ValTarget,
+    build_embed_data,
+    build_pairs,
+    val_target,
+    val_targets,
+)
 from train.leakage import LeakageError, assert_no_pair_leakage, find_pair_leaks
 
 
@@ -57,6 +65,14 @@ def test_validation_target_by_hand() -> None:
     assert [i for i, _ in got.seeds] == ["a", "d", "c"]
     assert dict(got.seeds) == pytest.approx({"a": 2 * 0.5 ** (3 / 20), "d": 1.5, "c": 0.5 ** (1 / 20)})
     assert val_target("u3", HISTORIES["u3"], cfg) is None  # its only positive has no earlier item
+    # several queries per validation user: its last liked items, newest first, each ranked from what came before it
+    several = val_targets("u1", HISTORIES["u1"], EmbedDataConfig(min_history=2, history=2, val_targets=5))
+    assert [(t.target, t.history, t.seen) for t in several] == [
+        ("e", ("c", "d"), frozenset("abcd")),
+        ("d", ("b", "c"), frozenset("abc")),
+        ("c", ("a", "b"), frozenset("ab")),  # a (position 0) has under 2 earlier interactions
+    ]
+    assert [i for i, _ in several[2].seeds] == ["a"]
     assert val_target("u1", HISTORIES["u1"], EmbedDataConfig(min_history=5)) is None
 
 
@@ -73,7 +89,9 @@ def test_real_split_pairs_hold_no_test_interaction(sample_data: object) -> None:
 
     assert isinstance(sample_data, EmbedData)
     data = sample_data
-    assert data.pairs and len(data.val) == 10 and len(data.split.cases) == 40
+    assert data.pairs and len({v.user_id for v in data.val}) == 10 and len(data.split.cases) == 40
+    assert 10 < len(data.val) <= 50 and data.stats["val_queries"] == len(data.val)  # up to 5 queries per user
+    assert not any(v.target in data.forbidden.get(v.user_id, set()) for v in data.val)  # targets are train items
     assert find_pair_leaks(data.pairs, data.forbidden) == []
     # independently of the guard: every test user's held-out target is in no pair of that user
     for case in data.split.cases:
