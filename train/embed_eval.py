@@ -1,6 +1,6 @@
 """Validation of the embedder: retrieval recall@K and MRR over the whole catalog, in memory (numpy, no Chroma).
 
-For each validation user (:class:`~train.embed_pairs.ValTarget`) every catalog item is scored by one of two queries:
+For each validation query (:class:`~train.embed_pairs.ValTarget`) every catalog item is scored in one of two ways:
 
 - ``item2item`` (default): what the pipeline's item-to-item source does (``retrieval.candidates.ItemToItemSource``):
   each seed (the user's liked items, weighted by rating and recency, ``ValTarget.seeds``) retrieves its
@@ -9,8 +9,8 @@ For each validation user (:class:`~train.embed_pairs.ValTarget`) every catalog i
 - ``recent``: the mean of the L2-normalised embeddings of the last ``history`` items before the target, renormalised,
   dot product with every item.
 
-The items the user saw before the target are excluded, and the target's rank gives recall@K (share of users whose
-target is in the top K) and MRR (mean reciprocal rank; a miss counts 0).
+The items the user saw before the target are excluded, and the target's rank gives recall@K (share of queries whose
+target is in the top K, over queries) and MRR (mean reciprocal rank; a miss counts 0).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
-from train.embed_pairs import ValTarget
+from retrieval.config import FusionConfig
+from train.embed_pairs import ValQuery, ValTarget
 
 __all__ = ["KS", "RecallEvaluator", "better", "retrieval_metrics"]
 
 KS = (20, 50)
+FETCH_K = FusionConfig().k  # results the pipeline asks of each source
 PRIMARY = "recall@20"
 
 
@@ -64,8 +66,8 @@ def retrieval_metrics(
     targets: Sequence[ValTarget],
     ks: Sequence[int] = KS,
     *,
-    query: str = "item2item",
-    fetch_k: int = 100,
+    query: ValQuery = "item2item",
+    fetch_k: int = FETCH_K,
 ) -> dict[str, float]:
     """recall@K for ``ks`` and MRR of ``targets`` against the item ``vectors`` (rows in ``item_ids`` order), with the
     ``query`` of the module docstring (``item2item`` or ``recent``)."""
@@ -112,8 +114,8 @@ class RecallEvaluator(SentenceEvaluator):  # type: ignore[misc]
         *,
         batch_size: int = 64,
         ks: Sequence[int] = KS,
-        query: str = "item2item",
-        fetch_k: int = 100,
+        query: ValQuery = "item2item",
+        fetch_k: int = FETCH_K,
     ) -> None:
         super().__init__()
         self.item_ids = list(item_ids)

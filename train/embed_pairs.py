@@ -31,12 +31,17 @@ __all__ = [
     "EmbedData",
     "EmbedDataConfig",
     "ItemPair",
+    "ValQuery",
     "ValTarget",
     "build_embed_data",
     "build_pairs",
     "val_target",
     "val_targets",
 ]
+
+
+ValQuery = Literal["item2item", "recent"]
+"""How validation ranks the catalog (see :mod:`train.embed_eval`)."""
 
 
 class EmbedDataConfig(SplitOptions):
@@ -47,7 +52,7 @@ class EmbedDataConfig(SplitOptions):
     val_users: int = Field(100, ge=1, description="Users whose interactions only validate (never paired).")
     window: int = Field(3, ge=1, description="Each positive is paired with the next `window` positives.")
     max_pairs: int | None = Field(None, ge=1, description="Cap on training pairs (seeded sample; None: all).")
-    val_query: Literal["item2item", "recent"] = Field(
+    val_query: ValQuery = Field(
         "item2item",
         description="Validation query: 'item2item' scores like the pipeline's item-to-item source (its seed "
         "weights over the history before the target, each seed's nearest neighbours summed); 'recent' is the mean "
