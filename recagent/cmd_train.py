@@ -37,6 +37,15 @@ def ranker_cmd(
     lora_alpha: int = typer.Option(16, "--lora-alpha", help="LoRA alpha (scale = alpha / r)."),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="Dropout on the LoRA input."),
     target_modules: str = typer.Option("q_proj,k_proj,v_proj,o_proj", "--target-modules", help="Comma separated."),
+    lora_layers: int | None = typer.Option(
+        None, "--lora-layers", min=1, help="Adapt only the last N decoder layers (default: all; fewer = faster steps)."
+    ),
+    dtype: str = typer.Option(
+        "auto",
+        "--dtype",
+        help="Training dtype: auto (float32 on a CPU, RECAGENT_LLM_DTYPE on a GPU), float32, bfloat16, float16.",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when torch sees a GPU), cpu or cuda."),
     lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (linear warm-up and decay)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
     epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training examples."),
@@ -67,7 +76,8 @@ def ranker_cmd(
         options=options, option_order=option_order, tries=tries))  # fmt: skip
     modules = [m.strip() for m in target_modules.split(",") if m.strip()]
     train_cfg = TrainConfig.model_validate(dict(
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=modules, lr=lr,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=modules,
+        lora_layers=lora_layers, dtype=dtype, device=device, lr=lr,
         weight_decay=weight_decay, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         seed=train_seed, eval_every=eval_every, patience=patience, keep=keep, threads=threads,
         max_len=settings.llm_max_model_len))  # fmt: skip

@@ -90,6 +90,18 @@ class TrainConfig(_Model):
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+    lora_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Adapt only the last N decoder layers (None: all). The backward pass then stops at the first "
+        "adapted layer: cheaper steps, a smaller adapter.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Training compute dtype. auto: float32 on a CPU (PyTorch's CPU autograd is faster in float32 "
+        "than in bfloat16, docs/benchmarks.md), the serving dtype (RECAGENT_LLM_DTYPE) on a GPU.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when torch sees a GPU, else cpu.")
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)

@@ -22,7 +22,17 @@ from prompts import PromptRegistry
 from train.config import DataConfig, TrainConfig
 from train.examples import RankExample, labels, render_messages
 
-__all__ = ["Encoded", "batch_label_logits", "encode_examples", "load_base", "validate", "wrap_lora"]
+__all__ = [
+    "Encoded",
+    "batch_label_logits",
+    "encode_examples",
+    "load_base",
+    "num_layers",
+    "resolve_device",
+    "resolve_dtype",
+    "validate",
+    "wrap_lora",
+]
 
 
 @dataclass(frozen=True)
@@ -53,15 +63,61 @@ def load_base(model_path: str, dtype_name: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is a ConfigError."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda: torch sees no GPU", hint="use --device cpu (or auto), or a CUDA build of torch"
+        )
+    return name
+
+
+def resolve_dtype(name: str, device: str, serving: str) -> str:
+    """The training dtype: ``auto`` is float32 on a CPU (faster autograd there) and the serving dtype on a GPU."""
+    if name != "auto":
+        return name
+    return "float32" if device == "cpu" else serving
+
+
+def num_layers(model: Any) -> int | None:
+    """The decoder's layer count from the model config (text config of multimodal models), None if unknown."""
+    config = model.config
+    for cfg in (config, getattr(config, "text_config", None)):
+        n = getattr(cfg, "num_hidden_layers", None)
+        if isinstance(n, int):
+            return n
+    return None
+
+
 def wrap_lora(model: Any, cfg: TrainConfig) -> Any:
-    """The model with trainable LoRA adapters on ``cfg.target_modules`` (everything else frozen)."""
+    """The model with trainable LoRA adapters on ``cfg.target_modules`` (everything else frozen), on the last
+    ``cfg.lora_layers`` decoder layers when set."""
     from peft import LoraConfig, get_peft_model
 
+    layers: list[int] | None = None
+    if cfg.lora_layers is not None:
+        total = num_layers(model)
+        if total is None:
+            raise ConfigError(
+                "--lora-layers: this model's config names no layer count (num_hidden_layers)",
+                hint="drop --lora-layers to adapt every layer",
+            )
+        if cfg.lora_layers > total:
+            raise ConfigError(
+                f"--lora-layers {cfg.lora_layers}: the model has {total} decoder layers",
+                hint=f"give 1..{total}, or drop --lora-layers to adapt every layer",
+            )
+        layers = list(range(total - cfg.lora_layers, total))
     config = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.target_modules),
+        layers_to_transform=layers,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -102,8 +158,9 @@ def encode_examples(
     return out
 
 
-def _collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Left-padded ids (the last position is every prompt's last token), mask, position ids, label index."""
+def _collate(batch: Sequence[Encoded], pad_id: int, device: Any = None) -> dict[str, Any]:
+    """Left-padded ids (the last position is every prompt's last token), mask, position ids, label index, on
+    ``device`` (the model's)."""
     import torch
 
     width = max(len(e.ids) for e in batch)
@@ -120,13 +177,14 @@ def _collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
         label_ids[row, : len(e.label_ids)] = torch.tensor(e.label_ids)
         label_mask[row, : len(e.label_ids)] = True
     targets = torch.tensor([e.target for e in batch])
-    return {"ids": ids, "mask": mask, "positions": positions, "label_ids": label_ids, "label_mask": label_mask,
-            "targets": targets}  # fmt: skip
+    out = {"ids": ids, "mask": mask, "positions": positions, "label_ids": label_ids, "label_mask": label_mask,
+           "targets": targets}  # fmt: skip
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
 
 def batch_label_logits(model: Any, batch: Sequence[Encoded], pad_id: int) -> tuple[Any, Any]:
     """(label logits [B, m] with -inf on padding labels, targets [B]) from one forward pass, last position only."""
-    t = _collate(batch, pad_id)
+    t = _collate(batch, pad_id, getattr(model, "device", None))
     out = model(input_ids=t["ids"], attention_mask=t["mask"], position_ids=t["positions"], logits_to_keep=1)
     last = out.logits[:, -1, :].float()
     picked = last.gather(1, t["label_ids"]).masked_fill(~t["label_mask"], -math.inf)

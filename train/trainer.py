@@ -36,7 +36,16 @@ from prompts import PromptRegistry
 from train.config import DataConfig, TrainConfig, fingerprint
 from train.examples import RankExample
 from train.leakage import assert_no_leakage
-from train.model import Encoded, encode_examples, label_loss, load_base, validate, wrap_lora
+from train.model import (
+    Encoded,
+    encode_examples,
+    label_loss,
+    load_base,
+    resolve_device,
+    resolve_dtype,
+    validate,
+    wrap_lora,
+)
 
 __all__ = ["TrainResult", "examples_digest", "train_ranker"]
 
@@ -68,7 +77,7 @@ def _identity(model_path: str, data_cfg: DataConfig, train_cfg: TrainConfig, tra
     return {
         "base_model": model_path,
         "data": data_cfg.model_dump(mode="json"),
-        "train": train_cfg.model_dump(mode="json", exclude={"threads"}),
+        "train": train_cfg.model_dump(mode="json", exclude={"threads", "device"}),
         "train_examples": train,
         "val_examples": val,
     }
@@ -136,8 +145,10 @@ class _Loop:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        base, self.tokenizer = load_base(model_path, settings.llm_dtype)
-        self.model = wrap_lora(base, cfg)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device, settings.llm_dtype)
+        base, self.tokenizer = load_base(model_path, self.dtype)
+        self.model = wrap_lora(base, cfg).to(self.device)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.registry = registry
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -163,6 +174,7 @@ class _Loop:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device == "cuda" else None,
                 "python_rng": random.getstate(),
             },
             tmp / TRAINER_STATE,
@@ -175,11 +187,13 @@ class _Loop:
         from peft import set_peft_model_state_dict
 
         torch = self.torch
-        saved = torch.load(self.out / CHECKPOINT / TRAINER_STATE, weights_only=False)
+        saved = torch.load(self.out / CHECKPOINT / TRAINER_STATE, weights_only=False, map_location=self.device)
         set_peft_model_state_dict(self.model, saved["adapter"])
         self.optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
+        if self.device == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         random.setstate(saved["python_rng"])
 
     def step(self, groups: Sequence[Sequence[Encoded]]) -> float:
@@ -321,7 +335,8 @@ def train_ranker(
     if merge:
         merge_adapter(settings, model_path, out, out / "merged")
     manifest = _manifest(settings, model_path, data_cfg, cfg, state, total, per_epoch, len(train), len(val),
-                         provenance or {}, registry, merged=merge, wall=time.perf_counter() - started)  # fmt: skip
+                         provenance or {}, registry, merged=merge, wall=time.perf_counter() - started,
+                         runtime={"device": loop.device, "dtype": loop.dtype})  # fmt: skip
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return TrainResult(out, manifest)
 
@@ -343,7 +358,8 @@ def merge_adapter(settings: Settings, model_path: str, adapter: Path, target: Pa
 
 def _manifest(settings: Settings, model_path: str, data_cfg: DataConfig, cfg: TrainConfig, state: dict[str, Any],
               total: int, per_epoch: int, n_train: int, n_val: int, provenance: dict[str, Any],
-              registry: PromptRegistry, *, merged: bool, wall: float) -> dict[str, Any]:  # fmt: skip
+              registry: PromptRegistry, *, merged: bool, wall: float,
+              runtime: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     import peft
     import torch
     import transformers
@@ -374,6 +390,8 @@ def _manifest(settings: Settings, model_path: str, data_cfg: DataConfig, cfg: Tr
             "seconds_per_step": round(train_s / steps, 3) if steps else None,
             "examples_seen": state["examples"],
             "threads": torch.get_num_threads(),
+            "device": runtime["device"],
+            "dtype": runtime["dtype"],
             "this_session_seconds": round(wall, 1),
         },
         "versions": {

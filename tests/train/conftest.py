@@ -51,12 +51,14 @@ def ml_train_data(train_settings: Settings, train_embedder: Embedder, ml_sample:
 
 @pytest.fixture(scope="session")
 def toy_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An adapter trained a few steps on the toy task (large learning rate: it must move the scores)."""
+    """An adapter trained a few steps on the toy task (large learning rate: it must move the scores), on the last
+    of the tiny model's two layers only (``--lora-layers 1``: the serving tests then cover a partial adapter)."""
     from train.config import DataConfig, TrainConfig
     from train.trainer import train_ranker
 
     out = tmp_path_factory.mktemp("adapters") / "toy"
-    cfg = TrainConfig(lr=5e-3, max_steps=6, eval_every=3, batch_size=8, patience=5, lora_dropout=0.0, keep="last")
+    cfg = TrainConfig(lr=5e-3, max_steps=6, eval_every=3, batch_size=8, patience=5, lora_dropout=0.0, keep="last",
+                      lora_layers=1)  # fmt: skip
     train, val = toy_examples(48), toy_examples(8, seed=1, prefix="v")
     train_ranker(tiny_settings(tiny_model_dir), str(tiny_model_dir), train, val, out, forbidden={},
                  data_cfg=DataConfig(), train_cfg=cfg, progress=False, merge=True)  # fmt: skip

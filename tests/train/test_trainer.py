@@ -49,6 +49,7 @@ def test_loss_decreases_on_toy_task(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert manifest["base_model"]["path"] == str(tiny_model_dir)
     assert manifest["hyper_parameters"]["lr"] == 2e-3 and manifest["split"]["split"] == "temporal"
     assert manifest["cost"]["examples_per_second"] > 0 and manifest["steps"]["done"] == 8
+    assert manifest["cost"]["device"] == "cpu" and manifest["cost"]["dtype"] == "float32"  # auto on a CPU
     assert manifest["best"]["step"] in (0, 4, 8) and manifest["template"]["name"] == "rank_options"
     listed = [x for x in (out / "val_users.txt").read_text().splitlines() if not x.startswith("#")]
     assert listed == sorted({e.user_id for e in VAL}) and not set(listed) & {e.user_id for e in TRAIN}
