@@ -44,6 +44,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/llm_engine.py
 	$(PY) bench/retrieval.py
+	$(PY) bench/train_step.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,9 @@ def ranker_cmd(
     users: int | None = typer.Option(None, "--users", min=1, help="The evaluator's --users (test users sampled)."),
     seed: int = typer.Option(0, "--seed", help="The evaluator's split seed."),
     val_users: int = typer.Option(50, "--val-users", min=1, help="Validation users (never trained on)."),
+    val_examples_per_user: int = typer.Option(
+        3, "--val-examples-per-user", min=1, help="Validation examples per validation user (targets: last positives)."
+    ),
     max_train_users: int | None = typer.Option(None, "--max-train-users", min=1, help="Cap on training users."),
     examples_per_user: int = typer.Option(2, "--examples-per-user", min=1, help="Targets per training user."),
     history: int = typer.Option(10, "--history", min=1, help="History items shown in each prompt."),
@@ -72,7 +75,8 @@ def ranker_cmd(
     settings = ctx.find_root().obj.settings
     data_cfg = DataConfig.model_validate(dict(
         split=split, min_rating=min_rating, min_history=min_history, users=users, seed=seed, sample_seed=train_seed,
-        val_users=val_users, max_train_users=max_train_users, examples_per_user=examples_per_user, history=history,
+        val_users=val_users, val_examples_per_user=val_examples_per_user, max_train_users=max_train_users,
+        examples_per_user=examples_per_user, history=history,
         options=options, option_order=option_order, tries=tries))  # fmt: skip
     modules = [m.strip() for m in target_modules.split(",") if m.strip()]
     train_cfg = TrainConfig.model_validate(dict(

@@ -68,6 +68,13 @@ class DataConfig(SplitOptions):
 
     sample_seed: int = Field(0, description="Seed of the validation users, targets, negatives and label positions.")
     val_users: int = Field(50, ge=1, description="Users whose examples only validate (never trained on).")
+    val_examples_per_user: int = Field(
+        3,
+        ge=1,
+        le=50,
+        description="Validation examples per validation user: its last positive + earlier ones. More than one makes "
+        "the validation curve less noisy without taking users from training.",
+    )
     max_train_users: int | None = Field(None, ge=1, description="Cap on training users (None: all others).")
     examples_per_user: int = Field(2, ge=1, le=50, description="Targets per user: the last positive + earlier ones.")
     history: int = Field(_RERANK.history_limit, ge=1, le=50, description="History items shown in the prompt.")

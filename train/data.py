@@ -137,7 +137,7 @@ def build_data(
         return out
 
     train = examples_of(train_users, cfg.examples_per_user, "train examples")
-    val = examples_of(val_users, 1, "validation examples")
+    val = examples_of(val_users, cfg.val_examples_per_user, "validation examples")
     if not train or not val:
         raise InputError(
             f"no usable examples ({len(train)} train, {len(val)} validation): retrieval found no candidates",

@@ -43,7 +43,8 @@ def ml_train_data(train_settings: Settings, train_embedder: Embedder, ml_sample:
     from train.data import build_data, load_data
 
     dataset = load_data(ml_sample, ml_sample / "ratings.csv")
-    cfg = DataConfig(users=40, val_users=10, max_train_users=60, examples_per_user=2, history=5, options=8)
+    cfg = DataConfig(users=40, val_users=10, val_examples_per_user=3, max_train_users=60, examples_per_user=2,
+                     history=5, options=8)  # fmt: skip
     return build_data(train_settings, dataset, cfg, embedder=train_embedder,
                       store=DeterministicStore(train_settings.store_config()), collection=TRAIN_COLLECTION,
                       progress=False)  # fmt: skip

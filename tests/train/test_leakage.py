@@ -82,8 +82,13 @@ def test_real_split_examples_hold_no_test_interaction(ml_train_data: object) -> 
     test_users = {c.user_id for c in data.split.cases}
     trained = {e.user_id for e in data.train} & test_users
     assert trained and all(data.forbidden[u] for u in trained)
-    # validation users are not training users
+    # validation users are not training users; each gives up to 3 examples (distinct targets, its last positives)
     assert not {e.user_id for e in data.train} & {e.user_id for e in data.val}
+    per_user: dict[str, list[str]] = {}
+    for ex in data.val:
+        per_user.setdefault(ex.user_id, []).append(ex.target_id)
+    assert len(per_user) == 10 and max(len(t) for t in per_user.values()) == 3 and len(data.val) > 10
+    assert all(len(set(t)) == len(t) for t in per_user.values())
     # every example's target is a train-log item of its user, its history the items before it
     for ex in data.train[:50]:
         entries = [h.item_id for h in data.split.train.history(ex.user_id)]  # type: ignore[union-attr]
