@@ -8,8 +8,8 @@ Every value that comes from a catalog or a user (titles, attributes, reviews, ch
 * neutralises our own delimiters: any run of three or more ``<`` / ``>`` (or a look-alike such as ``＜``, ``‹``,
   ``«``) becomes ``<<`` / ``>>``, so a value can never open or close a ``<<<ITEM>>> ... <<<END>>>`` block;
 * defuses chat special-token look-alikes (``<|im_start|>``, ``<end_of_turn>``, ``</s>``, ``[INST]`` ...) by turning
-  their angle/square brackets into parentheses (best effort: the engine should also tokenise data without special
-  tokens);
+  their angle/square brackets into parentheses, and any ``<|`` or ``|>`` left over into ``(|`` / ``|)`` (best effort:
+  the engine should also tokenise data without special tokens);
 * collapses all whitespace to single spaces, unless ``multiline=true`` (then line breaks are kept, blank-line runs
   are shortened).
 
@@ -91,6 +91,7 @@ def clean_data(value: Any, *, multiline: bool = False) -> str:
     text = _LEFT_RUN.sub("<<", text)
     text = _RIGHT_RUN.sub(">>", text)
     text = _SPECIAL_PIPE.sub(r"(\1)", text)
+    text = text.replace("<|", "(|").replace("|>", "|)")  # half a token: "<|" alone could still open one
     text = _SPECIAL_TAG.sub(r"(\1)", text)
     text = _INST.sub(r"(\1)", text)
     if multiline:
