@@ -187,7 +187,8 @@ class _Loop:
         from peft import set_peft_model_state_dict
 
         torch = self.torch
-        saved = torch.load(self.out / CHECKPOINT / TRAINER_STATE, weights_only=False, map_location=self.device)
+        # on the CPU: RNG states must stay CPU byte tensors; the adapter and optimizer state follow their parameters
+        saved = torch.load(self.out / CHECKPOINT / TRAINER_STATE, weights_only=False, map_location="cpu")
         set_peft_model_state_dict(self.model, saved["adapter"])
         self.optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
