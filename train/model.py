@@ -85,12 +85,8 @@ def resolve_dtype(name: str, device: str, serving: str) -> str:
 
 def num_layers(model: Any) -> int | None:
     """The decoder's layer count from the model config (text config of multimodal models), None if unknown."""
-    config = model.config
-    for cfg in (config, getattr(config, "text_config", None)):
-        n = getattr(cfg, "num_hidden_layers", None)
-        if isinstance(n, int):
-            return n
-    return None
+    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    return n if isinstance(n, int) else None
 
 
 def wrap_lora(model: Any, cfg: TrainConfig) -> Any:
