@@ -51,7 +51,7 @@ def _batches(n: int, batch: int, tokens: int, vocab: int, seed: int) -> list[lis
     import random
 
     rng = random.Random(seed)
-    label_ids = rng.sample(range(1000, min(vocab, 50_000)), LABELS)
+    label_ids: list[tuple[int, ...]] = [(i,) for i in rng.sample(range(1000, min(vocab, 50_000)), LABELS)]
     return [
         [
             Encoded(

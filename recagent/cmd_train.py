@@ -36,6 +36,15 @@ def ranker_cmd(
         "(inference windows: the first --options fused candidates, target at its fused rank, missed targets skipped).",
     ),
     tries: int = typer.Option(5, "--tries", min=1, help="--option-order retrieval: targets tried per example."),
+    strategy: str = typer.Option(
+        "options",
+        "--strategy",
+        help="Ranking strategy trained: options (one lettered prompt per window) or pointwise (one Yes/No prompt "
+        "per option; serve with strategy=pointwise).",
+    ),
+    negatives: int = typer.Option(
+        3, "--negatives", min=1, help="--strategy pointwise: No prompts (other options of the window) per target."
+    ),
     lora_r: int = typer.Option(8, "--lora-r", min=1, help="LoRA rank."),
     lora_alpha: int = typer.Option(16, "--lora-alpha", help="LoRA alpha (scale = alpha / r)."),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="Dropout on the LoRA input."),
@@ -64,9 +73,9 @@ def ranker_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in OUT."),
     merge: bool = typer.Option(False, "--merge", help="Also write OUT/merged: base + adapter as one model folder."),
 ) -> None:
-    """Train a LoRA adapter for the option-logit ranker on the TRAIN part of the evaluator's split; the base model
-    is RECAGENT_LLM_MODEL. Serve it with RECAGENT_LLM_ADAPTER=OUT, compare with `recagent eval run ... --variant
-    tuned:strategy=options,adapter=OUT`."""
+    """Train a LoRA adapter for the option-logit (or pointwise Yes/No) ranker on the TRAIN part of the evaluator's
+    split; the base model is RECAGENT_LLM_MODEL. Serve it with RECAGENT_LLM_ADAPTER=OUT, compare with `recagent eval
+    run ... --variant tuned:strategy=options,adapter=OUT` (strategy=pointwise for a pointwise run)."""
     from agent.llm.models import resolve_model
     from train.config import DataConfig, TrainConfig
     from train.data import build_data, load_data
@@ -77,7 +86,7 @@ def ranker_cmd(
         split=split, min_rating=min_rating, min_history=min_history, users=users, seed=seed, sample_seed=train_seed,
         val_users=val_users, val_examples_per_user=val_examples_per_user, max_train_users=max_train_users,
         examples_per_user=examples_per_user, history=history,
-        options=options, option_order=option_order, tries=tries))  # fmt: skip
+        options=options, option_order=option_order, tries=tries, strategy=strategy, negatives=negatives))  # fmt: skip
     modules = [m.strip() for m in target_modules.split(",") if m.strip()]
     train_cfg = TrainConfig.model_validate(dict(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=modules,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.schemas import RerankConfig
 from eval.protocol import Protocol
-from train.examples import OptionOrder
+from train.examples import OptionOrder, RankerStrategy
 
 __all__ = ["DataConfig", "SplitOptions", "TrainConfig", "fingerprint", "split_kinds"]
 
@@ -86,8 +86,25 @@ class DataConfig(SplitOptions):
         "candidates in fused order, the target at its own rank (targets retrieval missed are skipped).",
     )
     tries: int = Field(5, ge=1, le=100, description="With option_order=retrieval: targets tried per wanted example.")
+    strategy: RankerStrategy = Field(
+        "options",
+        description="The ranking strategy trained: options (one prompt per window, the target's letter is the "
+        "label) or pointwise (one Yes/No prompt per option: Yes for the target, No for `negatives` other options "
+        "of its window; validation scores every option of a window and ranks them).",
+    )
+    negatives: int = Field(
+        3, ge=1, le=25, description="With strategy=pointwise: No prompts (other options) per target in training."
+    )
     template: str = Field(_RERANK.options_template, description="The option-logit template (task rank_options).")
+    pointwise_template: str = Field(
+        _RERANK.pointwise_template, description="The pointwise template (task rank_pointwise)."
+    )
     include_text: bool = Field(_RERANK.include_text, description="Show item free text, as the ranker does.")
+
+    @property
+    def prompt_template(self) -> str:
+        """The template the trained strategy renders."""
+        return self.pointwise_template if self.strategy == "pointwise" else self.template
 
 
 class TrainConfig(_Model):

@@ -31,10 +31,23 @@ from agent.schemas import CandidateItem, UserContext
 from prompts import PromptRegistry, option_label
 from retrieval.types import Candidate, HistoryEntry, Item, UserQuery
 
-__all__ = ["FuseFn", "ItemsFn", "OptionOrder", "RankExample", "labels", "render_messages", "user_examples"]
+__all__ = [
+    "FuseFn",
+    "ItemsFn",
+    "OptionOrder",
+    "RankExample",
+    "RankerStrategy",
+    "labels",
+    "pointwise_options",
+    "render_messages",
+    "render_pointwise",
+    "user_examples",
+]
 
 OptionOrder = Literal["random", "retrieval"]
 """How options are laid out: sampled negatives with the target at a random letter, or an inference window."""
+RankerStrategy = Literal["options", "pointwise"]
+"""The ranking strategy a run trains (``rerank_strategy`` at inference)."""
 
 FuseFn = Callable[[UserQuery], list[Candidate]]
 """Fused candidates for a query (the pipeline's ``CandidateGenerator.generate``)."""
@@ -83,6 +96,36 @@ def render_messages(
         allow_extra=True,
     )
     return rendered.chat_messages()
+
+
+def render_pointwise(
+    registry: PromptRegistry,
+    template: str,
+    example: RankExample,
+    option: int,
+    *,
+    history_limit: int,
+    include_text: bool,
+) -> list[dict[str, str]]:
+    """The chat messages judging ``example.options[option]``: the call ``run_pointwise`` makes for one candidate."""
+    rendered = registry.render(
+        template,
+        {
+            "history": example.user.prompt_history(history_limit),
+            "need": example.user.prompt_need(),
+            "candidate": example.options[option].prompt_vars(include_text=include_text),
+        },
+        allow_extra=True,
+    )
+    return rendered.chat_messages()
+
+
+def pointwise_options(example: RankExample, negatives: int, seed: int | str) -> list[int]:
+    """The options a pointwise training run asks about for ``example``: the target first, then up to ``negatives``
+    other options of its window (a seeded sample per user and target, so reruns and resumes see the same ones)."""
+    others = [i for i in range(len(example.options)) if i != example.label]
+    rng = random.Random(f"{seed}:pointwise:{example.user_id}:{example.target_id}")
+    return [example.label, *sorted(rng.sample(others, min(negatives, len(others))))]
 
 
 def _is_positive(entry: HistoryEntry, min_rating: float) -> bool:

@@ -154,8 +154,10 @@ class _Loop:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def encode(self, examples: Sequence[RankExample]) -> list[Encoded]:
-        return encode_examples(self.tokenizer, self.registry, examples, self.data_cfg, self.cfg.max_len)
+    def encode(self, examples: Sequence[RankExample], *, every_option: bool = False) -> list[Encoded]:
+        return encode_examples(
+            self.tokenizer, self.registry, examples, self.data_cfg, self.cfg.max_len, every_option=every_option
+        )
 
     def validate(self, val: Sequence[Encoded]) -> dict[str, float]:
         return validate(self.model, val, self.pad_id, max(self.cfg.batch_size, 8))
@@ -266,7 +268,7 @@ def train_ranker(
     registry = registry or PromptRegistry()
     loop = _Loop(settings, model_path, data_cfg, train_cfg, out, registry, progress)
     torch = loop.torch
-    enc_train, enc_val = loop.encode(train), loop.encode(val)
+    enc_train, enc_val = loop.encode(train), loop.encode(val, every_option=True)
     cfg = train_cfg
     per_epoch = len(_epoch_steps(len(enc_train), cfg, 0))
     total = cfg.max_steps or cfg.epochs * per_epoch
@@ -335,8 +337,9 @@ def train_ranker(
         shutil.copy2(f, out / f.name)
     if merge:
         merge_adapter(settings, model_path, out, out / "merged")
-    manifest = _manifest(settings, model_path, data_cfg, cfg, state, total, per_epoch, len(train), len(val),
-                         provenance or {}, registry, merged=merge, wall=time.perf_counter() - started,
+    counts = {"train": len(train), "val": len(val), "train_prompts": len(enc_train), "val_prompts": len(enc_val)}
+    manifest = _manifest(settings, model_path, data_cfg, cfg, state, total, per_epoch, counts, provenance or {},
+                         registry, merged=merge, wall=time.perf_counter() - started,
                          runtime={"device": loop.device, "dtype": loop.dtype})  # fmt: skip
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return TrainResult(out, manifest)
@@ -358,7 +361,7 @@ def merge_adapter(settings: Settings, model_path: str, adapter: Path, target: Pa
 
 
 def _manifest(settings: Settings, model_path: str, data_cfg: DataConfig, cfg: TrainConfig, state: dict[str, Any],
-              total: int, per_epoch: int, n_train: int, n_val: int, provenance: dict[str, Any],
+              total: int, per_epoch: int, counts: dict[str, int], provenance: dict[str, Any],
               registry: PromptRegistry, *, merged: bool, wall: float,
               runtime: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     import peft
@@ -372,13 +375,13 @@ def _manifest(settings: Settings, model_path: str, data_cfg: DataConfig, cfg: Tr
         "base_model": {"path": model_path, "setting": settings.llm_model, "dtype": settings.llm_dtype},
         "adapter": ".",
         "merged": "merged" if merged else None,
-        "strategy": "options",
-        "template": {"name": data_cfg.template, "version": registry.get(data_cfg.template).version_id},
+        "strategy": data_cfg.strategy,
+        "template": {"name": data_cfg.prompt_template, "version": registry.get(data_cfg.prompt_template).version_id},
         "data": provenance,
         "split": data_cfg.protocol().model_dump(mode="json"),
         "data_config": data_cfg.model_dump(mode="json"),
         "hyper_parameters": cfg.model_dump(mode="json"),
-        "examples": {"train": n_train, "val": n_val},
+        "examples": counts,
         "steps": {"done": steps, "planned": total, "per_epoch": per_epoch, "stopped": state["stopped"]},
         "best": {"step": state["best_step"], "val_ndcg@10": state["best_score"]},
         "kept": {"which": cfg.keep, "step": state["best_step"] if cfg.keep == "best" else steps},
@@ -387,7 +390,7 @@ def _manifest(settings: Settings, model_path: str, data_cfg: DataConfig, cfg: Tr
         "cost": {
             "wall_seconds": round(state["wall_seconds"], 1),
             "train_seconds": round(train_s, 1),
-            "examples_per_second": round(state["examples"] / train_s, 3) if train_s else None,
+            "examples_per_second": round(state["examples"] / train_s, 3) if train_s else None,  # prompts/s
             "seconds_per_step": round(train_s / steps, 3) if steps else None,
             "examples_seen": state["examples"],
             "threads": torch.get_num_threads(),
