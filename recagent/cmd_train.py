@@ -98,6 +98,9 @@ def ranker_cmd(
     model_path = resolve_model(settings)  # before the examples are built: a missing model fails fast
     data = build_data(settings, dataset, data_cfg, collection=collection)
     typer.echo(f"examples: {len(data.train)} train ({data.stats['train']['users']} users), {len(data.val)} validation")
+    if data_cfg.strategy == "pointwise":
+        typer.echo(f"pointwise: up to {1 + negatives} Yes/No prompts per training example (the target and "
+                   f"{negatives} other options), every option of a validation example")  # fmt: skip
     provenance = {"catalog": str(catalog), "interactions": str(interactions), "collection": data.collection,
                   "files": {str(f): _sha(f) for f in dataset.files}, "stats": data.stats}  # fmt: skip
     result = train_ranker(settings, model_path, data.train, data.val, out, forbidden=data.forbidden,

@@ -271,7 +271,9 @@ def _ndcg_at_10(rank: int) -> float:
     return 1.0 / math.log2(rank + 1) if rank <= 10 else 0.0
 
 
-def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: int) -> dict[str, float]:
+def validate(
+    model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: int, *, progress: bool = False
+) -> dict[str, float]:
     """Mean loss, NDCG@10, accuracy (target ranked first), MRR of the label ranking, the share of prompts
     whose top label is the last one (the base model's position bias), and ``order_ndcg@10``: the NDCG@10 of the
     options' own order (A first), what the model must beat when the options come in retrieval order.
@@ -280,6 +282,7 @@ def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: i
     the metrics are those of the target's rank among its window's options (the loss is the mean Yes/No
     cross-entropy per prompt, and ``last_label_share`` the share of windows whose top option is the last)."""
     import torch
+    from tqdm import tqdm
 
     was_training = model.training
     model.eval()
@@ -287,10 +290,13 @@ def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: i
     ranked: list[tuple[int, bool, int]] = []  # (rank of the target, top is the last option, target position)
     windows: dict[int, dict[int, float]] = {}
     targets_at: dict[int, int] = {}
+    bar = tqdm(total=len(examples), desc="validate", unit="prompt", disable=not progress, leave=False,
+               dynamic_ncols=True)  # fmt: skip
     with torch.inference_mode():
         for at in range(0, len(examples), batch_size):
             chunk = examples[at : at + batch_size]
             logits, _ = batch_label_logits(model, chunk, pad_id)
+            bar.update(len(chunk))
             logp = torch.log_softmax(logits, dim=-1)
             for row, e in enumerate(chunk):
                 scores = logp[row, : len(e.label_ids)]
@@ -309,6 +315,7 @@ def validate(model: Any, examples: Sequence[Encoded], pad_id: int, batch_size: i
         rank = sum(v > by_option[target] for v in by_option.values()) + 1
         top = max(by_option, key=lambda o: (by_option[o], -o))
         ranked.append((rank, top == max(by_option), target))
+    bar.close()
     if was_training:
         model.train()
     n = max(len(ranked), 1)

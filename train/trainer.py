@@ -160,7 +160,7 @@ class _Loop:
         )
 
     def validate(self, val: Sequence[Encoded]) -> dict[str, float]:
-        return validate(self.model, val, self.pad_id, max(self.cfg.batch_size, 8))
+        return validate(self.model, val, self.pad_id, max(self.cfg.batch_size, 8), progress=self.progress)
 
     def save_checkpoint(self, scheduler: Any, state: dict[str, Any]) -> None:
         from peft import get_peft_model_state_dict

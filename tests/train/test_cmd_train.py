@@ -46,6 +46,8 @@ def test_bad_options(tmp_path: Path, ml_small: Path, tiny_model_dir: Path) -> No
     assert isinstance(bad_split.exception, ValidationError) and "split" in str(bad_split.exception)
     bad_order = runner.invoke(app, [*common, "--out", str(tmp_path / "o"), "--option-order", "sideways"])
     assert isinstance(bad_order.exception, ValidationError) and "option_order" in str(bad_order.exception)
+    bad_strategy = runner.invoke(app, [*common, "--out", str(tmp_path / "o"), "--strategy", "listwise"])
+    assert isinstance(bad_strategy.exception, ValidationError) and "strategy" in str(bad_strategy.exception)
     few = runner.invoke(app, [*common, "--out", str(tmp_path / "o"), "--val-users", "100000"])
     assert isinstance(few.exception, InputError) and "too few users" in few.exception.message
     assert "--val-users" in few.exception.hint
@@ -72,3 +74,23 @@ def test_cli_trains_on_the_sample(train_settings: Settings, ml_sample: Path, tin
     assert manifest["data"]["stats"]["train"]["examples"] == 6 and len(manifest["val_curve"]) == 3
     again = runner.invoke(app, args)  # the folder holds that run now
     assert isinstance(again.exception, InputError) and "--resume" in again.exception.hint
+
+
+@pytest.mark.slow
+def test_cli_trains_a_pointwise_ranker(train_settings: Settings, ml_sample: Path, tiny_model_dir: Path,
+                                       tmp_path: Path) -> None:  # fmt: skip
+    settings = train_settings.model_copy(update={"llm_model": str(tiny_model_dir), "llm_dtype": "float32"})
+    out = tmp_path / "pw"
+    args = ["train", "ranker", "--catalog", str(ml_sample), "--interactions", str(ml_sample / "ratings.csv"),
+            "--out", str(out), "--collection", SAMPLE_COLLECTION, "--users", "40", "--val-users", "3",
+            "--val-examples-per-user", "1", "--max-train-users", "5", "--examples-per-user", "1", "--history", "4",
+            "--options", "5", "--strategy", "pointwise", "--negatives", "2", "--max-steps", "2", "--eval-every", "1",
+            "--batch-size", "3"]  # fmt: skip
+    result = CliRunner().invoke(_app(settings), args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "pointwise: up to 3 Yes/No prompts" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["strategy"] == "pointwise" and manifest["template"]["name"] == "rank_pointwise"
+    counts = manifest["examples"]
+    assert counts["train_prompts"] == 3 * counts["train"] and counts["val_prompts"] == 5 * counts["val"]
+    assert all(0 < v["ndcg@10"] <= 1 for v in manifest["val_curve"])
