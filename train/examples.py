@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from agent.rerank.pointwise import render_judgement
 from agent.schemas import CandidateItem, UserContext
 from prompts import PromptRegistry, option_label
 from retrieval.types import Candidate, HistoryEntry, Item, UserQuery
@@ -108,16 +109,9 @@ def render_pointwise(
     include_text: bool,
 ) -> list[dict[str, str]]:
     """The chat messages judging ``example.options[option]``: the call ``run_pointwise`` makes for one candidate."""
-    rendered = registry.render(
-        template,
-        {
-            "history": example.user.prompt_history(history_limit),
-            "need": example.user.prompt_need(),
-            "candidate": example.options[option].prompt_vars(include_text=include_text),
-        },
-        allow_extra=True,
-    )
-    return rendered.chat_messages()
+    user = example.user
+    return render_judgement(registry, template, user.prompt_history(history_limit), user.prompt_need(),
+                            example.options[option], include_text=include_text).chat_messages()  # fmt: skip
 
 
 def pointwise_options(example: RankExample, negatives: int, seed: int | str) -> list[int]:

@@ -14,14 +14,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from agent.batching import CallFailure, Outcome, call_batch, is_label_error
 from agent.llm.base import LLMEngine, OptionScores
 from agent.rerank.calibration import engine_key
 from agent.rerank.job import Job
-from prompts import PromptError, PromptRegistry
+from agent.schemas import CandidateItem
+from prompts import PromptError, PromptRegistry, RenderedPrompt
 
-__all__ = ["YES_NO_VARIANTS", "run_pointwise", "yes_no_score"]
+__all__ = ["YES_NO_VARIANTS", "render_judgement", "run_pointwise", "yes_no_score"]
 
 YES_NO_VARIANTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     ((" Yes", "Yes"), (" No", "No")),
@@ -73,6 +75,21 @@ def _score(
     return outcome, variant
 
 
+def render_judgement(
+    registry: PromptRegistry,
+    template: str,
+    history: list[dict[str, Any]],
+    need: str,
+    candidate: CandidateItem,
+    *,
+    include_text: bool,
+) -> RenderedPrompt:
+    """The prompt judging one candidate for a user (``history``/``need`` as ``UserContext.prompt_history`` and
+    ``prompt_need`` give them); training renders its pointwise prompts through this too."""
+    variables = {"history": history, "need": need, "candidate": candidate.prompt_vars(include_text=include_text)}
+    return registry.render(template, variables, allow_extra=True)
+
+
 def run_pointwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
     """One score_options call for every candidate of every job (more only while probing the Yes/No tokens)."""
     entries: list[tuple[Job, int]] = []
@@ -83,10 +100,8 @@ def run_pointwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Jo
         try:
             mine = []
             for i, cand in enumerate(job.cands):
-                rendered = registry.render(
-                    cfg.pointwise_template,
-                    {"history": history, "need": need, "candidate": cand.prompt_vars(include_text=cfg.include_text)},
-                    allow_extra=True,
+                rendered = render_judgement(
+                    registry, cfg.pointwise_template, history, need, cand, include_text=cfg.include_text
                 )
                 job.add_version(rendered.version_id)
                 mine.append((i, rendered.chat_messages()))
