@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
-from agent.conversation import ChatEvent, ChatReply
+from agent.chat.conversation import ChatEvent, ChatReply
 from agent.errors import RecagentError
 from agent.present import print_recommendation
 
@@ -25,7 +25,7 @@ def _view(reply: Text, note: str | None) -> RenderableType:
 
 
 def show_turn(events: Iterable[ChatEvent], console: Console) -> ChatReply:
-    """Render the events of :meth:`agent.conversation.Conversation.stream` live and return the turn's
+    """Render the events of :meth:`agent.chat.conversation.Conversation.stream` live and return the turn's
     :class:`ChatReply`. An ``error`` event is raised as a :class:`RecagentError` (the stream is expected to be
     opened with ``raise_errors=True``, which raises the original error instead)."""
     reply = Text()

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.batching import CallFailure, generate_batch, loads_lenient
-from agent.chat_catalog import title_forms
+from agent.chat.catalog import title_forms
 from agent.errors import ConfigError, PromptError
 from agent.llm.base import Generation, LLMEngine
 from agent.settings import Settings

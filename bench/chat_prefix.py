@@ -5,7 +5,7 @@
 
 Each mode runs in its own process (a fresh in-process vLLM engine with ``llm_prefix_caching`` on or off) and plays
 the same scripted multi-turn conversations (``--sessions`` sessions x ``--turns`` turns, sessions interleaved turn by
-turn, as a server sees them) through the real :class:`agent.conversation.Conversation`. Both chat prompts put the
+turn, as a server sees them) through the real :class:`agent.chat.conversation.Conversation`. Both chat prompts put the
 stable parts first (instructions, then the session's earlier turns, then this turn's need, items and message), so with
 caching on a later turn's prompt reuses the cached prefix of the earlier ones. Measured on turns >= 2:
 
@@ -100,7 +100,7 @@ class TimedStreams:
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    from agent.conversation import EXTRACT_TEMPLATE, Conversation
+    from agent.chat.conversation import EXTRACT_TEMPLATE, Conversation
     from agent.errors import EngineError
     from agent.llm.vllm_local import get_engine
     from agent.pipeline import Recommender

@@ -22,8 +22,8 @@ def chat(
     """Chat about what you want; each answer lists items with their justifications. /quit ends the chat."""
     from rich.markup import escape
 
+    from agent.chat.conversation import Conversation
     from agent.chat_console import show_turn
-    from agent.conversation import Conversation
     from agent.errors import InputError
     from agent.pipeline import Recommender
     from agent.sessions import open_session_store

@@ -13,7 +13,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableLambda
 
-from agent.conversation import Conversation
+from agent.chat.conversation import Conversation
 from agent.errors import InputError
 from agent.integrations.history import SessionChatHistory
 from agent.integrations.langchain import RecommenderRunnable, recommendation_summary, recommender_tool

@@ -2,7 +2,7 @@
 
 Sessions are append-only and stored a turn pair at a time: ``add_messages`` takes user / assistant message pairs
 and commits each pair in one transaction (the same :meth:`SessionStore.commit_turn` the conversation uses), so a
-history written here and one written by :class:`~agent.conversation.Conversation` are the same thing.
+history written here and one written by :class:`~agent.chat.conversation.Conversation` are the same thing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from agent.conversation import history_messages
+from agent.chat.conversation import history_messages
 from agent.errors import InputError
 from agent.sessions import SessionStore, Turn
 

@@ -13,7 +13,7 @@ from fastapi.security import HTTPBearer
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from agent.conversation import ChatEvent, ChatReply
+from agent.chat.conversation import ChatEvent, ChatReply
 from agent.errors import InputError, RecagentError
 from agent.pipeline import Recommendation, RecommendRequest
 from agent.server.errors import NotFoundError, classify, classify_name, envelope, request_id_of

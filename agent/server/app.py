@@ -23,7 +23,7 @@ from agent.server.state import ServerState
 from agent.settings import Settings
 
 if TYPE_CHECKING:
-    from agent.conversation import Conversation
+    from agent.chat.conversation import Conversation
     from agent.sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def create_app(
 ) -> FastAPI:
     """The HTTP app. Parts not given are built from ``settings`` (the Recommender lazily starts its engine on first
     use; ``ServerState.warm_up`` starts it at once). Parts given are shared, not closed on shutdown."""
-    from agent.conversation import Conversation
+    from agent.chat.conversation import Conversation
     from agent.server.api import api, meta
     from agent.sessions import open_session_store
 

@@ -18,7 +18,7 @@ from agent.server.batcher import MicroBatcher, ServerBusyError
 from agent.settings import Settings
 
 if TYPE_CHECKING:
-    from agent.conversation import ChatReply, Conversation
+    from agent.chat.conversation import ChatReply, Conversation
     from agent.sessions import SessionStore
 
 log = logging.getLogger(__name__)

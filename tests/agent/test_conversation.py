@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from agent.chat_catalog import CatalogIndex
-from agent.chat_reply import check_reply, template_reply
-from agent.conversation import ChatReply, Conversation, history_messages
+from agent.chat.catalog import CatalogIndex
+from agent.chat.conversation import ChatReply, Conversation, history_messages
+from agent.chat.preferences import apply_update, parse_message
+from agent.chat.reply import check_reply, template_reply
 from agent.errors import EngineError, InputError
 from agent.llm.base import LLMRequest, RequestLike, cut_at_stop
 from agent.pipeline import RecommendedItem, Recommender
-from agent.preferences import apply_update, parse_message
 from agent.sessions import Preferences, SessionNotFoundError, SessionState, Turn, open_session_store
 from agent.settings import Settings
 

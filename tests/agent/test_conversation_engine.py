@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.conversation import ChatReply, Conversation
+from agent.chat.conversation import ChatReply, Conversation
 from agent.llm.base import Generation, LLMEngine, OptionScores, RequestLike, SchemaArg
 from agent.pipeline import Recommender
 from agent.sessions import open_session_store

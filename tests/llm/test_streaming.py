@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.chat_reply import ReplyShaper, clean_reply
+from agent.chat.reply import ReplyShaper, clean_reply
 from agent.errors import EngineError
 from agent.llm.base import LLMEngine, StopFilter, cut_at_stop
 

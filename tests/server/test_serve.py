@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.conversation import ChatReply
+from agent.chat.conversation import ChatReply
 from agent.pipeline import Recommendation
 from agent.settings import load_settings
 from retrieval.ingest import ingest

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from agent.conversation import ChatEvent, ChatReply, Conversation
+from agent.chat.conversation import ChatEvent, ChatReply, Conversation
 from agent.errors import EngineUnavailableError, RecagentError
 from agent.llm.base import LLMRequest
 from agent.pipeline import Recommender

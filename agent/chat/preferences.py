@@ -11,7 +11,7 @@
   the items just shown (the catalog's median when nothing was shown);
 - what is left of a clause that says something positive ("something lighter") is a fragment of the free-text need.
 
-Nothing here knows a domain: fields and values come from :class:`~agent.chat_catalog.CatalogIndex`, built from the
+Nothing here knows a domain: fields and values come from :class:`~agent.chat.catalog.CatalogIndex`, built from the
 collection. Polarity is per clause (clauses split at punctuation and "but"): a negative cue before a value or title
 ("no", "not", "without", "anything but", "hate", "seen") or after a reference ("the second one is boring", "seen
 it") rejects it; "only" / "nothing but" requires. :func:`apply_update` folds an update into the session state.
@@ -26,10 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.chat_catalog import COMPARATIVES as _COMPARATIVES
-from agent.chat_catalog import NEG_CUES as _NEG
-from agent.chat_catalog import ONLY_CUES as _ONLY
-from agent.chat_catalog import STOP, CatalogIndex, Match, Token, norm_tokens, tokenize
+from agent.chat.catalog import COMPARATIVES as _COMPARATIVES
+from agent.chat.catalog import NEG_CUES as _NEG
+from agent.chat.catalog import ONLY_CUES as _ONLY
+from agent.chat.catalog import STOP, CatalogIndex, Match, Token, norm_tokens, tokenize
 from agent.sessions import AttributePref, Preferences, SessionState
 from retrieval.types import Constraints, NumericRange
 

@@ -2,7 +2,7 @@
 
 Per user message (several sessions' messages share each engine call, see :meth:`Conversation.send_many`):
 
-1. **Rules** (:mod:`agent.preferences`): catalog titles, references to the last list ("the second one", "not that
+1. **Rules** (:mod:`agent.chat.preferences`): catalog titles, references to the last list ("the second one", "not that
    one"), attribute values ("no horror"), numbers and comparatives ("after 2010", "older") -> a preference update.
 2. **LLM extraction** (template ``extract_preferences``, structured output ``preferences_schema``): the same kinds of
    update; every part must check out against the catalog (titles and values exist) and the message (anything that
@@ -15,7 +15,7 @@ Per user message (several sessions' messages share each engine call, see :meth:`
 5. **Recommend**: a RecommendRequest (need + liked attributes as the query, liked items as seeds, shown / rejected /
    disliked items and items with an excluded value left out, constraints as filters) through
    ``Recommender.recommend_many``.
-6. **Reply** (template ``chat_reply``): kept only when :func:`agent.chat_reply.check_reply` passes; otherwise a
+6. **Reply** (template ``chat_reply``): kept only when :func:`agent.chat.reply.check_reply` passes; otherwise a
    template reply that names every title. :meth:`Conversation.stream` streams it from ``engine.stream`` as it is
    decoded (``delta`` events), and says ``replace`` when the checked reply differs from what was streamed.
 7. **Commit**: the user turn, the assistant turn and the new state in one store transaction.
@@ -40,13 +40,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_m
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.batching import CallFailure, call_batch, failure_reason, loads_lenient
-from agent.chat_catalog import CatalogIndex, norm_tokens, tokenize
-from agent.chat_reply import REPLY_STOP, ReplyShaper, check_reply, clarifying_reply, clean_reply, template_reply
+from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
+from agent.chat.preferences import PreferenceUpdate, apply_update, content_words, parse_message
+from agent.chat.reply import REPLY_STOP, ReplyShaper, check_reply, clarifying_reply, clean_reply, template_reply
 from agent.errors import InputError, RecagentError
 from agent.explain import instruction_text
 from agent.llm.base import Generation
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
-from agent.preferences import PreferenceUpdate, apply_update, content_words, parse_message
 from agent.sessions import AttributePref, Preferences, SessionState, SessionStore, Turn
 from agent.settings import Settings
 from prompts import preferences_schema
@@ -187,7 +187,7 @@ class Conversation:
     ) -> Iterator[ChatEvent]:
         """The work of :meth:`send` for one message, yielding an event after each stage. The LLM reply streams from
         ``engine.stream`` as "delta" events while it is decoded (whitespace collapsed, cut where
-        :func:`~agent.chat_reply.clean_reply` cuts); when the checked reply is not what was streamed (the check
+        :func:`~agent.chat.reply.clean_reply` cuts); when the checked reply is not what was streamed (the check
         failed and the template reply is used, the engine failed, or cleaning changed it), a "replace" event
         carries the reply to show. A template reply comes as one "delta". Then "done" with the :class:`ChatReply`
         (its ``reply`` is always the text to keep), or "error" (with ``raise_errors``: the error is raised instead,

@@ -14,9 +14,9 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from agent.chat_catalog import CatalogIndex, norm_tokens, tokenize
+from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
+from agent.chat.preferences import describe_constraints
 from agent.explain import quotes_prompt
-from agent.preferences import describe_constraints
 from agent.sessions import Preferences
 
 if TYPE_CHECKING:
