@@ -154,7 +154,7 @@ def test_concurrent_commits_exactly_one_wins(opener: Opener) -> None:
 def test_a_failing_commit_leaves_no_half_turn(opener: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
     store = opener()
     state = store.create()
-    module = "agent.session_sqlite" if "SQLite" in type(store).__name__ else "agent.session_pg"
+    module = "agent.sessions.sqlite" if "SQLite" in type(store).__name__ else "agent.sessions.postgres"
 
     def boom(_: SessionState) -> str:
         raise RuntimeError("disk on fire")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from agent.sessions import (
+from agent.sessions.models import (
     SCHEMA_VERSION,
     SessionState,
     SessionStoreError,

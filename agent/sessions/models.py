@@ -1,4 +1,4 @@
-"""Chat sessions: the models, the store interface, and :func:`open_session_store`.
+"""Chat sessions: the models, the errors and the store interface (the factory is :mod:`agent.sessions`).
 
 A session is a list of turns (user and assistant, numbered together 1, 2, 3, ...) plus the state the conversation
 built: extracted preferences, items shown, accepted and rejected. Stores write one user turn and its assistant turn
@@ -6,8 +6,8 @@ together with the new state in ONE transaction (:meth:`SessionStore.commit_turn`
 leaves half a turn, and a turn that was acknowledged is on disk. Two writers on the same session are detected
 (optimistic concurrency on the last turn id) and the second one gets :class:`SessionConflictError`.
 
-Backends: SQLite in WAL mode (default, ``<home>/sessions.sqlite3``; :mod:`agent.session_sqlite`) and PostgreSQL
-(``RECAGENT_SESSION_DB_URL=postgresql://...``, shared by several servers; :mod:`agent.session_pg`).
+Backends: SQLite in WAL mode (default, ``<home>/sessions.sqlite3``; :mod:`agent.sessions.sqlite`) and PostgreSQL
+(``RECAGENT_SESSION_DB_URL=postgresql://...``, shared by several servers; :mod:`agent.sessions.postgres`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError, RecagentError, StoreError
 from agent.schemas import AttributePreference
-from agent.settings import Settings
 from retrieval.types import Constraints
 
 __all__ = [
@@ -36,7 +34,6 @@ __all__ = [
     "SessionStore",
     "SessionStoreError",
     "Turn",
-    "open_session_store",
 ]
 
 SCHEMA_VERSION = 1
@@ -222,32 +219,3 @@ def newer_schema(found: int, where: str) -> SessionStoreError:
         f"the session database {where} has schema version {found}; this recagent knows version {SCHEMA_VERSION}",
         hint="upgrade recagent, or point RECAGENT_SESSION_DB_URL at another database",
     )
-
-
-def sqlite_path(settings: Settings) -> Path | None:
-    """The SQLite file the settings name, or None when they name a PostgreSQL database."""
-    url = (settings.session_db_url or "").strip()
-    if not url:
-        return settings.home / "sessions.sqlite3"
-    if url.startswith(("postgresql://", "postgres://")):
-        return None
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :]).expanduser()
-    if "://" in url:
-        raise InputError(
-            f"unsupported session database URL {url!r}",
-            hint="use postgresql://user:password@host:port/dbname, sqlite:///path/to/file.sqlite3 or a file path",
-        )
-    return Path(url).expanduser()
-
-
-def open_session_store(settings: Settings) -> SessionStore:
-    """SQLite (default) or PostgreSQL when ``settings.session_db_url`` starts with ``postgresql://``."""
-    path = sqlite_path(settings)
-    if path is None:
-        from agent.session_pg import PostgresSessionStore
-
-        return PostgresSessionStore(str(settings.session_db_url), max_sessions=settings.max_sessions)
-    from agent.session_sqlite import SQLiteSessionStore
-
-    return SQLiteSessionStore(path, max_sessions=settings.max_sessions)

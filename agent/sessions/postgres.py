@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from agent.errors import RecagentError
-from agent.sessions import (
+from agent.sessions.models import (
     SCHEMA_VERSION,
     SessionState,
     SessionStoreError,
