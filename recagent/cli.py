@@ -67,7 +67,7 @@ def config_cmd(ctx: typer.Context) -> None:
 @app.command("demo")
 def demo_cmd(ctx: typer.Context) -> None:
     """Run the demo on the bundled defaults (what `make demo` runs)."""
-    from agent.demo import run_demo
+    from recagent.demo import run_demo
 
     run_demo(ctx.obj.settings, Console())
 

@@ -23,10 +23,10 @@ def chat(
     from rich.markup import escape
 
     from agent.chat.conversation import Conversation
-    from agent.chat_console import show_turn
     from agent.errors import InputError
     from agent.pipeline import Recommender
     from agent.sessions import open_session_store
+    from recagent.chat_console import show_turn
 
     settings = ctx.find_root().obj.settings
     console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())

@@ -36,7 +36,7 @@ def recommend(
     from agent.errors import InputError
     from agent.filters import parse_filters
     from agent.pipeline import Recommender, RecommendRequest
-    from agent.present import print_recommendation
+    from recagent.present import print_recommendation
 
     settings = ctx.find_root().obj.settings
     if interactions is not None:

@@ -39,7 +39,7 @@ def run_demo(settings: Settings, console: Console) -> None:
     """Ingest the bundled MovieLens catalog, then explainable suggestions for a sample user and a free-text
     request, and the engine's constrained structured output."""
     from agent.pipeline import Recommender, RecommendRequest
-    from agent.present import print_recommendation
+    from recagent.present import print_recommendation
     from retrieval.ingest import ingest
     from retrieval.types import Constraints
 

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from agent.chat.conversation import ChatEvent, ChatReply
 from agent.errors import RecagentError
-from agent.present import print_recommendation
+from recagent.present import print_recommendation
 
 __all__ = ["show_turn"]
 
