@@ -27,9 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.batching import CallFailure, generate_batch, loads_lenient
 from agent.errors import ConfigError, InputError, PromptError, StoreError
 from agent.llm.base import Generation, LLMEngine
+from agent.llm.batching import CallFailure, generate_batch, loads_lenient
 from agent.settings import Settings
 from prompts import PromptRegistry, clean_data
 from retrieval.embed import Embedder, make_embedder

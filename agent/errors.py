@@ -61,7 +61,7 @@ class PartialOutputError(StructuredOutputError):
 
     ``outcomes`` holds one entry per request of the call: its ``Generation``, or the
     :class:`StructuredOutputError` of that request. Callers keep the valid outputs instead of generating the batch
-    again (``agent.batching.call_batch`` does); the message and ``raw`` are those of the first failure.
+    again (``agent.llm.batching.call_batch`` does); the message and ``raw`` are those of the first failure.
     """
 
     def __init__(self, outcomes: list[Any]) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.batching import CallFailure, call_batch, loads_lenient
 from agent.llm.base import Generation, LLMEngine
+from agent.llm.batching import CallFailure, call_batch, loads_lenient
 from agent.schemas import CandidateItem, Citation, JustificationSource, RerankConfig, UserContext
 from prompts import PromptRegistry, clean_data, explain_schema
 

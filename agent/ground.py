@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.batching import CallFailure, generate_batch, loads_lenient
 from agent.chat.catalog import title_forms
 from agent.errors import ConfigError, PromptError
 from agent.llm.base import Generation, LLMEngine
+from agent.llm.batching import CallFailure, generate_batch, loads_lenient
 from agent.settings import Settings
 from prompts import PromptRegistry, clean_data
 from retrieval.embed import Embedder

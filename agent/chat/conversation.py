@@ -39,13 +39,13 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_messages
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.batching import CallFailure, call_batch, failure_reason, loads_lenient
 from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
 from agent.chat.preferences import PreferenceUpdate, apply_update, content_words, parse_message
 from agent.chat.reply import REPLY_STOP, ReplyShaper, check_reply, clarifying_reply, clean_reply, template_reply
 from agent.errors import InputError, RecagentError
 from agent.explain import instruction_text
 from agent.llm.base import Generation
+from agent.llm.batching import CallFailure, call_batch, failure_reason, loads_lenient
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
 from agent.sessions import AttributePref, Preferences, SessionState, SessionStore, Turn
 from agent.settings import Settings

@@ -7,8 +7,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.batching import CallFailure
 from agent.llm.base import Generation
+from agent.llm.batching import CallFailure
 from agent.rerank.blend import mean_pairwise_tau
 from agent.schemas import CandidateItem, RankingContext, RerankConfig
 

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.batching import CallFailure, call_batch, loads_lenient
 from agent.explain import instruction_text, quotes_prompt
 from agent.llm.base import Generation, LLMEngine
+from agent.llm.batching import CallFailure, call_batch, loads_lenient
 from agent.rerank.job import Job
 from prompts import PromptError, PromptRegistry, listwise_schema
 

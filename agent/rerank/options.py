@@ -19,8 +19,8 @@ import math
 import time
 from collections.abc import Sequence
 
-from agent.batching import CallFailure, call_batch
 from agent.llm.base import LLMEngine, OptionScores, log_softmax_subset
+from agent.llm.batching import CallFailure, call_batch
 from agent.rerank.calibration import PriorCache, PriorKey, content_free_requests, engine_key, prior_from_scores
 from agent.rerank.job import Job
 from prompts import PromptError, PromptRegistry, option_label

@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent.batching import CallFailure, Outcome, call_batch, is_label_error
 from agent.llm.base import LLMEngine, OptionScores
+from agent.llm.batching import CallFailure, Outcome, call_batch, is_label_error
 from agent.rerank.calibration import engine_key
 from agent.rerank.job import Job
 from agent.schemas import CandidateItem

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from agent.batching import CallFailure, call_batch
 from agent.errors import EngineError, PartialOutputError, SchemaError, StructuredOutputError
 from agent.llm.base import LLMEngine
+from agent.llm.batching import CallFailure, call_batch
 
 pytestmark = pytest.mark.slow
 
