@@ -57,7 +57,7 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default RECAGENT_LLM_SERVER_PORT, 8000)."),
 ) -> None:
     """Start an OpenAI-compatible vLLM server (`vllm serve`) on the configured model, in the foreground."""
-    from agent.llm.server import check_bind, serve_command, server_env
+    from agent.llm.vllm_serve import check_bind, serve_command, server_env
 
     settings = ctx.obj.settings
     check_bind(host or settings.llm_server_host, settings.llm_api_key)

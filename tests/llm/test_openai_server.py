@@ -12,7 +12,7 @@ from agent.errors import ConfigError, EngineError, EngineUnavailableError, Schem
 from agent.llm import create_engine
 from agent.llm.base import LLMEngine
 from agent.llm.openai_server import OpenAIServerEngine
-from agent.llm.server import serve_command, start_server, wait_healthy
+from agent.llm.vllm_serve import serve_command, start_server, wait_healthy
 
 from testkit import free_port, tiny_settings
 
@@ -108,7 +108,7 @@ def test_replicas_retry_on_a_live_server(tiny_server: str, tiny_model_dir: Path)
 
 
 def test_serve_refuses_public_bind_without_key(tiny_model_dir: Path) -> None:
-    from agent.llm.server import check_bind
+    from agent.llm.vllm_serve import check_bind
 
     with pytest.raises(ConfigError, match="API key"):
         check_bind("0.0.0.0", "EMPTY")

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 import agent.llm
 from agent.errors import EngineError, EngineUnavailableError, StructuredOutputError
-from agent.llm.server import serve_command, server_env, wait_healthy
+from agent.llm.vllm_serve import serve_command, server_env, wait_healthy
 from agent.pipeline import Recommendation
 
 from fakes import FakeEngine

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.llm.server import start_server, wait_healthy
+from agent.llm.vllm_serve import start_server, wait_healthy
 from agent.settings import load_settings
 from retrieval.ingest import ingest
 

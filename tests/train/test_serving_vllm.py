@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.llm.server import serve_command
+from agent.llm.vllm_serve import serve_command
 from prompts import PromptRegistry
 from train.examples import render_messages
 
@@ -77,7 +77,7 @@ def test_bad_adapter_folder_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def adapter_server(tiny_model_dir: Path, toy_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `vllm serve` (through `recagent llm serve`'s command) serving the tiny model and the toy adapter."""
-    from agent.llm.server import start_server, wait_healthy
+    from agent.llm.vllm_serve import start_server, wait_healthy
 
     port = free_port()
     log = tmp_path_factory.mktemp("lora-server") / "vllm.log"
