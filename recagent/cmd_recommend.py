@@ -34,7 +34,7 @@ def recommend(
 ) -> None:
     """Recommend items with grounded justifications (the same pipeline the chat, the server and eval use)."""
     from agent.errors import InputError
-    from agent.filters import parse_filters
+    from agent.filter_syntax import parse_filters
     from agent.pipeline import Recommender, RecommendRequest
     from recagent.present import print_recommendation
 

@@ -22,7 +22,7 @@ from langchain_core.tools import StructuredTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import RecagentError
-from agent.filters import parse_filters
+from agent.filter_syntax import parse_filters
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
 
 __all__ = ["RecommendToolInput", "RecommenderRunnable", "recommendation_summary", "recommender_tool"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InputError
-from agent.filters import parse_filters
+from agent.filter_syntax import parse_filters
 from agent.llm.base import LLMEngine
 from agent.pipeline import Recommender, RecommendRequest
 from agent.settings import Settings, load_settings
