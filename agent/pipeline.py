@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.enrich import GenerationCache
 from agent.errors import InputError, RecagentError
 from agent.ground import Grounder, GroundReport, propose_and_ground
 from agent.llm.base import LLMEngine
+from agent.llm.cache import GenerationCache
 from agent.profiles import CACHE_FILE as PROFILE_CACHE_FILE
 from agent.profiles import ProfileText, build_profiles, source_weight
 from agent.rerank import rank_many

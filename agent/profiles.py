@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.enrich import GenerationCache, cache_key
 from agent.errors import PromptError
 from agent.llm.base import LLMEngine
 from agent.llm.batching import CallFailure, generate_batch
+from agent.llm.cache import GenerationCache, cache_key
 from agent.schemas import UserContext
 from agent.settings import Settings
 from prompts import PromptRegistry, clean_data

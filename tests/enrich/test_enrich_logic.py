@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.enrich import GenerationCache, enrich_collection, enrich_command, is_thin, parse_enrichment
+from agent.enrich import enrich_collection, enrich_command, is_thin, parse_enrichment
 from agent.errors import EngineError, InputError
 from agent.llm.base import LLMRequest
+from agent.llm.cache import GenerationCache
 from agent.settings import Settings, load_settings
 from prompts import PromptRegistry
 from retrieval.store import ENRICH_DESCRIPTION_KEY, Store, item_document

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent.enrich import GenerationCache
 from agent.errors import ConfigError
 from agent.ground import Grounder, Proposal, parse_proposals
+from agent.llm.cache import GenerationCache
 from agent.pipeline import Recommender, RecommendRequest
 from agent.profiles import build_profiles, clean_profile, llm_sources_on
 from agent.schemas import HistoryItem, UserContext
