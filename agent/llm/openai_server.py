@@ -341,7 +341,7 @@ def _local_adapter(path: str | None) -> dict[str, Any] | None:
     """The adapter folder's identity when it is on this machine (the server may read it from another one)."""
     if not path or not (Path(path).expanduser() / "adapter_config.json").is_file():
         return None
-    from agent.llm.hf_local import adapter_info
+    from agent.llm.models import adapter_info
 
     return adapter_info(path)
 

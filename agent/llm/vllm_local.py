@@ -34,7 +34,7 @@ from agent.llm.base import (
     parse_outputs,
     schemas_per_request,
 )
-from agent.llm.hf_local import adapter_info
+from agent.llm.models import adapter_info
 from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
 

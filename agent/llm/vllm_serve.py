@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 
 from agent.errors import ConfigError, EngineUnavailableError
-from agent.llm.hf_local import adapter_info
-from agent.llm.models import resolve_model
+from agent.llm.models import adapter_info, resolve_model
 from agent.settings import Settings
 
 

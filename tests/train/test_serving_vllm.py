@@ -65,7 +65,7 @@ def test_serve_command_adds_the_adapter(tiny_model_dir: Path, toy_adapter: Path)
 
 def test_bad_adapter_folder_is_a_clear_error(tmp_path: Path) -> None:
     from agent.errors import ModelError
-    from agent.llm.hf_local import adapter_info
+    from agent.llm.models import adapter_info
 
     with pytest.raises(ModelError, match="does not exist"):
         adapter_info(str(tmp_path / "nope"))
