@@ -35,7 +35,6 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -49,6 +48,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+
+from agent.network import is_loopback as is_loopback_host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,13 +91,7 @@ def free_port() -> int:
 
 
 def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlparse(url).hostname or "")
 
 
 class Server:

@@ -57,10 +57,10 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default RECAGENT_LLM_SERVER_PORT, 8000)."),
 ) -> None:
     """Start an OpenAI-compatible vLLM server (`vllm serve`) on the configured model, in the foreground."""
-    from agent.llm.vllm_serve import check_bind, serve_command, server_env
+    from agent.llm.vllm_serve import check_llm_bind, serve_command, server_env
 
     settings = ctx.obj.settings
-    check_bind(host or settings.llm_server_host, settings.llm_api_key)
+    check_llm_bind(host or settings.llm_server_host, settings.llm_api_key)
     cmd = serve_command(settings, host=host, port=port)
     typer.echo("starting: " + " ".join(cmd), err=True)
     url = f"http://{host or settings.llm_server_host}:{port or settings.llm_server_port}/v1"

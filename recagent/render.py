@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from agent.network import redact_url
 from agent.settings import Settings
-
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
 
 
 def print_settings(settings: Settings, console: Console | None = None) -> None:
@@ -21,7 +19,7 @@ def print_settings(settings: Settings, console: Console | None = None) -> None:
         if "key" in name and value and value != "EMPTY":
             value = "***"
         elif isinstance(value, str) and "://" in value:
-            value = _URL_PASSWORD.sub(r"\1:***@", value)  # postgresql://user:***@host/db
+            value = redact_url(value)  # postgresql://user:***@host/db
         table.add_row(name, f"RECAGENT_{name.upper()}", str(value), field.description or "")
     console.print(table)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,15 +37,11 @@ from agent.llm.base import (
     schemas_per_request,
 )
 from agent.llm.prompting import flatten_messages
+from agent.network import redact_url
 from agent.settings import Settings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without the password of its user info (``http://user:***@host``): URLs end up in messages and logs."""
-    return re.sub(r"(://[^:/@\s]+):[^@/\s]*@", r"\1:***@", url)
 
 
 class OpenAIServerEngine(LLMEngine):

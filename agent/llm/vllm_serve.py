@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from agent.errors import ConfigError, EngineUnavailableError
+from agent.errors import EngineUnavailableError
 from agent.llm.models import adapter_info, resolve_model
+from agent.network import BindGuard, check_bind
 from agent.settings import Settings
 
 
@@ -65,12 +66,12 @@ def serve_command(settings: Settings, *, host: str | None = None, port: int | No
     return cmd
 
 
-def check_bind(host: str, api_key: str) -> None:
-    if host not in {"127.0.0.1", "localhost", "::1"} and (not api_key or api_key == "EMPTY"):
-        raise ConfigError(
-            f"refusing to serve the LLM on {host} without an API key",
-            hint="set RECAGENT_LLM_API_KEY, or bind to 127.0.0.1 (the default)",
-        )
+LLM_BIND = BindGuard(service="the LLM", credential="an API key", setting="set RECAGENT_LLM_API_KEY", name="the API key")
+
+
+def check_llm_bind(host: str, api_key: str) -> None:
+    """The model server beyond loopback needs an API key (see :func:`agent.network.check_bind`)."""
+    check_bind(host, api_key, LLM_BIND)
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -86,7 +87,7 @@ def start_server(
     settings: Settings, *, host: str | None = None, port: int | None = None, log_file: Path | None = None
 ) -> subprocess.Popen[bytes]:
     cmd = serve_command(settings, host=host, port=port)
-    check_bind(host or settings.llm_server_host, settings.llm_api_key)
+    check_llm_bind(host or settings.llm_server_host, settings.llm_api_key)
     out = log_file.open("wb") if log_file else subprocess.DEVNULL
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(settings))
 

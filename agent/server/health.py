@@ -49,7 +49,7 @@ def engine_health(state: ServerState) -> EngineHealth:
         )
     out = EngineHealth(status="ok", backend=engine.backend, model=engine.model_id, attempts=info["attempts"])
     if engine.backend == "openai":
-        from agent.llm.openai_server import redact_url
+        from agent.network import redact_url
 
         out.replicas = {redact_url(url): _replica_status(url) for url in state.settings.server_urls}
         if out.replicas and not any(v == "ok" for v in out.replicas.values()):

@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
-from agent.errors import ConfigError
+from agent.network import BindGuard, check_bind
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+API_BIND = BindGuard(
+    service="",
+    credential="a token",
+    setting="set RECAGENT_SERVER_TOKEN (or pass --token)",
+    name="the server token",
+    min_length=8,
+)
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, settings: Settings) -> None:
-    """Beyond loopback the API must have a token: anyone who can reach the port could otherwise use it."""
-    if not is_loopback(host) and settings.server_token is None:
-        raise ConfigError(
-            f"refusing to serve on {host} without a token: every client on the network could use the API",
-            hint="set RECAGENT_SERVER_TOKEN (or pass --token), or bind to 127.0.0.1 (the default)",
-        )
-    if settings.server_token is not None and len(settings.server_token.get_secret_value()) < 8:
-        raise ConfigError(
-            "the server token is shorter than 8 characters", hint="use a long random token, e.g. `openssl rand -hex 32`"
-        )
+def check_server_bind(host: str, settings: Settings) -> None:
+    """The API beyond loopback needs a token of 8 characters or more (see :func:`agent.network.check_bind`)."""
+    token = settings.server_token.get_secret_value() if settings.server_token is not None else None
+    check_bind(host, token, API_BIND)
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
@@ -43,7 +32,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
 
     host = host or settings.server_host
     port = port or settings.server_port
-    check_bind(host, settings)
+    check_server_bind(host, settings)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s")
     app = create_app(settings)
     log.info("starting the engine and opening the catalog")

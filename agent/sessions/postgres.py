@@ -9,13 +9,13 @@ restart is replaced and the operation tried once more.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from agent.errors import RecagentError
+from agent.network import redact_url
 from agent.sessions.models import (
     SCHEMA_VERSION,
     SessionState,
@@ -62,11 +62,6 @@ _MIGRATION_LOCK = 0x7265636167  # advisory lock key ("recag")
 _HINT = "check RECAGENT_SESSION_DB_URL (postgresql://user:password@host:port/dbname) and that the server is up"
 
 
-def redact(url: str) -> str:
-    """The URL without its password (for messages)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
 class PostgresSessionStore:
     """Sessions in PostgreSQL. Thread-safe: each call borrows a pooled connection."""
 
@@ -93,7 +88,7 @@ class PostgresSessionStore:
             return self._psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s)
         except self._psycopg.Error as exc:
             raise SessionStoreError(
-                f"cannot connect to the session database {redact(self.url)}: {str(exc).strip()}", hint=_HINT
+                f"cannot connect to the session database {redact_url(self.url)}: {str(exc).strip()}", hint=_HINT
             ) from exc
 
     def _borrow(self) -> Any:
@@ -142,7 +137,7 @@ class PostgresSessionStore:
             if found is None:
                 conn.execute("INSERT INTO recagent_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
             elif int(found) > SCHEMA_VERSION:
-                raise newer_schema(int(found), redact(self.url))
+                raise newer_schema(int(found), redact_url(self.url))
 
     # -- interface -----------------------------------------------------------------------------------------
     def create(self, user_id: str | None = None) -> SessionState:
@@ -237,4 +232,4 @@ class PostgresSessionStore:
             conn.close()
 
     def __repr__(self) -> str:
-        return f"PostgresSessionStore({redact(self.url)!r})"
+        return f"PostgresSessionStore({redact_url(self.url)!r})"

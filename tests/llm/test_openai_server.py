@@ -108,7 +108,7 @@ def test_replicas_retry_on_a_live_server(tiny_server: str, tiny_model_dir: Path)
 
 
 def test_serve_refuses_public_bind_without_key(tiny_model_dir: Path) -> None:
-    from agent.llm.vllm_serve import check_bind
+    from agent.llm.vllm_serve import check_llm_bind as check_bind
 
     with pytest.raises(ConfigError, match="API key"):
         check_bind("0.0.0.0", "EMPTY")

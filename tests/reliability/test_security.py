@@ -19,7 +19,7 @@ from rich.console import Console
 
 from agent.errors import ConfigError
 from agent.server import middleware
-from agent.server.run import check_bind
+from agent.server.run import check_server_bind as check_bind
 from agent.settings import load_settings
 from recagent.render import print_settings
 

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from agent.errors import ConfigError, EngineUnavailableError
+from agent.network import is_loopback
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
-from agent.server.run import check_bind, is_loopback
+from agent.server.run import check_server_bind as check_bind
 
 from fakes import FakeEngine
 from server_helpers import assert_envelope
