@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,11 @@ from eval.baselines import BaselineRanker
 from eval.datasets import EvalCase, EvalDataset, file_sha256
 from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
 from eval.protocol import Protocol, Split, make_split
+from eval.provenance import DeterministicStore, git_commit
 from eval.variants import BASELINES, EvalSettings, Variant, variant_settings
 from prompts import PromptRegistry
 from retrieval.embed import Embedder, make_embedder
-from retrieval.store import ItemCollection, Store
+from retrieval.store import Store
 from retrieval.types import Candidate, SourceHit, UserQuery
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,6 @@ class EvalRun:
     arms: list[Variant] = field(default_factory=list)
 
 
-def git_commit(root: Path | None = None) -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=root or Path(__file__).resolve().parents[1], check=False)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
 def _baseline_arms(names: Sequence[str], dataset: EvalDataset) -> list[Variant]:
     arms = []
     for name in names:
@@ -89,22 +80,6 @@ def applicable_baselines(dataset: EvalDataset) -> list[str]:
     if dataset.kind == "interactions":
         return list(BASELINES)
     return [b for b in BASELINES if b not in ("popularity", "itemknn")]
-
-
-class _SortedCollection(ItemCollection):
-    """Returns item metadata with sorted keys: Chroma does not keep the key order, and the order reaches the
-    rendered prompts, so without this the same case renders differently from run to run (no cache hits)."""
-
-    def get_metadata(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return {i: dict(sorted(m.items())) for i, m in super().get_metadata(ids).items()}
-
-
-class DeterministicStore(Store):
-    """A :class:`Store` whose collections return metadata in a stable (sorted) key order."""
-
-    def open_for(self, embedder: Embedder, name: str | None = None) -> ItemCollection:
-        coll = super().open_for(embedder, name)
-        return _SortedCollection(coll.store, coll.raw)
 
 
 class _FixedCandidates:

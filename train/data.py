@@ -3,7 +3,7 @@
 The split is :func:`eval.protocol.make_split` with the evaluator's own protocol options, and examples are cut from
 its TRAIN log only; candidates come from the same :class:`~retrieval.candidates.CandidateGenerator` the
 Recommender builds (semantic + item-to-item over the Chroma collection, collaborative + popularity over the train
-log), and item fields from the collection through the evaluator's :class:`~eval.runner.DeterministicStore`, so the
+log), and item fields from the collection through the evaluator's :class:`~eval.provenance.DeterministicStore`, so the
 prompts are the ones the evaluator's pipeline sends. Validation users are disjoint from training users.
 """
 
@@ -20,7 +20,7 @@ from agent.errors import InputError
 from agent.settings import Settings
 from eval.datasets import EvalDataset, file_sha256, load_interaction_dataset
 from eval.protocol import Split, make_split
-from eval.runner import DeterministicStore
+from eval.provenance import DeterministicStore
 from retrieval.candidates import CandidateGenerator
 from retrieval.embed import Embedder, make_embedder
 from retrieval.store import Store

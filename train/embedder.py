@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError
-from eval.runner import git_commit
+from eval.provenance import git_commit
 from retrieval.catalog import item_document
 from retrieval.config import EmbedConfig
 from retrieval.embed import default_model_path, make_embedder

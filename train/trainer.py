@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from agent.errors import InputError
 from agent.settings import Settings
-from eval.runner import git_commit
+from eval.provenance import git_commit
 from prompts import PromptRegistry
 from train.config import DataConfig, TrainConfig, fingerprint
 from train.examples import RankExample

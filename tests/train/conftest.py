@@ -38,7 +38,7 @@ def train_embedder(train_settings: Settings) -> Embedder:
 def ml_train_data(train_settings: Settings, train_embedder: Embedder, ml_sample: Path) -> object:
     """Examples from the sample under the evaluator's temporal split (40 test users sampled, as `eval run
     --users 40` would)."""
-    from eval.runner import DeterministicStore
+    from eval.provenance import DeterministicStore
     from train.config import DataConfig
     from train.data import build_data, load_data
 

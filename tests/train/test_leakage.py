@@ -109,7 +109,7 @@ def test_retrieval_order_examples_on_the_real_split(train_settings: object, trai
                                                     ml_sample: Path) -> None:  # fmt: skip
     """option_order=retrieval on real retrieval: every kept target was retrieved into the window, the label is its
     fused rank, and no test interaction leaks."""
-    from eval.runner import DeterministicStore
+    from eval.provenance import DeterministicStore
     from train.config import DataConfig
     from train.data import build_data, load_data
 
