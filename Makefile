@@ -49,7 +49,7 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy agent retrieval prompts eval train recagent
+	$(VENV)/bin/mypy core agent retrieval prompts eval train recagent
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from retrieval.errors import (
-    CatalogError,
-    ConfigError,
-    InputError,
-    PromptError,
-    RecagentError,
-    StoreError,
-)
+from core.errors import ConfigError, InputError, PromptError, RecagentError
+from retrieval.errors import CatalogError, StoreError
 
 __all__ = [
     "CatalogError",

@@ -10,6 +10,7 @@ Ground floor: imports nothing from ``agent``, ``eval`` or ``recagent``. See docs
 
 from __future__ import annotations
 
+from core.errors import PromptError
 from prompts.filters import clean_data, clip, option_label
 from prompts.registry import BUILTIN_DIR, PromptRegistry, TemplateInfo
 from prompts.schemas import (
@@ -29,7 +30,6 @@ from prompts.template import (
     VariableSpec,
     load_template,
 )
-from retrieval.errors import PromptError
 
 __all__ = [
     "BUILTIN_DIR",

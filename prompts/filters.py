@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from retrieval.errors import PromptError
+from core.errors import PromptError
 
 __all__ = ["as_json", "clean_data", "clip", "data", "option_label", "to_text"]
 

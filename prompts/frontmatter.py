@@ -12,9 +12,9 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.errors import PromptError
 from prompts.filters import GLOBALS
 from prompts.schemas import SCHEMA_BUILDERS
-from retrieval.errors import PromptError
 
 __all__ = [
     "DEFAULT_LAYOUT",

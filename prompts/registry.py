@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from core.errors import PromptError
 from prompts.template import TASKS, PromptTemplate, RenderedPrompt, load_template, make_environment
-from retrieval.errors import PromptError
 
 __all__ = ["BUILTIN_DIR", "PromptRegistry", "TemplateInfo"]
 

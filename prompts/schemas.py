@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from retrieval.errors import PromptError
+from core.errors import PromptError
 
 __all__ = [
     "SCHEMA_BUILDERS",

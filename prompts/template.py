@@ -39,6 +39,7 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict
 
+from core.errors import PromptError
 from prompts.frontmatter import (
     DEFAULT_LAYOUT,
     TASKS,
@@ -52,7 +53,6 @@ from prompts.frontmatter import (
 )
 from prompts.sandbox import make_environment
 from prompts.schemas import build_schema
-from retrieval.errors import PromptError
 
 __all__ = [
     "TASKS",

@@ -1,40 +1,14 @@
-"""The root of recagent's one error tree.
+"""The errors of the retrieval room, on the root of the error tree (:mod:`core.errors`).
 
-It lives on the ground floor (``retrieval``) because ``retrieval`` and ``prompts`` may not import ``agent``;
-``agent.errors`` re-exports everything here and adds the agent-level errors. Every error carries a ``hint``
-that tells the user how to fix the problem; the CLI prints ``message`` and ``hint``, never a traceback
-(unless ``RECAGENT_DEBUG=1``).
+Retrieval modules and their callers import errors from here: the root classes are re-exported, and the catalog and
+store errors are defined here. ``agent.errors`` re-exports everything and adds the agent-level errors.
 """
 
 from __future__ import annotations
 
+from core.errors import ConfigError, InputError, RecagentError
 
-class RecagentError(Exception):
-    """Base class of every error recagent raises on purpose."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        if self.hint:
-            return f"{self.message}\n  how to fix: {self.hint}"
-        return self.message
-
-
-class ConfigError(RecagentError):
-    """A setting is missing, malformed or contradicts another one."""
-
-    exit_code = 2
-
-
-class InputError(RecagentError):
-    """A file, mapping or request the user gave cannot be used."""
-
-    exit_code = 2
+__all__ = ["CatalogError", "ConfigError", "InputError", "RecagentError", "StoreError"]
 
 
 class CatalogError(InputError):
@@ -43,7 +17,3 @@ class CatalogError(InputError):
 
 class StoreError(RecagentError):
     """The vector store (Chroma) is unreachable, read-only or inconsistent."""
-
-
-class PromptError(RecagentError):
-    """A prompt template is unknown, malformed, or misses a variable."""
