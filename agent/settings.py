@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     )
     k: int = Field(10, ge=1, le=100, description="Recommendations returned per request.")
 
-    # conversation (agent/chat/conversation.py) and session storage (agent/sessions.py)
+    # conversation (agent/chat/conversation.py) and session storage (agent/sessions/)
     session_db_url: str | None = Field(
         None,
         description="Session database: postgresql://user:pass@host:port/db (shared by several servers), "
