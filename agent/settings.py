@@ -60,7 +60,11 @@ class Settings(BaseSettings):
         None, description="Model name the server knows; default: the first one the server lists."
     )
     llm_adapter: str | None = Field(None, description="LoRA adapter folder applied on top of llm_model.")
-    llm_dtype: str = Field("bfloat16", description="Weights dtype for the local engines.")
+    llm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="Weights dtype for the local engines: auto (bfloat16 on a GPU or a CPU with native bf16, "
+        "float32 elsewhere: emulated bf16 is several times slower), bfloat16, float16 or float32.",
+    )
     llm_max_model_len: int = Field(
         4096, ge=128, description="Context length given to the engine (ranking prompts with item texts need ~3k)."
     )

@@ -7,6 +7,8 @@ Measures, on ranking prompts built from MovieLens latest-small (user history + ~
   (b) score_options (one forward pass, option labels) vs generating the full ranked JSON, both on vLLM (time ratio)
   (c) structured (JSON-schema) vs unconstrained decoding, time per generated token (ratio)
   (d) engine start time and peak memory (RSS of the process tree)
+  (e) weights dtype: prefill and decode tokens/s of the same prompts in bfloat16 vs float32 (prefix cache off), the
+      dtype ``llm_dtype=auto`` picks here, and the CPU flags that decide it (``--dtype-only`` runs just this part)
 Medians over --repeats; every ratio is against a baseline measured in the same run.
 """
 
@@ -126,6 +128,48 @@ def tokens_of(results: list[Any]) -> int:
     return sum(r.completion_tokens for r in results)
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "bf16", "asimd")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide the dtype (from /proc/cpuinfo; empty where it does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return [f for f in CPU_FLAGS if f in flags]
+
+
+def dtype_section(settings: Any, model_path: str, prompts: list[str], repeats: int, decode: int) -> dict[str, Any]:
+    """(e) prefill tok/s (max_tokens=1) and decode tok/s (extra time of ``decode`` tokens) per dtype, same prompts."""
+    from agent.llm.dtype import resolve_llm_dtype
+    from agent.llm.vllm_local import VLLMEngine
+
+    out: dict[str, Any] = {"e_auto_dtype": resolve_llm_dtype("auto"), "e_prompts": len(prompts)}
+    for dtype in ("bfloat16", "float32"):
+        engine = VLLMEngine(settings.model_copy(update={"llm_dtype": dtype, "llm_prefix_caching": False}), model_path)
+        engine.generate(prompts[:2], max_tokens=4)  # warm-up
+        t_pre, pre = timed(lambda e=engine: e.generate(prompts, max_tokens=1, temperature=0.0), repeats)
+        t_all, full = timed(lambda e=engine: e.generate(prompts, max_tokens=decode, temperature=0.0), repeats)
+        prompt_tokens = sum(g.prompt_tokens for g in pre)
+        out[f"e_{dtype}_prompt_tokens"] = prompt_tokens
+        out[f"e_{dtype}_prefill_tok_per_s"] = round(prompt_tokens / t_pre, 1)
+        out[f"e_{dtype}_decode_tok_per_s"] = round(max(1, tokens_of(full) - len(prompts)) / max(t_all - t_pre, 1e-9), 1)
+        engine.close()
+    out["e_ratio_prefill_float32_over_bfloat16"] = round(
+        out["e_float32_prefill_tok_per_s"] / out["e_bfloat16_prefill_tok_per_s"], 2
+    )
+    out["e_ratio_decode_float32_over_bfloat16"] = round(
+        out["e_float32_decode_tok_per_s"] / out["e_bfloat16_decode_tok_per_s"], 2
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=32)
@@ -135,6 +179,8 @@ def main() -> None:
     ap.add_argument("--hf-repeats", type=int, default=1, help="repeats of the (slow, sequential) transformers baseline")
     ap.add_argument("--k", type=int, default=10, help="ranked ids in the listwise JSON")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    ap.add_argument("--dtype-only", action="store_true", help="run only (e), the bfloat16 vs float32 comparison")
+    ap.add_argument("--decode-tokens", type=int, default=32, help="(e) tokens decoded per prompt")
     args = ap.parse_args()
 
     from agent.llm.hf_local import HFEngine
@@ -153,7 +199,15 @@ def main() -> None:
         "repeats": args.repeats,
         "hf_repeats": args.hf_repeats,
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
+        "cpu_flags": cpu_flags(),
+        "llm_dtype_setting": settings.llm_dtype,
     }
+    fig.update(dtype_section(settings, model_path, [p[1] for p in prompts], args.repeats, args.decode_tokens))
+    print(json.dumps(fig, indent=2), flush=True)
+    if args.dtype_only:
+        if args.out:
+            args.out.write_text(json.dumps(fig, indent=2))
+        return
 
     # (d) start time and peak memory
     with PeakRSS() as mem:

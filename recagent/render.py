@@ -20,7 +20,12 @@ def print_settings(settings: Settings, console: Console | None = None) -> None:
             value = "***"
         elif isinstance(value, str) and "://" in value:
             value = redact_url(value)  # postgresql://user:***@host/db
-        table.add_row(name, f"RECAGENT_{name.upper()}", str(value), field.description or "")
+        shown = str(value)
+        if name == "llm_dtype" and value == "auto":
+            from agent.llm.dtype import resolve_llm_dtype
+
+            shown = f"auto ({resolve_llm_dtype('auto')} on this machine)"
+        table.add_row(name, f"RECAGENT_{name.upper()}", shown, field.description or "")
     console.print(table)
 
 

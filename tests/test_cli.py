@@ -27,6 +27,15 @@ def test_config_shows_env_override() -> None:
     assert out.returncode == 0 and "777" in out.stdout
 
 
+def test_config_shows_the_dtype_auto_resolves_to() -> None:
+    from agent.llm.dtype import resolve_llm_dtype
+
+    out = run("config", env={"COLUMNS": "250"})
+    assert out.returncode == 0 and f"auto ({resolve_llm_dtype('auto')} on this machine)" in out.stdout
+    out = run("config", env={"COLUMNS": "250", "RECAGENT_LLM_DTYPE": "float8"})
+    assert out.returncode == 2 and "llm_dtype" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_bad_model_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     out = run("llm", "generate", "hi", env={"RECAGENT_LLM_MODEL": str(tmp_path / "nope"), "RECAGENT_LLM_BACKEND": "hf"})
     assert out.returncode == 2

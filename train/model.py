@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.errors import ConfigError, InputError, ModelError
 from agent.llm.base import LLMRequest
+from agent.llm.dtype import resolve_llm_dtype
 from agent.llm.prompting import encode_request, label_token_ids
 from agent.rerank.pointwise import YES_NO_VARIANTS
 from prompts import PromptRegistry
@@ -92,10 +93,11 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_dtype(name: str, device: str, serving: str) -> str:
-    """The training dtype: ``auto`` is float32 on a CPU (faster autograd there) and the serving dtype on a GPU."""
+    """The training dtype: ``auto`` is float32 on a CPU (faster autograd there) and the serving dtype on a GPU
+    (resolved for the GPU when the serving dtype is itself ``auto``)."""
     if name != "auto":
         return name
-    return "float32" if device == "cpu" else serving
+    return "float32" if device == "cpu" else resolve_llm_dtype(serving, accelerator=True)
 
 
 def num_layers(model: Any) -> int | None:

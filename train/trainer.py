@@ -30,6 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agent.errors import InputError
+from agent.llm.dtype import resolve_llm_dtype
 from agent.settings import Settings
 from eval.provenance import git_commit
 from prompts import PromptRegistry
@@ -349,7 +350,7 @@ def merge_adapter(settings: Settings, model_path: str, adapter: Path, target: Pa
     """Base model + adapter merged into one model folder (loads anywhere, vLLM without LoRA included)."""
     from peft import PeftModel
 
-    base, tokenizer = load_base(model_path, settings.llm_dtype)
+    base, tokenizer = load_base(model_path, resolve_llm_dtype(settings.llm_dtype))
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -372,7 +373,11 @@ def _manifest(settings: Settings, model_path: str, data_cfg: DataConfig, cfg: Tr
     steps = state["step"]
     return {
         "kind": "recagent-ranker-adapter",
-        "base_model": {"path": model_path, "setting": settings.llm_model, "dtype": settings.llm_dtype},
+        "base_model": {
+            "path": model_path,
+            "setting": settings.llm_model,
+            "dtype": resolve_llm_dtype(settings.llm_dtype),
+        },
         "adapter": ".",
         "merged": "merged" if merged else None,
         "strategy": data_cfg.strategy,

@@ -25,6 +25,7 @@ from agent.llm.base import (
     parse_outputs,
     schemas_per_request,
 )
+from agent.llm.dtype import resolve_llm_dtype
 from agent.llm.models import adapter_info
 from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
@@ -40,10 +41,12 @@ class HFEngine(LLMEngine):
         self.settings = settings
         self.model_id = model_path
         self._torch = torch
-        dtype = getattr(torch, settings.llm_dtype, None)
+        self.dtype = resolve_llm_dtype(settings.llm_dtype, accelerator=False)  # this backend runs on the CPU
+        dtype = getattr(torch, self.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ModelError(
-                f"unknown dtype {settings.llm_dtype!r}", hint="set RECAGENT_LLM_DTYPE to bfloat16, float16 or float32"
+                f"unknown dtype {settings.llm_dtype!r}",
+                hint="set RECAGENT_LLM_DTYPE to auto, bfloat16, float16 or float32",
             )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -182,7 +185,7 @@ class HFEngine(LLMEngine):
             cancel.set()
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backend": self.backend, "model": self.model_id}
+        out: dict[str, Any] = {"backend": self.backend, "model": self.model_id, "dtype": self.dtype}
         if self.adapter is not None:
             out.update(adapter=self.adapter["path"], adapter_sha256=self.adapter["sha256"])
         return out

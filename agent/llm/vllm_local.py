@@ -34,6 +34,7 @@ from agent.llm.base import (
     parse_outputs,
     schemas_per_request,
 )
+from agent.llm.dtype import resolve_llm_dtype
 from agent.llm.models import adapter_info
 from agent.llm.prompting import check_length, encode_request, label_token_ids
 from agent.settings import Settings
@@ -91,9 +92,10 @@ class VLLMEngine(LLMEngine):
             # vLLM's CPU build keeps a core per worker for its scheduler; on a 2-core machine that halves the
             # model's threads (measured: option scoring p50 2.98 s with the default, 1.45 s with 0; docs/benchmarks.md)
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.llm_cpu_reserved_cores))
+        self.dtype = resolve_llm_dtype(settings.llm_dtype, accelerator=not _on_cpu())
         kwargs: dict[str, Any] = {
             "model": model_path,
-            "dtype": settings.llm_dtype,
+            "dtype": self.dtype,
             "max_model_len": settings.llm_max_model_len,
             "enforce_eager": settings.llm_enforce_eager,
             "seed": settings.seed,
@@ -345,7 +347,12 @@ class VLLMEngine(LLMEngine):
             out.put(("error", EngineError(f"vLLM failed while streaming: {exc}", hint="retry; see the server log")))
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backend": self.backend, "model": self.model_id, "engine": self.engine_version}
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "model": self.model_id,
+            "engine": self.engine_version,
+            "dtype": self.dtype,
+        }
         if self.adapter is not None:
             out.update(adapter=self.adapter["path"], adapter_sha256=self.adapter["sha256"], lora=self._lora is not None)
         return out

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from agent.errors import EngineUnavailableError
+from agent.llm.dtype import resolve_llm_dtype
 from agent.llm.models import adapter_info, resolve_model
 from agent.network import BindGuard, check_bind
 from agent.settings import Settings
@@ -38,7 +39,7 @@ def serve_command(settings: Settings, *, host: str | None = None, port: int | No
         "--max-model-len",
         str(settings.llm_max_model_len),
         "--dtype",
-        settings.llm_dtype,
+        resolve_llm_dtype(settings.llm_dtype),
         "--max-logprobs",
         str(max(settings.llm_max_logprobs, 20)),
         "--seed",

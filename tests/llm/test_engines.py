@@ -142,3 +142,9 @@ def test_bad_inputs_give_clear_errors(vllm_tiny: LLMEngine) -> None:
     with pytest.raises(EngineError, match="RECAGENT_LLM_MAX_MODEL_LEN"):
         vllm_tiny.generate(["movie " * 3000], max_tokens=2)
     assert vllm_tiny.generate([], max_tokens=2) == []
+
+
+def test_engines_report_the_dtype_they_loaded(vllm_tiny: LLMEngine, hf_tiny: LLMEngine) -> None:
+    # the tiny fixtures ask for float32 explicitly; describe() says what the engine really runs
+    assert vllm_tiny.describe()["dtype"] == "float32"
+    assert hf_tiny.describe()["dtype"] == "float32"
