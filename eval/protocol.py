@@ -2,10 +2,12 @@
 
 Splits (interaction datasets): ``temporal`` = leave-last-positive-out (the user's last interaction rated
 >= ``min_rating``, and everything after it, is held out), ``random`` = one random positive per user held out
-(for logs without timestamps). Users need ``min_history`` earlier interactions; ``users`` samples them with
-``seed``; ``user_ids`` restricts them to a list. Candidates: ``full`` = the recommender's own retrieval over the
-whole catalog; ``sampled`` = the held-out items plus ``n_negatives`` unseen items (uniform or popularity-weighted,
-seeded), shuffled.
+(for logs without timestamps), ``loo`` = the standard leave-one-out protocol of the sequential-recommendation
+literature (every interaction counts, 5-core filter, last item = test, second to last = validation; see
+:mod:`eval.loo`, which also ranks only the filtered items). Users need ``min_history`` earlier interactions;
+``users`` samples them with ``seed``; ``user_ids`` restricts them to a list. Candidates: ``full`` = the
+recommender's own retrieval over the whole catalog; ``sampled`` = the held-out items plus ``n_negatives`` unseen
+items (uniform or popularity-weighted, seeded), shuffled.
 
 Parts: ``test`` (the default) evaluates the held-out targets. ``validation`` never touches them: the test targets
 of every eligible user are removed first, then the same split is cut again from what is left (the target is the
@@ -24,19 +26,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import InputError
 from eval.datasets import EvalCase, EvalDataset
 from retrieval.interactions import Interactions
 
-__all__ = ["Protocol", "Split", "make_split", "sample_candidates"]
+__all__ = ["Protocol", "Split", "make_split", "sample_candidates", "select_users"]
 
 
 class Protocol(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    split: Literal["temporal", "ratio", "random"] = "temporal"
+    split: Literal["temporal", "ratio", "random", "loo"] = "temporal"
     min_rating: float = Field(4.0, description="Ratings >= this are positives (held-out targets).")
     min_history: int = Field(5, ge=0, description="Earlier interactions a user needs to be evaluated.")
     test_ratio: float = Field(
@@ -51,6 +53,14 @@ class Protocol(BaseModel):
     n_candidates: int | None = Field(None, ge=1, le=500, description="Fused candidates (full protocol).")
     part: Literal["test", "validation"] = "test"
     user_ids: tuple[str, ...] | None = Field(None, description="Evaluate only these users (then --users samples).")
+    kcore: int = Field(5, ge=1, description="split=loo: items, then users, with fewer interactions are removed.")
+
+    @model_validator(mode="after")
+    def _loo_cutoffs(self) -> Protocol:
+        """The loo protocol reports at 5/10/20 unless cutoffs were given."""
+        if self.split == "loo" and "ks" not in self.model_fields_set:
+            self.ks = (5, 10, 20)
+        return self
 
     @property
     def k(self) -> int:
@@ -69,6 +79,7 @@ class Split:
     train: Interactions | None
     candidates: dict[str, list[str]] | None = None  # sampled protocol: case id -> candidate ids
     notes: dict[str, int | float | str] | None = None
+    items: frozenset[str] | None = None  # the ranked universe when narrower than the catalog (loo: the k-core)
 
 
 def _validation_split(dataset: EvalDataset, protocol: Protocol) -> Split:
@@ -88,7 +99,7 @@ def _validation_split(dataset: EvalDataset, protocol: Protocol) -> Split:
 
 
 def _only(
-    users: list[str], wanted: Sequence[str], log: Interactions, protocol: Protocol
+    users: list[str], wanted: Sequence[str], log: Interactions, why: str
 ) -> tuple[list[str], dict[str, int | float | str]]:
     """``users`` restricted to ``wanted``, with counts of the ids that are unknown or not eligible."""
     want = set(wanted)
@@ -103,11 +114,23 @@ def _only(
     if not kept:
         raise InputError(
             f"none of the {len(want)} user ids given is evaluable: {notes['user_ids_unknown']} are not in the "
-            f"interaction log, {notes['user_ids_not_eligible']} have no positive (rating >= {protocol.min_rating}) "
-            f"after {protocol.min_history} earlier interactions",
+            f"interaction log, {notes['user_ids_not_eligible']} are not eligible ({why})",
             hint="check that the ids file belongs to this dataset (one user id per line)",
         )
     return kept, notes
+
+
+def select_users(
+    users: list[str], log: Interactions, protocol: Protocol, *, why: str
+) -> tuple[list[str], dict[str, int | float | str]]:
+    """The eligible ``users`` restricted to ``protocol.user_ids`` (``why`` names what makes a known user not
+    eligible, for the error), then sampled down to ``protocol.users`` with ``protocol.seed``; in log order."""
+    notes: dict[str, int | float | str] = {}
+    if protocol.user_ids is not None:
+        users, notes = _only(users, protocol.user_ids, log, why)
+    if protocol.users is not None and protocol.users < len(users):
+        users = sorted(random.Random(protocol.seed).sample(users, protocol.users), key=log.user_index.__getitem__)
+    return users, notes
 
 
 def _eligible_users(log: Interactions, protocol: Protocol) -> list[str]:
@@ -164,9 +187,13 @@ def _random_holdout(log: Interactions, users: Sequence[str], protocol: Protocol)
 
 def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
     """Cases (and the train log) of ``dataset`` under ``protocol``; InputError when nothing is left."""
-    if protocol.part == "validation":
+    if protocol.split == "loo":
+        from eval.loo import loo_split
+
+        split = loo_split(dataset, protocol)
+    elif protocol.part == "validation":
         return _validation_split(dataset, protocol)
-    if dataset.kind == "conversations":
+    elif dataset.kind == "conversations":
         cases = list(dataset.cases)
         if protocol.users is not None and protocol.users < len(cases):
             cases = random.Random(protocol.seed).sample(cases, protocol.users)
@@ -183,11 +210,8 @@ def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
                 f"least {protocol.min_history} earlier interactions",
                 hint="lower --min-history or --min-rating, or check the rating scale of the log",
             )
-        notes: dict[str, int | float | str] = {}
-        if protocol.user_ids is not None:
-            users, notes = _only(users, protocol.user_ids, log, protocol)
-        if protocol.users is not None and protocol.users < len(users):
-            users = sorted(random.Random(protocol.seed).sample(users, protocol.users), key=log.user_index.__getitem__)
+        why = f"no positive (rating >= {protocol.min_rating}) after {protocol.min_history} earlier interactions"
+        users, notes = select_users(users, log, protocol, why=why)
         golds: dict[str, list[str]]
         if protocol.split == "temporal":
             train, last = log.holdout_last_positive(protocol.min_rating, users=users)
@@ -212,7 +236,7 @@ def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
 def sample_candidates(split: Split, dataset: EvalDataset, protocol: Protocol) -> dict[str, list[str]]:
     """Per case: its gold items plus ``n_negatives`` items it has not seen, uniform or by train popularity
     (seeded per case id, so a case gets the same set whatever the other cases), shuffled."""
-    catalog = sorted(dataset.items)
+    catalog = sorted(split.items if split.items is not None else dataset.items)
     index = {item: i for i, item in enumerate(catalog)}
     weights = np.ones(len(catalog))
     if protocol.negatives == "popularity":

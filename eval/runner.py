@@ -189,7 +189,8 @@ class _Runner:
         self.collection = collection
         self._kept: tuple[str, LLMEngine] | None = None  # the engine this runner started, kept for the next arm
         self.split = make_split(dataset, protocol)  # bad data fails here, before anything is written
-        self.ranker = BaselineRanker(list(dataset.items), self.split.train, seed=protocol.seed)
+        universe = self.split.items if self.split.items is not None else dataset.items
+        self.ranker = BaselineRanker(list(universe), self.split.train, seed=protocol.seed)
         out.mkdir(parents=True, exist_ok=True)
         self.cache = LLMCache(cache_path)
         self.shared = _SharedRetrieval()
@@ -426,7 +427,7 @@ def _config_protocol(protocol: Protocol) -> dict[str, Any]:
     """The protocol as a run's config records it; fields added later are left out at their defaults, so that runs
     recorded before them can still be resumed."""
     out = protocol.model_dump(mode="json")
-    for name, default in (("part", "test"), ("user_ids", None)):
+    for name, default in (("part", "test"), ("user_ids", None), ("kcore", 5)):
         if out.get(name) == default:
             out.pop(name, None)
     return out

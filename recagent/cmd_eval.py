@@ -57,15 +57,19 @@ def run_cmd(
     replay: bool = typer.Option(False, "--replay", help="Recompute everything from OUT's LLM cache, no engine."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT (skips done cases)."),
     split: str = typer.Option(
-        "temporal", "--split", help="temporal (leave last positive out), ratio (latest --test-ratio) or random."
+        "temporal",
+        "--split",
+        help="temporal (leave last positive out), ratio (latest --test-ratio), random, or loo (the standard "
+        "leave-one-out: every interaction, --kcore filter, last item = test, second to last = validation).",
     ),
+    kcore: int = typer.Option(5, "--kcore", min=1, help="--split loo: k-core filter (items, then users, < N go)."),
     test_ratio: float = typer.Option(0.2, "--test-ratio", help="--split ratio: share of each user held out."),
     candidates: str = typer.Option("full", "--candidates", help="full (own retrieval) or sampled (target + N)."),
     negatives_n: int = typer.Option(99, "--negatives-n", min=1, help="Sampled protocol: negatives per case."),
     negatives: str = typer.Option("random", "--negatives", help="Sampled protocol: random or popularity."),
     min_rating: float = typer.Option(4.0, "--min-rating", help="Ratings >= this are positives."),
     min_history: int = typer.Option(5, "--min-history", min=0, help="Earlier interactions a user needs."),
-    k: str = typer.Option("10,20", "--k", help="Metric cutoffs, comma separated."),
+    k: str | None = typer.Option(None, "--k", help="Metric cutoffs, comma separated (default 10,20; loo: 5,10,20)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Cases per recommend_many call."),
     collection: str | None = typer.Option(
         None,
@@ -104,7 +108,8 @@ def run_cmd(
             "candidates": candidates,
             "n_negatives": negatives_n,
             "negatives": negatives,
-            "ks": _ks(k),
+            **({"ks": _ks(k)} if k is not None else {}),
+            "kcore": kcore,
             "part": part,
             "user_ids": _read_ids(user_ids) if user_ids is not None else None,
         }
