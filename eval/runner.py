@@ -30,6 +30,7 @@ from eval.datasets import EvalCase, EvalDataset, file_sha256
 from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
 from eval.protocol import Protocol, Split, make_split
 from eval.provenance import DeterministicStore, git_commit
+from eval.universe import restricted_collection
 from eval.variants import BASELINES, EvalSettings, Variant, variant_settings
 from prompts import PromptRegistry
 from retrieval.embed import Embedder, make_embedder
@@ -187,6 +188,7 @@ class _Runner:
         self.batch_size, self.progress = batch_size, progress
         self._embedder, self._store = embedder, store
         self.collection = collection
+        self._ranked: str | None = None  # the collection the pipeline ranks (see ensure_collection)
         self._kept: tuple[str, LLMEngine] | None = None  # the engine this runner started, kept for the next arm
         self.split = make_split(dataset, protocol)  # bad data fails here, before anything is written
         universe = self.split.items if self.split.items is not None else dataset.items
@@ -210,18 +212,22 @@ class _Runner:
 
     def ensure_collection(self) -> str:
         """The collection holding the dataset's catalog: the given one, or ``eval-<catalog hash>`` ingested now
-        (idempotent: unchanged items are not embedded again)."""
-        if self.collection:
-            return self.collection
+        (idempotent: unchanged items are not embedded again); narrowed to the split's item universe if it has one."""
+        if self._ranked is None:
+            base = self.collection or self._ingest()
+            items = self.split.items
+            self._ranked = base if items is None else restricted_collection(self.store, base, items)
+        return self._ranked
+
+    def _ingest(self) -> str:
         from retrieval.ingest import ingest
 
         digest = file_sha256(self.dataset.catalog_path) if self.dataset.catalog_path.is_file() else "dir"
         name = f"eval-{digest[:12]}" if digest != "dir" else f"eval-{self.dataset.name}"[:60]
         ingest(self.dataset.catalog_path, store_config=self.settings.store_config(),
-               embed_config=self.settings.embed_config(progress=False), format=self.dataset.catalog_format,
+               embed_config=self.settings.embed_config(progress=self.progress), format=self.dataset.catalog_format,
                mapping=self.dataset.mapping, collection=name, embedder=self.embedder, store=self.store,
-               progress=False)  # fmt: skip
-        self.collection = name
+               progress=self.progress)  # fmt: skip
         return name
 
     def _engine_for(self, arm: Variant, vs: EvalSettings) -> LLMEngine | None:
