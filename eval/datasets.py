@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.errors import InputError
 from eval.dialogues import CutReport, is_dialogue_file, iter_dialogue_turns
 from retrieval.catalog import ColumnMapping, read_catalog
-from retrieval.interactions import Interactions, read_interactions
+from retrieval.interactions import InteractionMapping, Interactions, read_interactions
 from retrieval.types import HistoryEntry, Item
 
 __all__ = [
@@ -135,12 +135,16 @@ def load_interaction_dataset(
     catalog_format: str = "auto",
     mapping: ColumnMapping | None = None,
     name: str | None = None,
+    log_mapping: InteractionMapping | None = None,
+    items: dict[str, Item] | None = None,
 ) -> EvalDataset:
     """A catalog and an interaction log; interactions whose item is not in the catalog are rejected and counted,
-    and an InputError is raised when none (or under half) of them match."""
-    read = read_catalog(catalog, format=catalog_format, mapping=mapping)
-    items = {item.id: item for item in read.items}
-    log = read_interactions(interactions, items=set(items))
+    and an InputError is raised when none (or under half) of them match. ``log_mapping`` names the log's columns
+    (default: MovieLens files by name, else columns user/item/rating/timestamp); ``items`` given (an ingested
+    collection's items) replaces reading ``catalog``, which is then only a label."""
+    if items is None:
+        items = {item.id: item for item in read_catalog(catalog, format=catalog_format, mapping=mapping).items}
+    log = read_interactions(interactions, items=set(items), mapping=log_mapping)
     report = log.report
     rejected = report.rejections.get("unknown_item") if report else None
     unknown = rejected.count if rejected else 0
@@ -150,10 +154,13 @@ def load_interaction_dataset(
         raise InputError(
             f"{unknown} of {total} interactions in {interactions} name items that are not in the catalog {catalog} "
             f"(e.g. {examples})",
-            hint="give the catalog the interaction log was recorded on (item ids must match the catalog's id column)",
+            hint="give the catalog the interaction log was recorded on (item ids must match the catalog's id column; "
+            "map the columns with --mapping / --interactions-mapping)",
         )
     folder = catalog if catalog.is_dir() else catalog.parent
     files = [f for f in _data_files(catalog) + _data_files(interactions) if f.is_file()]
+    if catalog_format == "collection":
+        files = [f for f in _data_files(interactions) if f.is_file()]
     return EvalDataset(
         name=name or folder.name,
         kind="interactions",
@@ -168,6 +175,8 @@ def load_interaction_dataset(
 
 
 def _data_files(path: Path) -> list[Path]:
+    if not path.exists():
+        return []
     if path.is_file():
         return [path]
     return sorted(p for p in path.iterdir() if p.suffix in (".csv", ".dat", ".data", ".item", ".json", ".jsonl"))
@@ -335,27 +344,62 @@ def _jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
-def load_dataset(path: Path, *, limit: int | None = None, catalog: Path | None = None) -> EvalDataset:
+MOVIELENS_CATALOGS = ("movies.csv", "u.item", "movies.dat")
+
+
+def load_dataset(
+    path: Path,
+    *,
+    limit: int | None = None,
+    catalog: Path | None = None,
+    mapping: ColumnMapping | None = None,
+    interactions: Path | None = None,
+    log_mapping: InteractionMapping | None = None,
+    collection: tuple[str, Callable[[], dict[str, Item]]] | None = None,
+) -> EvalDataset:
     """A dataset from a path: a MovieLens folder (movies + ratings), a folder with ``turns.jsonl`` and
-    ``movies.json`` (ReDial), or a ``turns.jsonl`` file (its catalog next to it, or ``catalog``)."""
+    ``movies.json`` (ReDial), or a ``turns.jsonl`` file (its catalog next to it, or ``catalog``).
+
+    Any catalog and log: ``catalog`` (read with ``mapping``) and ``interactions`` (read with ``log_mapping``; by
+    default the folder's ratings.csv / u.data / ratings.dat). ``collection`` = (name, loader of its items): with no
+    ``catalog`` given and no MovieLens catalog in the folder, the items of that ingested collection are used and no
+    catalog file is read."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"dataset {path} does not exist", hint="give a MovieLens folder or a turns.jsonl file")
-    if path.is_dir():
+    if path.is_dir() and interactions is None:
         if (path / "turns.jsonl").is_file():
-            return load_turns(path / "turns.jsonl", catalog or path / "movies.json", limit=limit)
+            return load_turns(path / "turns.jsonl", catalog or path / "movies.json", limit=limit, mapping=mapping)
         if (path / "dialogues.jsonl").is_file():
-            return load_turns(path / "dialogues.jsonl", catalog or path / "movies.json", limit=limit)
-        ratings = next((path / n for n in ("ratings.csv", "u.data", "ratings.dat") if (path / n).is_file()), None)
-        if ratings is not None:
-            return load_interaction_dataset(catalog or path, ratings)
-        raise InputError(
-            f"{path} is not a dataset folder (no ratings.csv/u.data/ratings.dat and no turns.jsonl)",
-            hint="give a MovieLens folder or a ReDial folder with turns.jsonl (or dialogues.jsonl) and movies.json",
-        )
+            return load_turns(path / "dialogues.jsonl", catalog or path / "movies.json", limit=limit, mapping=mapping)
+        interactions = next((path / n for n in ("ratings.csv", "u.data", "ratings.dat") if (path / n).is_file()), None)
+        if interactions is None:
+            raise InputError(
+                f"{path} is not a dataset folder (no ratings.csv/u.data/ratings.dat and no turns.jsonl)",
+                hint="give a MovieLens folder, a ReDial folder with turns.jsonl (or dialogues.jsonl) and movies.json, "
+                "or the log with --interactions FILE",
+            )
+    if interactions is not None:
+        if not Path(interactions).is_file():
+            raise InputError(f"interaction log {interactions} does not exist", hint="give the ratings file itself")
+        folder = path if path.is_dir() else path.parent
+        source = catalog or (path if path.is_file() else folder)
+        has_catalog = catalog is not None or path.is_file() or any((folder / n).is_file() for n in MOVIELENS_CATALOGS)
+        if not has_catalog and collection is not None:
+            name, load_items = collection
+            return load_interaction_dataset(Path(name), Path(interactions), catalog_format="collection",
+                                            name=folder.name, log_mapping=log_mapping, items=load_items())  # fmt: skip
+        if not has_catalog:
+            raise InputError(
+                f"no catalog for the log {interactions}: {folder} holds no MovieLens catalog file",
+                hint="give --catalog FILE (with --mapping for its columns), or --collection NAME of an ingested one",
+            )
+        return load_interaction_dataset(source, Path(interactions), mapping=mapping, log_mapping=log_mapping)
     if path.suffix == ".jsonl":
-        return load_turns(path, catalog or path.parent / "movies.json", limit=limit)
-    raise InputError(f"cannot tell what dataset {path} is", hint="give a folder, or a turns .jsonl file")
+        return load_turns(path, catalog or path.parent / "movies.json", limit=limit, mapping=mapping)
+    raise InputError(
+        f"cannot tell what dataset {path} is", hint="give a folder, a turns .jsonl file, or the log with --interactions"
+    )
 
 
 def gold_ids(cases: Sequence[EvalCase]) -> set[str]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from recagent.mapping_opts import IdCol, LogMappingFile, MappingFile, TextCols, TitleCol
 
 app = typer.Typer(
     help="Offline evaluation: run variants and baselines over a dataset, replay from the LLM cache, compare runs.",
@@ -38,6 +41,17 @@ def _read_ids(path: Path) -> tuple[str, ...]:
     if not ids:
         raise InputError(f"--user-ids {path} holds no user id", hint="one user id per line (# starts a comment)")
     return ids
+
+
+def collection_items(settings: Any, name: str) -> dict[str, Any]:
+    """The items of an ingested collection (their ids, titles and metadata), read from the store, not a file."""
+    from retrieval.store import Store
+
+    coll = Store(settings.store_config()).collection(name)
+    ids = coll.ids()
+    return {
+        i: item for start in range(0, len(ids), 2000) for i, item in coll.get_items(ids[start : start + 2000]).items()
+    }
 
 
 @app.command("run")
@@ -77,6 +91,14 @@ def run_cmd(
         help="Use this ingested collection (default: ingest the dataset's catalog into eval-<hash>).",
     ),
     catalog: Path | None = typer.Option(None, "--catalog", help="Catalog file/folder when not next to the data."),
+    mapping: MappingFile = None,
+    id_col: IdCol = None,
+    title_col: TitleCol = None,
+    text_cols: TextCols = None,
+    interactions: Path | None = typer.Option(
+        None, "--interactions", help="Interaction log file when it is not the folder's ratings.csv/u.data/ratings.dat."
+    ),
+    interactions_mapping: LogMappingFile = None,
     prompts_dir: list[Path] = typer.Option([], "--prompts", help="Extra prompt template folder (repeatable)."),
     reference: str | None = typer.Option(None, "--reference", help="Arm the others are compared with."),
     part: str = typer.Option(
@@ -93,6 +115,7 @@ def run_cmd(
     from eval.runner import applicable_baselines, run_eval
     from eval.variants import parse_variant
     from prompts import PromptRegistry
+    from recagent.mapping_opts import catalog_mapping, log_mapping
 
     settings = ctx.find_root().obj.settings
     registry = PromptRegistry(prompts_dir) if prompts_dir else PromptRegistry()
@@ -114,7 +137,14 @@ def run_cmd(
             "user_ids": _read_ids(user_ids) if user_ids is not None else None,
         }
     )
-    data = load_dataset(dataset, catalog=catalog)
+    data = load_dataset(
+        dataset,
+        catalog=catalog,
+        mapping=catalog_mapping(mapping, id_col=id_col, title_col=title_col, text_cols=text_cols),
+        interactions=interactions,
+        log_mapping=log_mapping(interactions_mapping),
+        collection=(collection, lambda: collection_items(settings, collection)) if collection else None,
+    )
     names = list(dict.fromkeys((applicable_baselines(data) if baselines else []) + list(baseline)))
     result = run_eval(
         settings,

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from recagent.mapping_opts import IdCol, MappingFile, TextCols, TitleCol
 from retrieval.config import CleanConfig, EmbedConfig, StoreConfig
 
 if TYPE_CHECKING:
@@ -46,24 +47,6 @@ def configs_from_context(ctx: typer.Context) -> IngestDeps:
     return IngestDeps(settings.store_config(), settings.embed_config(), clean=settings.clean_config())
 
 
-def _parse_meta(values: list[str]) -> dict[str, Any]:
-    from retrieval.errors import InputError
-
-    out: dict[str, Any] = {}
-    for value in values:
-        name, _, kind = value.partition(":")
-        if not name or kind not in ("int", "float", "str", "list", "bool"):
-            raise InputError(f"--meta {value!r} is not COLUMN:TYPE", hint="e.g. --meta year:int --meta authors:list")
-        out[name] = kind
-    return out
-
-
-def _split_cols(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [c.strip() for v in values for c in v.split(",") if c.strip()]
-
-
 def ingest_command(
     path: Path,
     store_config: StoreConfig,
@@ -88,24 +71,11 @@ def ingest_command(
     as_json: bool = False,
 ) -> IngestReport:
     """Run :func:`retrieval.ingest.ingest` with the command-line options and print its report."""
-    from retrieval.catalog import load_mapping, mapping_from
+    from recagent.mapping_opts import catalog_mapping
     from retrieval.ingest import ingest
 
-    texts, metadata = _split_cols(text_cols), _parse_meta(meta or []) or None
-    options = (id_col, title_col, texts, metadata, list_sep, delimiter, encoding)
-    mapping = None
-    if mapping_file is not None or any(o is not None for o in options):
-        base = load_mapping(mapping_file) if mapping_file is not None else None
-        mapping = mapping_from(
-            base,
-            id_col=id_col,
-            title_col=title_col,
-            text_cols=texts,
-            metadata=metadata,
-            list_sep=list_sep,
-            delimiter=delimiter,
-            encoding=encoding,
-        )
+    mapping = catalog_mapping(mapping_file, id_col=id_col, title_col=title_col, text_cols=text_cols, meta=meta,
+                              list_sep=list_sep, delimiter=delimiter, encoding=encoding)  # fmt: skip
     report = ingest(
         path,
         store_config=store_config,
@@ -166,14 +136,10 @@ def build_app(provider: Provider = configs_from_context) -> typer.Typer:
         ctx: typer.Context,
         path: Annotated[Path, typer.Argument(help="Catalog file, or a MovieLens folder (latest, 100k, 1m).")],
         format: Annotated[str, typer.Option("--format", help="auto, movielens, csv, jsonl or json.")] = "auto",
-        mapping: Annotated[
-            Path | None, typer.Option("--mapping", help="Column mapping file (TOML or JSON); see docs/retrieval.md.")
-        ] = None,
-        id_col: Annotated[str | None, typer.Option("--id-col", help="Column holding the item id.")] = None,
-        title_col: Annotated[str | None, typer.Option("--title-col", help="Column holding the title.")] = None,
-        text_cols: Annotated[
-            list[str] | None, typer.Option("--text-cols", help="Free-text columns to embed (comma separated).")
-        ] = None,
+        mapping: MappingFile = None,
+        id_col: IdCol = None,
+        title_col: TitleCol = None,
+        text_cols: TextCols = None,
         meta: Annotated[
             list[str] | None,
             typer.Option("--meta", help="Typed metadata column COLUMN:TYPE (int/float/str/list/bool)."),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from recagent.mapping_opts import IdCol, LogMappingFile, MappingFile, TextCols, TitleCol
+
 app = typer.Typer(help="Fine-tune models on a catalog's own interaction log.", no_args_is_help=True)
 
 
@@ -15,6 +17,11 @@ def ranker_cmd(
     ctx: typer.Context,
     catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
     interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    mapping: MappingFile = None,
+    id_col: IdCol = None,
+    title_col: TitleCol = None,
+    text_cols: TextCols = None,
+    interactions_mapping: LogMappingFile = None,
     out: Path = typer.Option(..., "--out", help="Run folder: the adapter, manifest.json, checkpoints."),
     split: str = typer.Option("temporal", "--split", help="The evaluator's split (use the evaluation's value)."),
     min_rating: float = typer.Option(4.0, "--min-rating", help="Ratings >= this are positives."),
@@ -77,6 +84,7 @@ def ranker_cmd(
     split; the base model is RECAGENT_LLM_MODEL. Serve it with RECAGENT_LLM_ADAPTER=OUT, compare with `recagent eval
     run ... --variant tuned:strategy=options,adapter=OUT` (strategy=pointwise for a pointwise run)."""
     from agent.llm.models import resolve_model
+    from recagent.mapping_opts import catalog_mapping, log_mapping
     from train.config import DataConfig, TrainConfig
     from train.data import build_data, load_data
     from train.trainer import train_ranker
@@ -94,7 +102,12 @@ def ranker_cmd(
         weight_decay=weight_decay, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         seed=train_seed, eval_every=eval_every, patience=patience, keep=keep, threads=threads,
         max_len=settings.llm_max_model_len))  # fmt: skip
-    dataset = load_data(catalog, interactions)
+    dataset = load_data(
+        catalog,
+        interactions,
+        mapping=catalog_mapping(mapping, id_col=id_col, title_col=title_col, text_cols=text_cols),
+        log_mapping=log_mapping(interactions_mapping),
+    )
     model_path = resolve_model(settings)  # before the examples are built: a missing model fails fast
     data = build_data(settings, dataset, data_cfg, collection=collection)
     typer.echo(f"examples: {len(data.train)} train ({data.stats['train']['users']} users), {len(data.val)} validation")
@@ -117,6 +130,11 @@ def ranker_cmd(
 def embedder_cmd(
     catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
     interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    mapping: MappingFile = None,
+    id_col: IdCol = None,
+    title_col: TitleCol = None,
+    text_cols: TextCols = None,
+    interactions_mapping: LogMappingFile = None,
     out: Path = typer.Option(..., "--out", help="Output folder: the tuned model (RECAGENT_EMBED_MODEL=OUT)."),
     split: str = typer.Option("temporal", "--split", help="The evaluator's split (use the evaluation's value)."),
     min_rating: float = typer.Option(4.0, "--min-rating", help="Ratings >= this are positives."),
@@ -151,6 +169,7 @@ def embedder_cmd(
     """Fine-tune the catalog embedder on co-interaction pairs (items a user liked close together in time) from the
     TRAIN part of the evaluator's split; validated by retrieval recall@20/@50 of each validation user's next liked
     item. Use it with RECAGENT_EMBED_MODEL=OUT and a new collection (`recagent ingest ... --collection NAME`)."""
+    from recagent.mapping_opts import catalog_mapping, log_mapping
     from train.data import load_data
     from train.embed_pairs import EmbedDataConfig, build_embed_data
     from train.embedder import EmbedTrainConfig, resolve_base, train_embedder
@@ -185,7 +204,12 @@ def embedder_cmd(
             threads=threads,
         )
     )
-    dataset = load_data(catalog, interactions)
+    dataset = load_data(
+        catalog,
+        interactions,
+        mapping=catalog_mapping(mapping, id_col=id_col, title_col=title_col, text_cols=text_cols),
+        log_mapping=log_mapping(interactions_mapping),
+    )
     resolve_base(base_model)  # a missing model folder fails before the pairs are cut
     data = build_embed_data(dataset, data_cfg)
     s = data.stats

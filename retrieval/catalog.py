@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from retrieval.config import CleanConfig
 from retrieval.errors import CatalogError
-from retrieval.textio import csv_rows, decode, large_csv_fields, missing_columns_error, read_bytes, sniff_delimiter
+from retrieval.textio import (
+    csv_rows,
+    decode,
+    large_csv_fields,
+    missing_columns_error,
+    read_bytes,
+    read_mapping_table,
+    sniff_delimiter,
+)
 from retrieval.types import IngestReport, Item, MetaValue
 
 FieldType = Literal["int", "float", "str", "list", "bool"]
@@ -97,21 +104,9 @@ def mapping_from(
 
 
 def load_mapping(path: str | Path) -> ColumnMapping:
-    """Read a :class:`ColumnMapping` from a TOML or JSON file (top level or a ``[mapping]`` table)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CatalogError(f"mapping file {path} does not exist", hint="give a .toml or .json mapping file")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"mapping file {path} cannot be parsed: {exc}", hint="fix its TOML/JSON syntax") from exc
-    if isinstance(data, dict) and isinstance(data.get("mapping"), dict):
-        data = data["mapping"]
-    if not isinstance(data, dict):
-        raise CatalogError(f"mapping file {path} must hold an object", hint='e.g. id = "isbn" / title = "name"')
+    """Read a :class:`ColumnMapping` from a TOML or JSON file (top level or a ``[mapping]`` table; an
+    ``[interactions]`` table beside it is the log's mapping, see :func:`retrieval.interactions.load_log_mapping`)."""
+    data = read_mapping_table(path, "mapping", skip=("interactions",))
     return _validate_mapping(data, f"mapping file {path}")
 
 

@@ -17,10 +17,19 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrieval.errors import CatalogError
-from retrieval.textio import csv_rows, decode, large_csv_fields, missing_columns_error, read_bytes, sniff_delimiter
+from retrieval.textio import (
+    LOG_MAPPING_FIX,
+    csv_rows,
+    decode,
+    large_csv_fields,
+    missing_columns_error,
+    read_bytes,
+    read_mapping_table,
+    sniff_delimiter,
+)
 from retrieval.types import HistoryEntry, IngestReport
 
 
@@ -35,6 +44,38 @@ class InteractionMapping(BaseModel):
     timestamp: str | None = None
     delimiter: str | None = None
     encoding: str = "auto"
+
+
+def log_mapping_from(
+    base: InteractionMapping | None = None,
+    *,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    time_col: str | None = None,
+) -> InteractionMapping:
+    """``base`` (or the default mapping) with column options layered on top; CatalogError if invalid."""
+    data = (base or InteractionMapping()).model_dump()
+    overrides = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _validate_log_mapping(data, "the command-line log options")
+
+
+def load_log_mapping(path: str | Path) -> InteractionMapping:
+    """An :class:`InteractionMapping` from a TOML or JSON file: its ``[interactions]`` table, or the top level (so
+    the catalog's mapping file can hold the log's columns too)."""
+    return _validate_log_mapping(read_mapping_table(path, "interactions", skip=("mapping",)), f"mapping file {path}")
+
+
+def _validate_log_mapping(data: dict[str, Any], where: str) -> InteractionMapping:
+    try:
+        return InteractionMapping.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'mapping'}: {e['msg']}" for e in exc.errors())
+        raise CatalogError(
+            f"invalid interaction-log mapping in {where}: {problems}",
+            hint="keys of the [interactions] table: user, item, rating, timestamp (column names), delimiter, encoding",
+        ) from exc
 
 
 @dataclass
@@ -257,7 +298,7 @@ def read_interactions(
             wanted = [c for c in (mapping.user, mapping.item, rating_col, time_col) if c]
             missing = [c for c in wanted if c not in names]
             if missing:
-                raise missing_columns_error(file, missing, names, delimiter)
+                raise missing_columns_error(file, missing, names, delimiter, fix=LOG_MAPPING_FIX)
             cols = {"user": names.index(mapping.user), "item": names.index(mapping.item)}
             if rating_col:
                 cols["rating"] = names.index(rating_col)

@@ -10,10 +10,13 @@ import codecs
 import contextlib
 import csv
 import io
+import json
 import re
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from retrieval.errors import CatalogError
 from retrieval.types import IngestReport
@@ -163,9 +166,21 @@ def csv_rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
         ) from exc
 
 
-def missing_columns_error(path: Path, missing: list[str], found: list[str], delimiter: str) -> CatalogError:
-    """An error that names the missing columns, lists the ones found and guesses a wrong delimiter."""
-    hint = "fix the column mapping (--id-col/--title-col/--text-cols or the mapping file) to use columns found"
+CATALOG_MAPPING_FIX = (
+    "fix the column mapping (--mapping FILE, or --id-col/--title-col/--text-cols) to use columns found"
+)
+LOG_MAPPING_FIX = (
+    "map the log's columns with --interactions-mapping FILE (an [interactions] table: user, item, rating, "
+    "timestamp = column names) to use columns found"
+)
+
+
+def missing_columns_error(
+    path: Path, missing: list[str], found: list[str], delimiter: str, fix: str = CATALOG_MAPPING_FIX
+) -> CatalogError:
+    """An error that names the missing columns, lists the ones found and guesses a wrong delimiter; ``fix`` says
+    how to map the columns (the catalog's options by default)."""
+    hint = fix
     if len(found) == 1:
         other = [d for d in DELIMITERS if d != delimiter and d in found[0]]
         if other:
@@ -174,3 +189,23 @@ def missing_columns_error(path: Path, missing: list[str], found: list[str], deli
     return CatalogError(
         f"{path}: column(s) {', '.join(repr(c) for c in missing)} not found; columns found: {shown}", hint=hint
     )
+
+
+def read_mapping_table(path: str | Path, table: str, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping object of a TOML or JSON file: its ``[table]`` when it has one, else the top level without the
+    tables named in ``skip`` (so one file may hold a catalog mapping and an ``[interactions]`` table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"mapping file {path} does not exist", hint="give a .toml or .json mapping file")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"mapping file {path} cannot be parsed: {exc}", hint="fix its TOML/JSON syntax") from exc
+    if isinstance(data, dict) and isinstance(data.get(table), dict):
+        return dict(data[table])
+    if not isinstance(data, dict):
+        raise CatalogError(f"mapping file {path} must hold an object", hint='e.g. id = "isbn" / title = "name"')
+    return {k: v for k, v in data.items() if k not in skip}

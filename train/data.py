@@ -22,7 +22,9 @@ from eval.datasets import EvalDataset, file_sha256, load_interaction_dataset
 from eval.protocol import Split, make_split
 from eval.provenance import DeterministicStore
 from retrieval.candidates import CandidateGenerator
+from retrieval.catalog import ColumnMapping
 from retrieval.embed import Embedder, make_embedder
+from retrieval.interactions import InteractionMapping
 from retrieval.store import Store
 from train.config import DataConfig
 from train.examples import RankExample, describe_examples, target_positions, user_examples
@@ -44,8 +46,15 @@ class TrainData:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def load_data(catalog: Path, interactions: Path) -> EvalDataset:
-    """The catalog and interaction log, as the evaluator loads them (clear errors for missing files)."""
+def load_data(
+    catalog: Path,
+    interactions: Path,
+    *,
+    mapping: ColumnMapping | None = None,
+    log_mapping: InteractionMapping | None = None,
+) -> EvalDataset:
+    """The catalog and interaction log, as the evaluator loads them (clear errors for missing files); ``mapping``
+    and ``log_mapping`` name their columns (``--mapping`` / ``--interactions-mapping``) for any catalog and log."""
     for what, path in (("catalog", catalog), ("interaction log", interactions)):
         if not Path(path).exists():
             raise InputError(
@@ -60,7 +69,7 @@ def load_data(catalog: Path, interactions: Path) -> EvalDataset:
                 f"{ratings} holds no ratings.csv, u.data or ratings.dat", hint="give the interaction file itself"
             )
         ratings = found
-    return load_interaction_dataset(Path(catalog), ratings)
+    return load_interaction_dataset(Path(catalog), ratings, mapping=mapping, log_mapping=log_mapping)
 
 
 def collection_name(dataset: EvalDataset) -> str:
