@@ -57,3 +57,7 @@ format: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+.PHONY: report-loo
+report-loo: setup  ## the leave-one-out report: docs/eval/movielens-loo.md (+ .html); see eval/reports/movielens_loo.sh
+	PY=$(PY) bash eval/reports/movielens_loo.sh

@@ -23,6 +23,7 @@ from eval.compare import bootstrap_ci, winner_table
 from eval.datasets import EvalDataset
 from eval.plots import report_figures
 from eval.protocol import Protocol, Split
+from eval.published import published_section
 from eval.variants import Variant
 
 __all__ = ["render_markdown", "write_outputs"]
@@ -90,9 +91,11 @@ def write_outputs(
     provenance: dict[str, Any],
     *,
     reference: str | None = None,
+    published: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate ``records`` (ordered by arm, then case) and write results.json, run.trec, qrels.trec,
-    report.md and report.html. Returns the results dict."""
+    report.md and report.html (``published``: figures shown beside the arms, see :mod:`eval.published`).
+    Returns the results dict."""
     popularity = _popularity(split)
     percentiles = M.popularity_percentiles(popularity) if popularity else {}
     attributes = dataset.attributes()
@@ -116,6 +119,8 @@ def write_outputs(
         comparisons = winner_table(per_arm, protocol.metric_names(), ref, seed=protocol.seed)
     results["reference"] = ref
     results["comparisons"] = comparisons
+    if published:
+        results["published"] = published
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
     _write_trec(out, records, split)
     markdown = render_markdown(results, protocol)
@@ -172,6 +177,19 @@ def _part_note(protocol: Protocol, notes: dict[str, Any]) -> str:
     return out
 
 
+def _loo_note(protocol: Protocol, notes: dict[str, Any]) -> list[str]:
+    """The leave-one-out split's own facts (min_rating and min_history do not apply to it)."""
+    if protocol.split != "loo" or "users" not in notes:
+        return []
+    return [
+        f"- split loo: every interaction counts (no rating threshold), {notes['kcore']}-core filter "
+        f"({notes['kcore_rounds']} rounds): {notes['users_before']:,} users / {notes['items_before']:,} items / "
+        f"{notes['interactions_before']:,} interactions -> {notes['users']:,} / {notes['items']:,} / "
+        f"{notes['interactions']:,}; sequence order: {notes['order']}; the whole filtered catalog "
+        f"({notes['items']:,} items) is ranked with the history masked"
+    ]
+
+
 def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     prov = results["provenance"]
     arms = results["arms"]
@@ -180,6 +198,7 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
         f"- cases: {results['cases']}; protocol: split={protocol.split}, candidates={protocol.candidates}, "
         f"min_rating={protocol.min_rating}, min_history={protocol.min_history}, users={protocol.users}, "
         f"seed={protocol.seed}" + _part_note(protocol, prov.get("split_notes") or {}),
+        *_loo_note(protocol, prov.get("split_notes") or {}),
         f"- git commit: {prov.get('git_commit') or 'unknown'}; replay: {prov.get('replay')}",
         f"- LLM cache: {prov['llm_cache']['hits']} hits, {prov['llm_cache']['misses']} misses",
         "",
@@ -207,6 +226,7 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     lines += _table(["arm", *metric_names, "retrieval recall"],
                     [[n, *[_ci(a["metrics"][m]) for m in metric_names], _ci(a.get("retrieval_recall"))]
                      for n, a in arms.items()])  # fmt: skip
+    lines += published_section(results.get("published"), metric_names)
     beyond_keys = list(dict.fromkeys(k for a in arms.values() for k in a["beyond_accuracy"]))
     lines += ["## Beyond accuracy", ""]
     lines += _table(["arm", *beyond_keys], [[n, *[_fmt(a["beyond_accuracy"].get(k)) for k in beyond_keys]]

@@ -480,6 +480,7 @@ def run_eval(
     batch_size: int = 8,
     progress: bool = True,
     reference: str | None = None,
+    published: dict[str, Any] | None = None,
 ) -> EvalRun:
     """Evaluate ``variants`` and ``baselines`` on the same cases; write cases.jsonl, results.json, report.md,
     report.html and run.trec under ``out`` (``out/replay`` with ``replay=True``, reading ``out/llm_cache.sqlite``).
@@ -550,7 +551,8 @@ def run_eval(
     provenance["replay"] = replay
     provenance["split_notes"] = runner.split.notes or {}
     provenance["llm_cache"] = {"path": str(cache_path), "hits": runner.cache.hits, "misses": runner.cache.misses}
-    results = write_outputs(out, ordered, arms, runner.split, dataset, protocol, provenance, reference=reference)
+    results = write_outputs(out, ordered, arms, runner.split, dataset, protocol, provenance, reference=reference,
+                            published=published)  # fmt: skip
     runner.cache.close()
     return EvalRun(out=out, records=ordered, results=results, split=runner.split, arms=arms)
 

@@ -101,6 +101,9 @@ def run_cmd(
     interactions_mapping: LogMappingFile = None,
     prompts_dir: list[Path] = typer.Option([], "--prompts", help="Extra prompt template folder (repeatable)."),
     reference: str | None = typer.Option(None, "--reference", help="Arm the others are compared with."),
+    published: Path | None = typer.Option(
+        None, "--published", help="JSON of published figures shown beside the arms, labelled as published."
+    ),
     part: str = typer.Option(
         "test", "--part", help="test (held-out targets) or validation (cut again from the train part; tune here)."
     ),
@@ -112,6 +115,7 @@ def run_cmd(
     run.trec and the LLM cache (OUT/llm_cache.sqlite). With --replay the results go to OUT/replay/."""
     from eval.datasets import load_dataset
     from eval.protocol import Protocol
+    from eval.published import load_published
     from eval.runner import applicable_baselines, run_eval
     from eval.variants import parse_variant
     from prompts import PromptRegistry
@@ -120,6 +124,7 @@ def run_cmd(
     settings = ctx.find_root().obj.settings
     registry = PromptRegistry(prompts_dir) if prompts_dir else PromptRegistry()
     arms = [parse_variant(v, registry) for v in variant]  # checked before the data is even read
+    figures = load_published(published).model_dump() if published is not None else None
     protocol = Protocol.model_validate(
         {
             "split": split,
@@ -159,6 +164,7 @@ def run_cmd(
         resume=resume,
         batch_size=batch_size,
         reference=reference,
+        published=figures,
     )
     typer.echo((result.out / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"written: {result.out}/results.json, cases.jsonl, report.md, report.html, run.trec")

@@ -97,6 +97,9 @@ def test_books_run_through_the_mapping_alone(eval_settings: Settings, books: Pat
                 and "Book 3" in str(store.collection(n).raw.get(ids=["3"])["documents"]))  # fmt: skip
     doc = store.collection(name).raw.get(ids=["3"])["documents"][0]
     assert "Author 3" in doc and "Original 3" in doc and "images.example" not in doc and "9780" not in doc
+    # the pipeline ranked the k-core items only: a copy of that collection holding exactly them
+    ranked = [n for n in store.collection_names() if n.startswith(f"{name}-u")]
+    assert len(ranked) == 1 and notes["items"] == store.collection(ranked[0]).count() < 12
 
 
 def test_an_ingested_collection_stands_in_for_the_catalog(eval_settings: Settings, books: Path, tmp_path: Path) -> None:

@@ -115,3 +115,39 @@ def test_bundled_movielens_baselines_match_the_published_computations(ml_small: 
         assert metrics["ndcg@10"]["mean"] == pytest.approx(ndcg, abs=0.002)
         assert metrics["recall@10"]["mean"] == pytest.approx(recall, abs=0.004)
         assert "ndcg@5" in metrics and "recall@20" in metrics
+
+
+def test_published_rows_are_validated_and_labelled(tmp_path: Path) -> None:
+    from eval.published import load_published, published_section
+
+    good = tmp_path / "pub.json"
+    good.write_text('{"source": "Paper, Table 2", "rows": [{"name": "SASRec", "metrics": {"ndcg@10": 0.0522, '
+                    '"recall@10": 0.0993, "mrr@50": 0.1}}]}')  # fmt: skip
+    table = load_published(good).model_dump()
+    lines = published_section(table, ["ndcg@5", "ndcg@10", "recall@10"])
+    assert lines[0] == "## Published figures (not re-run)" and "Source: Paper, Table 2" in lines[2]
+    assert "| published | ndcg@10 | recall@10 | mrr@50 |" in lines  # the run's columns it has, then its own
+    assert "| SASRec (published) | 0.0522 | 0.0993 | 0.1000 |" in lines
+    assert published_section(None, ["ndcg@10"]) == []
+    for text, problem in (("{", "is not JSON"), ('{"source": "x", "rows": []}', "rows"),
+                          ('{"source": "x", "rows": [{"name": "a", "metrics": {"ndcg": 1}}]}', "ndcg@10")):  # fmt: skip
+        good.write_text(text)
+        with pytest.raises(InputError, match=problem):
+            load_published(good)
+    with pytest.raises(InputError, match="cannot read"):
+        load_published(tmp_path / "missing.json")
+
+
+def test_loo_report_shows_the_split_and_the_published_rows(tmp_path: Path) -> None:
+    from agent.settings import load_settings
+    from eval.published import load_published
+
+    pub = Path(__file__).resolve().parents[2] / "eval" / "reports" / "llamarec-ml-latest-small.json"
+    run = run_eval(load_settings(home=tmp_path / "home"), _dataset(ROWS), Protocol(split="loo", kcore=3),
+                   tmp_path / "out", baselines=["popularity"], progress=False,
+                   published=load_published(pub).model_dump())  # fmt: skip
+    report = (run.out / "report.md").read_text()
+    assert "split loo: every interaction counts" in report and "3-core filter (2 rounds)" in report
+    assert "5 users / 7 items / 17 interactions -> 3 / 3 / 9" in report
+    assert "| LlamaRec (published) | 0.0759 | 0.1524 |" in report
+    assert run.results["published"]["rows"][0]["name"] == "SASRec"
