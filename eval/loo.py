@@ -118,6 +118,8 @@ def loo_split(dataset: EvalDataset, protocol: Protocol) -> Split:
     cases = [EvalCase(case_id=u, user_id=u, history=histories[u], gold={golds[u]: 1}) for u in users]
     items = frozenset(core.item_ids[int(i)] for i in np.unique(core.items))
     notes = {**counts, **notes, "order": order, "part": protocol.part}
+    if protocol.part == "validation":
+        notes["test_targets_removed"] = len(sequences)
     return Split(cases=cases, train=core.subset(keep), notes=notes, items=items)
 
 

@@ -181,11 +181,12 @@ def _loo_note(protocol: Protocol, notes: dict[str, Any]) -> list[str]:
     """The leave-one-out split's own facts (min_rating and min_history do not apply to it)."""
     if protocol.split != "loo" or "users" not in notes:
         return []
+    rounds = f"{notes['kcore_rounds']} round{'' if notes['kcore_rounds'] == 1 else 's'}"
+    before = f"{notes['users_before']:,} users / {notes['items_before']:,} items / {notes['interactions_before']:,}"
+    after = f"{notes['users']:,} / {notes['items']:,} / {notes['interactions']:,}"
     return [
-        f"- split loo: every interaction counts (no rating threshold), {notes['kcore']}-core filter "
-        f"({notes['kcore_rounds']} rounds): {notes['users_before']:,} users / {notes['items_before']:,} items / "
-        f"{notes['interactions_before']:,} interactions -> {notes['users']:,} / {notes['items']:,} / "
-        f"{notes['interactions']:,}; sequence order: {notes['order']}; the whole filtered catalog "
+        f"- split loo: every interaction counts (no rating threshold), {notes['kcore']}-core filter ({rounds}): "
+        f"{before} interactions -> {after}; sequence order: {notes['order']}; the whole filtered catalog "
         f"({notes['items']:,} items) is ranked with the history masked"
     ]
 
@@ -196,8 +197,9 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     lines = [f"# Evaluation: {prov['dataset']['name']}", ""]
     lines += [
         f"- cases: {results['cases']}; protocol: split={protocol.split}, candidates={protocol.candidates}, "
-        f"min_rating={protocol.min_rating}, min_history={protocol.min_history}, users={protocol.users}, "
-        f"seed={protocol.seed}" + _part_note(protocol, prov.get("split_notes") or {}),
+        + ("" if protocol.split == "loo" else f"min_rating={protocol.min_rating}, min_history={protocol.min_history}, ")
+        + f"users={protocol.users}, seed={protocol.seed}"
+        + _part_note(protocol, prov.get("split_notes") or {}),
         *_loo_note(protocol, prov.get("split_notes") or {}),
         f"- git commit: {prov.get('git_commit') or 'unknown'}; replay: {prov.get('replay')}",
         f"- LLM cache: {prov['llm_cache']['hits']} hits, {prov['llm_cache']['misses']} misses",

@@ -67,6 +67,7 @@ def test_loo_split_by_hand(part: str, expected: dict[str, tuple[str, list[str]]]
         assert not {(case.user_id, h.item_id) for h in case.history} & held
     assert split.notes is not None and split.notes["order"] == "timestamp, then item id"
     assert split.notes["part"] == part
+    assert split.notes.get("test_targets_removed") == (3 if part == "validation" else None)
 
 
 def test_loo_defaults_sampling_file_order_and_errors() -> None:
