@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.errors import InputError
 from eval.dialogues import CutReport, is_dialogue_file, iter_dialogue_turns
 from retrieval.catalog import ColumnMapping, read_catalog
+from retrieval.config import StoreConfig
 from retrieval.interactions import InteractionMapping, Interactions, read_interactions
 from retrieval.types import HistoryEntry, Item
 
@@ -31,6 +32,7 @@ __all__ = [
     "EvalDataset",
     "MatchReport",
     "TitleIndex",
+    "collection_items",
     "file_sha256",
     "load_dataset",
     "load_interaction_dataset",
@@ -400,6 +402,15 @@ def load_dataset(
     raise InputError(
         f"cannot tell what dataset {path} is", hint="give a folder, a turns .jsonl file, or the log with --interactions"
     )
+
+
+def collection_items(store_config: StoreConfig, name: str) -> dict[str, Item]:
+    """The items of an ingested collection (ids, titles, metadata), read from the store instead of a catalog file."""
+    from retrieval.store import Store
+
+    coll = Store(store_config).collection(name)
+    ids = coll.ids()
+    return {i: item for at in range(0, len(ids), 2000) for i, item in coll.get_items(ids[at : at + 2000]).items()}
 
 
 def gold_ids(cases: Sequence[EvalCase]) -> set[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -41,17 +40,6 @@ def _read_ids(path: Path) -> tuple[str, ...]:
     if not ids:
         raise InputError(f"--user-ids {path} holds no user id", hint="one user id per line (# starts a comment)")
     return ids
-
-
-def collection_items(settings: Any, name: str) -> dict[str, Any]:
-    """The items of an ingested collection (their ids, titles and metadata), read from the store, not a file."""
-    from retrieval.store import Store
-
-    coll = Store(settings.store_config()).collection(name)
-    ids = coll.ids()
-    return {
-        i: item for start in range(0, len(ids), 2000) for i, item in coll.get_items(ids[start : start + 2000]).items()
-    }
 
 
 @app.command("run")
@@ -113,7 +101,7 @@ def run_cmd(
 ) -> None:
     """Evaluate variants and baselines on identical cases; writes OUT/results.json, cases.jsonl, report.md/html,
     run.trec and the LLM cache (OUT/llm_cache.sqlite). With --replay the results go to OUT/replay/."""
-    from eval.datasets import load_dataset
+    from eval.datasets import collection_items, load_dataset
     from eval.protocol import Protocol
     from eval.published import load_published
     from eval.runner import applicable_baselines, run_eval
@@ -148,7 +136,7 @@ def run_cmd(
         mapping=catalog_mapping(mapping, id_col=id_col, title_col=title_col, text_cols=text_cols),
         interactions=interactions,
         log_mapping=log_mapping(interactions_mapping),
-        collection=(collection, lambda: collection_items(settings, collection)) if collection else None,
+        collection=(collection, lambda: collection_items(settings.store_config(), collection)) if collection else None,
     )
     names = list(dict.fromkeys((applicable_baselines(data) if baselines else []) + list(baseline)))
     result = run_eval(
