@@ -99,6 +99,13 @@ def test_bundled_movielens_counts(ml_small: Path) -> None:
     assert split.train is not None and len(split.train) == 90274 - 610
     val = make_split(load_dataset(ml_small), Protocol(split="loo", part="validation"))
     assert val.train is not None and len(val.train) == 90274 - 2 * 610
+    test_items = {(c.user_id, i) for c in split.cases for i in c.gold}
+    val_items = {(c.user_id, i) for c in val.cases for i in c.gold}
+    assert not test_items & val_items and len(val_items) == 610
+    assert not _pairs(split.train) & test_items and val_items <= _pairs(split.train)  # test: train + validation
+    assert not _pairs(val.train) & (test_items | val_items)  # validation: neither, for anyone
+    for case in val.cases:
+        assert not {(case.user_id, h.item_id) for h in case.history} & (test_items | val_items)
 
 
 @pytest.mark.slow
