@@ -33,6 +33,7 @@ from eval.provenance import DeterministicStore, git_commit
 from eval.universe import restricted_collection
 from eval.variants import BASELINES, EvalSettings, Variant, variant_settings
 from prompts import PromptRegistry
+from retrieval.config import SOURCE_NAMES
 from retrieval.embed import Embedder, make_embedder
 from retrieval.store import Store
 from retrieval.types import Candidate, SourceHit, UserQuery
@@ -47,7 +48,8 @@ CONFIG_FILE = "run_config.json"
 REPLAY_DIR = "replay"
 _BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
     "embedding": {"rerank_strategy": "retrieval", "explain_mode": "none",
-                  "fusion_weights": {"semantic": 1.0, "item2item": 1.0, "collab": 0.0, "popularity": 0.0}},
+                  # the two embedding sources only: every other known source off, those added later included
+                  "fusion_weights": {n: float(n in ("semantic", "item2item")) for n in SOURCE_NAMES}},
     "retrieval": {"rerank_strategy": "retrieval", "explain_mode": "none"},
 }  # fmt: skip
 
