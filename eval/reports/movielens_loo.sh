@@ -15,17 +15,20 @@ OUT=${OUT:-eval-out/movielens-loo}
 DOCS=${DOCS:-docs/eval}
 DATA=${DATA:-data/movielens-latest-small}
 
+# "X alone" arms turn every other source off: when a source lands, add `,fusion.NAME=0` to ONLY and its line below
+# (a later key wins: "NAME:$ONLY,fusion.NAME=1" keeps NAME on).
+ONLY="strategy=retrieval,explain=none,fusion.semantic=0,fusion.item2item=0,fusion.collab=0,fusion.popularity=0"
 ARMS=(
   --baseline popularity
   --baseline itemknn
   --baseline embedding                      # semantic + item-to-item sources, fused order
   --baseline retrieval                      # today's fusion (the reference arm)
-  # one line per learned source or ranker once it exists (each alone, then the fusion), e.g.:
-  # --variant "transition:strategy=retrieval,explain=none,fusion.transition=1,fusion.semantic=0,fusion.item2item=0,fusion.collab=0,fusion.popularity=0"
-  # --variant "ease:strategy=retrieval,explain=none,fusion.ease=1,fusion.semantic=0,fusion.item2item=0,fusion.collab=0,fusion.popularity=0"
-  # --variant "sequential:strategy=retrieval,explain=none,fusion.sequential=1,fusion.semantic=0,fusion.item2item=0,fusion.collab=0,fusion.popularity=0"
-  # --variant "rrf:strategy=retrieval,explain=none,fusion.transition=1,fusion.ease=1,fusion.sequential=1"
-  # --variant "learned:strategy=learned,explain=none"
+  # one line per learned source or ranker once it exists, e.g.:
+  # --variant "transition:$ONLY,fusion.transition=1"
+  # --variant "ease:$ONLY,fusion.ease=1"
+  # --variant "sequential:$ONLY,fusion.sequential=1"
+  # --variant "rrf:strategy=retrieval,explain=none"          (the new default fusion of every source)
+  # --variant "learned:strategy=learned,explain=none"         (the learned ranker over the fused candidates)
 )
 
 started=$(date +%s)
