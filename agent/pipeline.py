@@ -30,19 +30,22 @@ from agent.llm.cache import GenerationCache
 from agent.profiles import CACHE_FILE as PROFILE_CACHE_FILE
 from agent.profiles import ProfileText, build_profiles, source_weight
 from agent.rerank import rank_many
-from agent.schemas import CandidateItem, RankedItem, RankingContext, RerankResult, UserContext
+from agent.rerank.learned import LearnedModel, LearnedRanker
+from agent.schemas import LLM_STRATEGIES, CandidateItem, RankedItem, RankingContext, RerankResult, UserContext
 from agent.settings import Settings
 from prompts import PromptRegistry
 from retrieval.candidates import CandidateGenerator
 from retrieval.config import SOURCE_NAMES
 from retrieval.embed import Embedder, make_embedder
+from retrieval.fitted import artifact_dir, log_fingerprint
 from retrieval.interactions import Interactions, read_interactions
+from retrieval.ltr_features import FeatureBuilder
 from retrieval.store import ItemCollection, Store
 from retrieval.types import Candidate, Constraints, HistoryEntry, Item, SourceHit, UserQuery
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["retrieval", "listwise", "options", "pointwise"]
+Strategy = Literal["retrieval", "listwise", "options", "pointwise", "learned"]
 
 
 class RecommendRequest(BaseModel):
@@ -239,6 +242,15 @@ class Recommender:
             self.collection, self.embedder, self.interactions, self.settings.fusion_config()
         )
 
+    @cached_property
+    def learned(self) -> LearnedRanker:
+        """The learned ranker of this collection (``settings.ltr_model`` or the collection's artifacts/ltr),
+        refused when it was fitted on another interaction log."""
+        folder = self.settings.ltr_model or artifact_dir(self.settings.store_config(), self.collection_name, "ltr")
+        model = LearnedModel.load(folder)
+        model.check_log(log_fingerprint(self.interactions) if self.interactions is not None else None)
+        return LearnedRanker(model, FeatureBuilder(self.interactions, self.collection))
+
     def engine(self) -> LLMEngine | None:
         """The LLM engine, or None while it cannot be started: requests then fall back to the retrieval order and
         ``_engine_error`` keeps the reason. A failed start is tried again once ``settings.llm_retry_after_s`` has
@@ -404,7 +416,11 @@ class Recommender:
         user = UserContext.from_query(query, items)
         overrides: dict[str, Any] = {"strategy": req.strategy} if req.strategy else {}
         config = self.settings.rerank_config(**overrides)
-        ctx = RankingContext(user=user, candidates=CandidateItem.pair(items, candidates), k=req.k, config=config)
+        pairs = CandidateItem.pair(items, candidates)
+        learned = None
+        if config.strategy == "learned" and len(pairs) > 1:
+            learned = self.learned.scores(query.history, [c.candidate for c in pairs], items)
+        ctx = RankingContext(user=user, candidates=pairs, k=req.k, config=config, learned_scores=learned)
         return ctx, items
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
@@ -425,7 +441,7 @@ class Recommender:
             ctx, items = self._context(req, query, extra)
             prepared.append((req, ctx, items, len(query.history), q_ms + (time.perf_counter() - t0) * 1000))
         contexts = [p[1] for p in prepared]
-        needs_llm = any(c.config.strategy != "retrieval" or c.config.explain == "llm" for c in contexts)
+        needs_llm = any(c.config.strategy in LLM_STRATEGIES or c.config.explain == "llm" for c in contexts)
         engine = self.engine() if needs_llm else self._engine
         t_rank = time.perf_counter()
         results = rank_many(engine, self.registry, contexts)  # falls back itself on engine problems

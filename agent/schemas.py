@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from retrieval.types import Candidate, Item, MetaValue, SourceHit, UserQuery
 
 __all__ = [
+    "LLM_STRATEGIES",
     "STRATEGIES",
     "AttributePreference",
     "CandidateItem",
@@ -33,8 +34,10 @@ __all__ = [
     "UserContext",
 ]
 
-Strategy = Literal["retrieval", "listwise", "options", "pointwise"]
-STRATEGIES: tuple[str, ...] = ("retrieval", "listwise", "options", "pointwise")
+Strategy = Literal["retrieval", "listwise", "options", "pointwise", "learned"]
+STRATEGIES: tuple[str, ...] = ("retrieval", "listwise", "options", "pointwise", "learned")
+LLM_STRATEGIES: tuple[str, ...] = ("listwise", "options", "pointwise")
+"""Strategies that ask the LLM to rank (``retrieval`` and ``learned`` never do)."""
 JustificationSource = Literal["llm", "listwise", "template"]
 
 
@@ -172,7 +175,7 @@ class CandidateItem(_Model):
 class RerankConfig(_Model):
     """How to rank. One object per experiment arm: the evaluator swaps strategies, templates and weights here."""
 
-    strategy: Strategy = Field(default="options", description="retrieval | listwise | options | pointwise")
+    strategy: Strategy = Field(default="options", description="retrieval | listwise | options | pointwise | learned")
     listwise_template: str = "rank_listwise"
     options_template: str = "rank_options"
     pointwise_template: str = "rank_pointwise"
@@ -222,6 +225,9 @@ class RankingContext(_Model):
     embeddings: dict[str, list[float]] | None = Field(default=None, description="Item embeddings for MMR.")
     popularity: dict[str, float] | None = Field(
         default=None, description="Interaction counts for the popularity penalty."
+    )
+    learned_scores: list[float] | None = Field(
+        default=None, description="strategy learned: the learned ranker's score of each candidate (same order)."
     )
 
 

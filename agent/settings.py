@@ -135,8 +135,15 @@ class Settings(BaseSettings):
     )
 
     # ranking
-    rerank_strategy: Literal["retrieval", "listwise", "options", "pointwise"] = Field(
-        "options", description="How the LLM ranks the fused candidates (retrieval = no LLM)."
+    rerank_strategy: Literal["retrieval", "listwise", "options", "pointwise", "learned"] = Field(
+        "options",
+        description="How the fused candidates are ranked: by the LLM (listwise, options, pointwise), by the learned "
+        "ranker (learned, no LLM) or not at all (retrieval).",
+    )
+    ltr_model: Path | None = Field(
+        None,
+        description="Folder of the learned ranker (`recagent train ranker-ltr --out`); default: the collection's "
+        "artifacts/<collection>/ltr beside the store.",
     )
     rerank_llm_weight: float = Field(
         0.2,

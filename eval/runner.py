@@ -23,6 +23,7 @@ from agent.errors import ConfigError, EngineUnavailableError, InputError, Recage
 from agent.llm.base import LLMEngine
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
 from agent.profiles import llm_sources_on
+from agent.schemas import LLM_STRATEGIES
 from agent.settings import Settings
 from eval import metrics as M
 from eval.baselines import BaselineRanker
@@ -233,7 +234,7 @@ class _Runner:
         return name
 
     def _engine_for(self, arm: Variant, vs: EvalSettings) -> LLMEngine | None:
-        needs = vs.rerank_strategy != "retrieval" or vs.explain_mode == "llm" or llm_sources_on(vs.fusion_weights)
+        needs = vs.rerank_strategy in LLM_STRATEGIES or vs.explain_mode == "llm" or llm_sources_on(vs.fusion_weights)
         if not needs:
             return None
         if self.replay:

@@ -21,7 +21,7 @@ def recommend(
         [], "--filter", help="Constraint: genre=Comedy, not-genre=Horror, year>=1990, FIELD<=N (repeatable)."
     ),
     k: int | None = typer.Option(None, "-k", min=1, max=100, help="How many items (default RECAGENT_K)."),
-    strategy: str | None = typer.Option(None, help="retrieval, listwise, options or pointwise."),
+    strategy: str | None = typer.Option(None, help="retrieval, listwise, options, pointwise or learned (no LLM)."),
     collection: str | None = typer.Option(None, help="Collection (catalog) to recommend from."),
     interactions: Path | None = typer.Option(None, help="Interaction log (overrides RECAGENT_INTERACTIONS)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),

@@ -1,5 +1,6 @@
-"""`recagent train ranker` (LoRA fine-tuning of the option-logit ranker) and `recagent train embedder`
-(sentence-transformers fine-tuning of the catalog embedder). Thin wiring of :mod:`train` only."""
+"""`recagent train ranker` (LoRA fine-tuning of the option-logit ranker), `recagent train ranker-ltr` (the learned
+LightGBM ranker over the fused candidates) and `recagent train embedder` (sentence-transformers fine-tuning of the
+catalog embedder). Thin wiring of :mod:`train` only."""
 
 from __future__ import annotations
 
@@ -124,6 +125,87 @@ def ranker_cmd(
     typer.echo(f"adapter: {result.out} (best step {best.get('step')}, validation NDCG@10 {best.get('val_ndcg@10')})")
     typer.echo(f"steps: {m.get('steps', {}).get('done')}, {cost.get('examples_per_second')} examples/s, "
                f"{cost.get('seconds_per_step')} s/step, wall {cost.get('wall_seconds')} s")  # fmt: skip
+
+
+@app.command("ranker-ltr")
+def ranker_ltr_cmd(
+    ctx: typer.Context,
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
+    interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Model folder (default: the collection's artifacts/<collection>/ltr beside the store)."
+    ),
+    split: str = typer.Option("temporal", "--split", help="The evaluator's split (use the evaluation's value)."),
+    min_rating: float = typer.Option(4.0, "--min-rating", help="Ratings >= this are positives (targets)."),
+    min_history: int = typer.Option(5, "--min-history", min=1, help="Earlier interactions a target needs."),
+    users: int | None = typer.Option(None, "--users", min=1, help="The evaluator's --users (test users sampled)."),
+    seed: int = typer.Option(0, "--seed", help="The evaluator's split seed."),
+    serve: str = typer.Option(
+        "eval",
+        "--serve",
+        help="Log the model serves: eval (the evaluator's test-part train log, for `eval run --variant "
+        "NAME:strategy=learned`) or full (the whole log, for recommend/serve).",
+    ),
+    candidates: int = typer.Option(100, "--candidates", min=2, max=500, help="Fused candidates per user (group)."),
+    early_stop_share: float = typer.Option(0.2, "--early-stop-share", help="Validation users held out to stop early."),
+    rounds: int = typer.Option(500, "--rounds", min=1, help="Most boosting rounds."),
+    patience: int = typer.Option(30, "--patience", min=1, help="Early stop after N rounds without gain."),
+    learning_rate: float = typer.Option(0.05, "--lr", help="Boosting learning rate."),
+    num_leaves: int = typer.Option(15, "--num-leaves", min=2, help="Leaves per tree."),
+    min_data_in_leaf: int = typer.Option(20, "--min-data-in-leaf", min=1, help="Rows a leaf needs."),
+    threads: int = typer.Option(2, "--threads", min=1, help="LightGBM threads."),
+    train_seed: int = typer.Option(0, "--train-seed", help="Seed of the early-stopping slice and of LightGBM."),
+    collection: str | None = typer.Option(None, "--collection", help="Use this ingested collection."),
+    force: bool = typer.Option(False, "--force", help="Replace a learned ranker already in the folder."),
+) -> None:
+    """Fit the learned ranker (LightGBM lambdarank over the fused candidates' features) on the VALIDATION targets of
+    the evaluator's split (the test targets never reach it: leakage guard). Use it with `--strategy learned`
+    (recommend) or `--variant NAME:strategy=learned,explain=none` (eval run, same --split/--users/--seed)."""
+    import time
+
+    from pydantic import ValidationError
+
+    from agent.errors import ConfigError
+    from retrieval.embed import make_embedder
+    from retrieval.fitted import artifact_dir
+    from train.data import load_data, open_collection
+    from train.ltr import LtrFitConfig, fit_ranker
+    from train.ltr_data import LtrDataConfig, build_ltr_data
+
+    started = time.perf_counter()
+    settings = ctx.find_root().obj.settings
+    try:
+        data_cfg = LtrDataConfig.model_validate(dict(
+            split=split, min_rating=min_rating, min_history=min_history, users=users, seed=seed, serve=serve,
+            candidates=candidates, early_stop_share=early_stop_share, sample_seed=train_seed))  # fmt: skip
+        fit_cfg = LtrFitConfig.model_validate(dict(
+            rounds=rounds, patience=patience, learning_rate=learning_rate, num_leaves=num_leaves,
+            min_data_in_leaf=min_data_in_leaf, threads=threads, seed=train_seed))  # fmt: skip
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        hint = "see `recagent train ranker-ltr --help`"
+        raise ConfigError(f"bad ranker-ltr settings: {problems}", hint=hint) from exc
+    dataset = load_data(catalog, interactions)
+    embedder = make_embedder(settings.embed_config(progress=False))
+    coll = open_collection(settings, dataset, embedder, collection=collection)
+    data = build_ltr_data(settings, dataset, data_cfg, coll, embedder)
+    s = data.stats
+    typer.echo(f"groups: {s['groups_with_target']} of {s['validation_users']} validation users have their target "
+               f"among the {candidates} fused candidates ({s['fit_groups']} fit, {s['early_stop_groups']} early "
+               f"stop); {s['test_interactions_kept_out']} test interactions kept out")  # fmt: skip
+    provenance = {"catalog": str(catalog), "interactions": str(interactions), "collection": coll.name,
+                  "files": {str(f): _sha(f) for f in dataset.files}}  # fmt: skip
+    target = out or artifact_dir(settings.store_config(), coll.name, "ltr")
+    result = fit_ranker(data, target, data_cfg=data_cfg, fit_cfg=fit_cfg, provenance=provenance, started=started,
+                        force=force)  # fmt: skip
+    m = result.manifest
+    stop = m["early_stop"]
+    top = ", ".join(f"{d['feature']}" for d in m["importances"][:5])
+    typer.echo(f"early-stop users ({stop['groups']}): NDCG@10 fused order {stop['ndcg@10_fused_order']}, model "
+               f"{stop['ndcg@10_model']} (best round {m['best_iteration']})")  # fmt: skip
+    typer.echo(f"top features (gain): {top}")
+    typer.echo(f"model: {result.out} (log {m['log_fingerprint']}); fit {m['timing']['fit_seconds']} s, "
+               f"total {m['timing']['total_seconds']} s")  # fmt: skip
 
 
 @app.command("embedder")

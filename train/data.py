@@ -25,12 +25,12 @@ from retrieval.candidates import CandidateGenerator
 from retrieval.catalog import ColumnMapping
 from retrieval.embed import Embedder, make_embedder
 from retrieval.interactions import InteractionMapping
-from retrieval.store import Store
+from retrieval.store import ItemCollection, Store
 from train.config import DataConfig
 from train.examples import RankExample, describe_examples, target_positions, user_examples
 from train.leakage import assert_no_leakage, held_out_pairs
 
-__all__ = ["TrainData", "build_data", "collection_name", "load_data"]
+__all__ = ["TrainData", "build_data", "collection_name", "load_data", "open_collection"]
 
 
 @dataclass
@@ -78,6 +78,29 @@ def collection_name(dataset: EvalDataset) -> str:
     return f"eval-{file_sha256(path)[:12]}" if path.is_file() else f"eval-{dataset.name}"[:60]
 
 
+def open_collection(
+    settings: Settings,
+    dataset: EvalDataset,
+    embedder: Embedder,
+    *,
+    store: Store | None = None,
+    collection: str | None = None,
+) -> ItemCollection:
+    """The given collection, or the evaluator's own one for this catalog (``eval-<catalog hash>``), ingested now
+    when needed (idempotent: unchanged items are not embedded again), read in the evaluator's deterministic order."""
+    store = store or DeterministicStore(settings.store_config())
+    name = collection or collection_name(dataset)
+    if collection is None:
+        from retrieval.ingest import ingest
+
+        ingest(dataset.catalog_path, store_config=settings.store_config(),
+               embed_config=settings.embed_config(progress=False), format=dataset.catalog_format,
+               mapping=dataset.mapping, collection=name, embedder=embedder, store=store, progress=False)  # fmt: skip
+    elif not store.has_collection(name):
+        raise InputError(f"collection {name!r} does not exist", hint="ingest the catalog first or drop --collection")
+    return store.open_for(embedder, name)
+
+
 def _eligible(entries: list[Any], cfg: DataConfig) -> bool:
     rng = random.Random(0)
     return bool(target_positions(entries, min_rating=cfg.min_rating, min_history=cfg.min_history, count=1, rng=rng))
@@ -112,17 +135,8 @@ def build_data(
     train_users = order[cfg.val_users :][: cfg.max_train_users]
 
     embedder = embedder or make_embedder(settings.embed_config(progress=False))
-    store = store or DeterministicStore(settings.store_config())
-    name = collection or collection_name(dataset)
-    if collection is None:
-        from retrieval.ingest import ingest
-
-        ingest(dataset.catalog_path, store_config=settings.store_config(),
-               embed_config=settings.embed_config(progress=False), format=dataset.catalog_format,
-               mapping=dataset.mapping, collection=name, embedder=embedder, store=store, progress=False)  # fmt: skip
-    elif not store.has_collection(name):
-        raise InputError(f"collection {name!r} does not exist", hint="ingest the catalog first or drop --collection")
-    coll = store.open_for(embedder, name)
+    coll = open_collection(settings, dataset, embedder, store=store, collection=collection)
+    name = coll.name
     generator = CandidateGenerator.default(coll, embedder, train_log, settings.fusion_config())
 
     def examples_of(user_list: list[str], count: int, desc: str) -> list[RankExample]:

@@ -17,8 +17,10 @@ from train.examples import RankExample
 
 __all__ = [
     "LeakageError",
+    "assert_no_group_leakage",
     "assert_no_leakage",
     "assert_no_pair_leakage",
+    "find_group_leaks",
     "find_leaks",
     "find_pair_leaks",
     "held_out_pairs",
@@ -105,5 +107,50 @@ def assert_no_pair_leakage(pairs: Iterable[UserPair], forbidden: Mapping[str, se
             f"{len(leaks)} test-split interactions reach the embedder's training pairs: {shown}",
             hint="cut pairs from the split's train log only (train.embed_pairs.build_pairs does), with the "
             "evaluator's --split/--min-rating/--min-history/--users/--seed",
+        )
+    return len(checked)
+
+
+class RankGroup(Protocol):
+    """One user's candidate list of the learned ranker (what ``recagent train ranker-ltr`` fits on)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def history_ids(self) -> list[str]: ...
+
+    @property
+    def candidate_ids(self) -> list[str]: ...
+
+    @property
+    def target_ids(self) -> list[str]: ...
+
+
+def find_group_leaks(groups: Iterable[RankGroup], forbidden: Mapping[str, set[str]]) -> list[tuple[str, str, str]]:
+    """(user, item, role) of every test pair found in learned-ranker groups; role is history, candidate or target
+    (every candidate carries a label, so a test item among them leaks as much as a target)."""
+    leaks: list[tuple[str, str, str]] = []
+    for group in groups:
+        blocked = forbidden.get(group.user_id)
+        if not blocked:
+            continue
+        for role, ids in (("history", group.history_ids), ("candidate", group.candidate_ids),
+                          ("target", group.target_ids)):  # fmt: skip
+            leaks.extend((group.user_id, item, role) for item in ids if item in blocked)
+    return leaks
+
+
+def assert_no_group_leakage(groups: Iterable[RankGroup], forbidden: Mapping[str, set[str]]) -> int:
+    """Raise :class:`LeakageError` when a learned-ranker group holds a test interaction of its user; returns the
+    number of groups checked."""
+    checked = list(groups)
+    leaks = find_group_leaks(checked, forbidden)
+    if leaks:
+        shown = ", ".join(f"user {u} item {i} ({role})" for u, i, role in leaks[:5])
+        raise LeakageError(
+            f"{len(leaks)} test-split interactions reach the learned ranker's training groups: {shown}",
+            hint="build the groups from the validation part only (train.ltr_data does), with the evaluator's "
+            "--split/--min-rating/--min-history/--users/--seed",
         )
     return len(checked)

@@ -17,10 +17,12 @@ from agent.explain import ExplainRequest, Justification, explain_many
 from agent.llm.base import LLMEngine
 from agent.rerank.blend import blend_scores, mmr_order, popularity_shares, rank_normalize
 from agent.rerank.job import Job
+from agent.rerank.learned import learned_order
 from agent.rerank.listwise import run_listwise
 from agent.rerank.options import calibrate_jobs, run_options
 from agent.rerank.pointwise import run_pointwise
 from agent.schemas import (
+    LLM_STRATEGIES,
     CandidateItem,
     RankedItem,
     RankingContext,
@@ -36,7 +38,7 @@ __all__ = ["rank", "rank_many"]
 def _check_templates(registry: PromptRegistry, jobs: Sequence[Job]) -> None:
     """A template name that does not exist is a configuration error: fail loudly, before any engine call."""
     for job in jobs:
-        names = [job.config.template_for(job.strategy)] if job.strategy != "retrieval" else []
+        names = [job.config.template_for(job.strategy)] if job.strategy in LLM_STRATEGIES else []
         if job.config.explain == "llm":
             names.append(job.config.explain_template)
         for name in names:
@@ -52,6 +54,10 @@ def _check_templates(registry: PromptRegistry, jobs: Sequence[Job]) -> None:
 def _order(job: Job) -> tuple[list[int], list[float]]:
     """Top-k candidate positions and the final score of every candidate."""
     n, cfg = job.n, job.config
+    if job.strategy == "learned":
+        learned = learned_order(job.ctx.learned_scores, n, job.k)
+        if learned is not None:
+            return learned
     if job.llm_scores is None:
         return list(range(job.k)), rank_normalize([float(i + 1) for i in range(n)])
     final = blend_scores(job.llm_scores, n, cfg.llm_weight)
@@ -139,9 +145,12 @@ def rank_many(
     started = time.perf_counter()
     jobs = [Job.build(i, ctx) for i, ctx in enumerate(requests)]
     _check_templates(registry, jobs)
-    ranking = [j for j in jobs if j.strategy != "retrieval" and j.n > 1]
     for job in jobs:
-        if job.strategy != "retrieval" and job.n == 1:
+        if job.strategy == "learned" and job.n > 1 and learned_order(job.ctx.learned_scores, job.n, job.k) is None:
+            job.fail("no_model: no learned-ranker scores were given")
+    ranking = [j for j in jobs if j.strategy in LLM_STRATEGIES and j.n > 1]
+    for job in jobs:
+        if job.strategy in LLM_STRATEGIES and job.n == 1:
             job.llm_scores, job.listed = [0.0], {0}  # nothing to compare: no engine call
     if ranking and engine is None:
         for job in ranking:

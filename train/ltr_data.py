@@ -1,0 +1,156 @@
+"""Training groups of the learned ranker: the evaluator's split -> its VALIDATION targets -> fused candidates -> rows.
+
+The log the model serves (``serve="eval"``: the evaluator's test-part train log, i.e. what the evaluator's pipeline
+sees; ``serve="full"``: the whole log, for production) is split once more by the same protocol: each user's
+validation target (the target of that inner split: for ``temporal`` the last positive before the test one) is the
+label, the inner train log is what the candidate sources and the features see, exactly as the serving pipeline sees
+its log. Test targets never enter: they are not in the served log, they are excluded from every candidate list,
+and :func:`train.leakage.assert_no_group_leakage` checks every group before fitting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from tqdm import tqdm
+
+from agent.errors import InputError
+from agent.settings import Settings
+from eval.datasets import EvalCase, EvalDataset
+from eval.protocol import make_split
+from retrieval.candidates import CandidateGenerator
+from retrieval.embed import Embedder
+from retrieval.fitted import log_fingerprint
+from retrieval.interactions import Interactions
+from retrieval.ltr_features import FeatureBuilder, Row
+from retrieval.store import ItemCollection
+from retrieval.types import UserQuery
+from train.config import SplitOptions
+from train.leakage import assert_no_group_leakage, held_out_pairs
+
+__all__ = ["LtrData", "LtrDataConfig", "RankGroupRows", "build_ltr_data", "group_rows"]
+
+
+class LtrDataConfig(SplitOptions):
+    """The evaluator's protocol options (shared with the evaluation) and how the groups are cut."""
+
+    serve: Literal["eval", "full"] = Field(
+        "eval",
+        description="Log the model serves: eval = the evaluator's test-part train log (what `recagent eval run` "
+        "hands the pipeline with these protocol options); full = the whole log (production).",
+    )
+    candidates: int = Field(100, ge=2, le=500, description="Fused candidates per user (rows per group).")
+    early_stop_share: float = Field(0.2, gt=0, lt=1, description="Share of validation users held out to stop early.")
+    sample_seed: int = Field(0, description="Seed of the early-stopping slice.")
+
+
+@dataclass
+class RankGroupRows:
+    """One user's fused candidates with their feature rows and labels (1 = the validation target)."""
+
+    user_id: str
+    history_ids: list[str]
+    candidate_ids: list[str]
+    target_ids: list[str]
+    rows: list[Row]
+    labels: list[int]
+
+
+@dataclass
+class LtrData:
+    """The fit and early-stopping groups and where they came from."""
+
+    fit: list[RankGroupRows]
+    stop: list[RankGroupRows]
+    serve_log: Interactions
+    forbidden: dict[str, set[str]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def group_rows(
+    case: EvalCase,
+    generator: CandidateGenerator,
+    features: FeatureBuilder,
+    *,
+    n: int,
+    exclude: set[str],
+) -> RankGroupRows:
+    """The fused candidates of one inner-split case (``exclude``: the user's test items) and their rows."""
+    query = UserQuery(user_id=case.user_id, history=case.history, n=n, exclude=sorted(exclude))
+    candidates = generator.generate(query)
+    rows = features.rows(case.history, candidates)
+    ids = [c.item_id for c in candidates]
+    return RankGroupRows(
+        user_id=case.user_id or case.case_id,
+        history_ids=[h.item_id for h in case.history],
+        candidate_ids=ids,
+        target_ids=sorted(case.gold),
+        rows=rows,
+        labels=[int(i in case.gold) for i in ids],
+    )
+
+
+def _serve_log(dataset: EvalDataset, cfg: LtrDataConfig) -> Interactions:
+    assert dataset.interactions is not None
+    if cfg.serve == "full":
+        return dataset.interactions
+    outer = make_split(dataset, cfg.protocol())
+    assert outer.train is not None
+    return outer.train
+
+
+def build_ltr_data(
+    settings: Settings,
+    dataset: EvalDataset,
+    cfg: LtrDataConfig,
+    collection: ItemCollection,
+    embedder: Embedder,
+    *,
+    progress: bool = True,
+) -> LtrData:
+    """Split, fuse every validation user's candidates, label them, run the leakage guard, slice for early stopping."""
+    if dataset.kind != "interactions" or dataset.interactions is None:
+        raise InputError(f"{dataset.name} has no interaction log", hint="give --interactions (a ratings file)")
+    serve_log = _serve_log(dataset, cfg)
+    forbidden = held_out_pairs(dataset.interactions, serve_log)
+    inner = make_split(dataclasses.replace(dataset, interactions=serve_log),
+                       cfg.protocol().model_copy(update={"users": None}))  # fmt: skip
+    assert inner.train is not None
+    fusion = settings.fusion_config()
+    generator = CandidateGenerator.default(collection, embedder, inner.train, fusion)
+    features = FeatureBuilder(inner.train, collection)
+    groups = []
+    for case in tqdm(inner.cases, desc="ranker groups", unit="user", disable=not progress, dynamic_ncols=True):
+        user = case.user_id or case.case_id
+        groups.append(group_rows(case, generator, features, n=cfg.candidates, exclude=forbidden.get(user, set())))
+    assert_no_group_leakage(groups, forbidden)
+    usable = [g for g in groups if any(g.labels)]
+    if len(usable) < 4:
+        raise InputError(
+            f"only {len(usable)} of {len(groups)} validation users have their target among the {cfg.candidates} "
+            "fused candidates: too few to learn a ranking",
+            hint="raise --candidates, or give a larger interaction log",
+        )
+    order = sorted(usable, key=lambda g: g.user_id)
+    random.Random(f"{cfg.sample_seed}:ltr").shuffle(order)
+    n_stop = max(1, round(cfg.early_stop_share * len(order)))
+    stats = {
+        "validation_users": len(groups),
+        "groups_with_target": len(usable),
+        "groups_without_target": len(groups) - len(usable),
+        "candidate_recall": round(len(usable) / len(groups), 4),
+        "rows": int(sum(len(g.labels) for g in usable)),
+        "fit_groups": len(order) - n_stop,
+        "early_stop_groups": n_stop,
+        "test_interactions_kept_out": sum(len(v) for v in forbidden.values()),
+        "serve_log_rows": len(serve_log),
+        "inner_train_rows": len(inner.train),
+        "inner_log_fingerprint": log_fingerprint(inner.train),
+        "mean_candidates": float(np.mean([len(g.labels) for g in groups])) if groups else 0.0,
+    }
+    return LtrData(order[n_stop:], order[:n_stop], serve_log, forbidden, stats)
