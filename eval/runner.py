@@ -102,7 +102,7 @@ class _FixedCandidates:
 
 # settings that only change what happens after candidate generation (ranking, explanations, serving, chat)
 _RANKING_ONLY_PREFIXES = ("rerank_", "explain_", "llm_", "chat_", "server_", "session_", "enrich_", "profile_",
-                          "ground_", "max_")  # fmt: skip
+                          "ground_", "max_", "ltr_")  # fmt: skip
 _RANKING_ONLY_FIELDS = {"k", "debug"}
 
 
