@@ -1,7 +1,7 @@
 """Variant specs: ``NAME:strategy=options,weight=0.2,prompt=rank_options,model=...`` -> settings overrides.
 
-Keys: ``strategy`` (retrieval | listwise | options | pointwise | learned), ``weight`` (LLM share of the blend), ``orders``
-(candidate permutations), ``prompt`` (ranking template of the strategy), ``explain`` (llm | template | none),
+Keys: ``strategy`` (retrieval | listwise | options | pointwise | learned), ``weight`` (LLM share of the blend),
+``orders`` (candidate permutations), ``prompt`` (ranking template of the strategy), ``explain`` (llm | template | none),
 ``model``, ``adapter`` (LoRA adapter folder), ``backend``, ``server``, ``candidates`` (fused candidates), any
 other :class:`~agent.settings.Settings` field by name, and any :class:`~agent.schemas.RerankConfig` field by name
 (``mmr_lambda``, ``calibrate``, ``history_limit``, ...). ``fusion.SOURCE=W`` sets one candidate source's fusion
