@@ -81,7 +81,9 @@ class LearnedModel:
                 f"the learned ranker in {self.folder} was fitted on another interaction log (fingerprint "
                 f"{self.fingerprint}, the log served now is {fingerprint}): its popularity, recency and source "
                 "features would not mean what it learned",
-                hint=f"retrain it on this log ({_TRAIN_HINT}), or serve the log it was trained for",
+                hint="retrain it for this log (`recagent train ranker-ltr --catalog ... --interactions LOG --serve "
+                "full` for recommend and serve; `--serve eval` with the evaluation's --split/--users/--seed for the "
+                "evaluator), or serve the log it was trained for",
             )
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
