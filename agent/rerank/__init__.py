@@ -5,7 +5,9 @@
 
 Strategies (``RerankConfig.strategy``): ``retrieval`` (fused retrieval order, no LLM ranking: the baseline and
 the fallback), ``listwise`` (JSON ranking under a per-request id enum), ``options`` (option-letter log-probs,
-windows, calibration), ``pointwise`` (Yes/No per candidate). Every LLM strategy blends its score with the
+windows, calibration), ``pointwise`` (Yes/No per candidate), ``learned`` (the LightGBM ranker of
+``recagent train ranker-ltr``, no LLM: the pipeline passes its scores in ``RankingContext.learned_scores``,
+see ``learned``). Every LLM strategy blends its score with the
 retrieval rank (``llm_weight``), then applies the optional popularity penalty and MMR; see the modules
 ``blend``, ``listwise``, ``options``, ``pointwise`` and ``calibration`` for the design notes.
 """

@@ -87,7 +87,7 @@ def test_group_leak_is_caught_in_every_role() -> None:
 @pytest.fixture(scope="module")
 def ltr_real(train_settings, train_embedder, ml_sample, tmp_path_factory):  # type: ignore[no-untyped-def]
     """Groups of the 300-movie sample under the evaluator's temporal split (all users), and a model fitted on them."""
-    from eval.runner import DeterministicStore
+    from eval.provenance import DeterministicStore
     from train.data import load_data, open_collection
     from train.ltr_data import build_ltr_data
 
@@ -143,7 +143,7 @@ def test_a_planted_test_target_leak_is_caught(train_settings, train_embedder, lt
 def test_pipeline_learned_strategy_with_the_trained_model(train_settings, train_embedder, ltr_real) -> None:  # type: ignore[no-untyped-def]
     from agent.pipeline import Recommender, RecommendRequest
     from eval.protocol import make_split
-    from eval.runner import DeterministicStore
+    from eval.provenance import DeterministicStore
 
     dataset, coll, cfg, _data, result = ltr_real
     test = make_split(dataset, cfg.protocol())
