@@ -132,6 +132,11 @@ def ranker_ltr_cmd(
     ctx: typer.Context,
     catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
     interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    mapping: MappingFile = None,
+    id_col: IdCol = None,
+    title_col: TitleCol = None,
+    text_cols: TextCols = None,
+    interactions_mapping: LogMappingFile = None,
     out: Path | None = typer.Option(
         None, "--out", help="Model folder (default: the collection's artifacts/<collection>/ltr beside the store)."
     ),
@@ -166,6 +171,7 @@ def ranker_ltr_cmd(
     from pydantic import ValidationError
 
     from agent.errors import ConfigError
+    from recagent.mapping_opts import catalog_mapping, log_mapping
     from retrieval.embed import make_embedder
     from retrieval.fitted import artifact_dir
     from train.data import load_data, open_collection
@@ -185,7 +191,12 @@ def ranker_ltr_cmd(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         hint = "see `recagent train ranker-ltr --help`"
         raise ConfigError(f"bad ranker-ltr settings: {problems}", hint=hint) from exc
-    dataset = load_data(catalog, interactions)
+    dataset = load_data(
+        catalog,
+        interactions,
+        mapping=catalog_mapping(mapping, id_col=id_col, title_col=title_col, text_cols=text_cols),
+        log_mapping=log_mapping(interactions_mapping),
+    )
     embedder = make_embedder(settings.embed_config(progress=False))
     coll = open_collection(settings, dataset, embedder, collection=collection)
     data = build_ltr_data(settings, dataset, data_cfg, coll, embedder)

@@ -1,16 +1,16 @@
 """Training groups of the learned ranker: the evaluator's split -> its VALIDATION targets -> fused candidates -> rows.
 
-The log the model serves (``serve="eval"``: the evaluator's test-part train log, i.e. what the evaluator's pipeline
-sees; ``serve="full"``: the whole log, for production) is split once more by the same protocol: each user's
-validation target (the target of that inner split: for ``temporal`` the last positive before the test one) is the
-label, the inner train log is what the candidate sources and the features see, exactly as the serving pipeline sees
-its log. Test targets never enter: they are not in the served log, they are excluded from every candidate list,
-and :func:`train.leakage.assert_no_group_leakage` checks every group before fitting.
+``serve="eval"``: the model serves the evaluator's test-part train log (what `recagent eval run` hands the
+pipeline) and learns the targets of the evaluator's own ``--part validation`` split (``temporal``: each user's last
+positive before the test one; ``loo``: the second-to-last item), whose train log is what the candidate sources and
+the features see, exactly as the serving pipeline sees its log. ``serve="full"``: the model serves the whole log
+and learns the targets of its test-part split. Test targets never enter: they are not in the validation part's log
+or histories, they are excluded from every candidate list, and :func:`train.leakage.assert_no_group_leakage`
+checks every group before fitting.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from agent.errors import InputError
 from agent.settings import Settings
 from eval.datasets import EvalCase, EvalDataset
-from eval.protocol import make_split
+from eval.protocol import Split, make_split
 from retrieval.candidates import CandidateGenerator
 from retrieval.embed import Embedder
 from retrieval.fitted import log_fingerprint
@@ -95,13 +95,17 @@ def group_rows(
     )
 
 
-def _serve_log(dataset: EvalDataset, cfg: LtrDataConfig) -> Interactions:
+def _logs(dataset: EvalDataset, cfg: LtrDataConfig) -> tuple[Interactions, Split]:
+    """The served log and the split whose targets the model learns: with ``serve="eval"`` the evaluator's
+    test-part train log and its ``--part validation`` split (all users); with ``serve="full"`` the whole log and its
+    test-part split (the targets are then the last ones of the full log)."""
     assert dataset.interactions is not None
+    protocol = cfg.protocol().model_copy(update={"users": None})
     if cfg.serve == "full":
-        return dataset.interactions
+        return dataset.interactions, make_split(dataset, protocol)
     outer = make_split(dataset, cfg.protocol())
     assert outer.train is not None
-    return outer.train
+    return outer.train, make_split(dataset, protocol.model_copy(update={"part": "validation"}))
 
 
 def build_ltr_data(
@@ -116,10 +120,8 @@ def build_ltr_data(
     """Split, fuse every validation user's candidates, label them, run the leakage guard, slice for early stopping."""
     if dataset.kind != "interactions" or dataset.interactions is None:
         raise InputError(f"{dataset.name} has no interaction log", hint="give --interactions (a ratings file)")
-    serve_log = _serve_log(dataset, cfg)
+    serve_log, inner = _logs(dataset, cfg)
     forbidden = held_out_pairs(dataset.interactions, serve_log)
-    inner = make_split(dataclasses.replace(dataset, interactions=serve_log),
-                       cfg.protocol().model_copy(update={"users": None}))  # fmt: skip
     assert inner.train is not None
     fusion = settings.fusion_config()
     generator = CandidateGenerator.default(collection, embedder, inner.train, fusion)
