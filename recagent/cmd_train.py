@@ -175,7 +175,7 @@ def ranker_ltr_cmd(
     from retrieval.embed import make_embedder
     from retrieval.fitted import artifact_dir
     from train.data import load_data, open_collection
-    from train.ltr import LtrFitConfig, fit_ranker
+    from train.ltr import LtrFitConfig, check_out, fit_ranker
     from train.ltr_data import LtrDataConfig, build_ltr_data
 
     started = time.perf_counter()
@@ -199,6 +199,8 @@ def ranker_ltr_cmd(
     )
     embedder = make_embedder(settings.embed_config(progress=False))
     coll = open_collection(settings, dataset, embedder, collection=collection)
+    target = out or artifact_dir(settings.store_config(), coll.name, "ltr")
+    check_out(target, force)  # before the groups are built
     data = build_ltr_data(settings, dataset, data_cfg, coll, embedder)
     s = data.stats
     typer.echo(f"groups: {s['groups_with_target']} of {s['validation_users']} validation users have their target "
@@ -206,7 +208,6 @@ def ranker_ltr_cmd(
                f"stop); {s['test_interactions_kept_out']} test interactions kept out")  # fmt: skip
     provenance = {"catalog": str(catalog), "interactions": str(interactions), "collection": coll.name,
                   "files": {str(f): _sha(f) for f in dataset.files}}  # fmt: skip
-    target = out or artifact_dir(settings.store_config(), coll.name, "ltr")
     result = fit_ranker(data, target, data_cfg=data_cfg, fit_cfg=fit_cfg, provenance=provenance, started=started,
                         force=force)  # fmt: skip
     m = result.manifest

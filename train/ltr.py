@@ -27,7 +27,7 @@ from retrieval.fitted import log_fingerprint
 from retrieval.ltr_features import feature_matrix, feature_names
 from train.ltr_data import LtrData, LtrDataConfig, RankGroupRows
 
-__all__ = ["LtrFitConfig", "LtrResult", "fit_ranker", "group_ndcg"]
+__all__ = ["LtrFitConfig", "LtrResult", "check_out", "fit_ranker", "group_ndcg"]
 
 
 class LtrFitConfig(BaseModel):
@@ -98,6 +98,13 @@ class _Progress:
             self.bar.set_postfix(ndcg10=round(float(env.evaluation_result_list[0][2]), 4))
 
 
+def check_out(out: Path, force: bool) -> None:
+    """Refuse to overwrite a learned ranker unless ``force`` (called before the groups are built, and again before
+    writing)."""
+    if (Path(out) / MODEL_FILE).exists() and not force:
+        raise InputError(f"{out} already holds a learned ranker", hint="pass --force to replace it, or pick --out")
+
+
 def fit_ranker(
     data: LtrData,
     out: Path,
@@ -113,8 +120,7 @@ def fit_ranker(
     import lightgbm as lgb
 
     out = Path(out)
-    if (out / MODEL_FILE).exists() and not force:
-        raise InputError(f"{out} already holds a learned ranker", hint="pass --force to replace it, or pick --out")
+    check_out(out, force)
     names = feature_names([r for g in data.fit for r in g.rows])
     x_fit, y_fit, g_fit = _dataset(data.fit, names)
     x_stop, y_stop, g_stop = _dataset(data.stop, names)
