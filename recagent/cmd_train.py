@@ -205,7 +205,8 @@ def ranker_ltr_cmd(
     s = data.stats
     typer.echo(f"groups: {s['groups_with_target']} of {s['validation_users']} validation users have their target "
                f"among the {candidates} fused candidates ({s['fit_groups']} fit, {s['early_stop_groups']} early "
-               f"stop); {s['test_interactions_kept_out']} test interactions kept out")  # fmt: skip
+               f"stop); {s['test_interactions_kept_out']} interactions outside the served log (test targets; loo: "
+               "also the k-core's cut) kept out")  # fmt: skip
     provenance = {"catalog": str(catalog), "interactions": str(interactions), "collection": coll.name,
                   "files": {str(f): _sha(f) for f in dataset.files}}  # fmt: skip
     result = fit_ranker(data, target, data_cfg=data_cfg, fit_cfg=fit_cfg, provenance=provenance, started=started,
