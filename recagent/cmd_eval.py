@@ -206,3 +206,25 @@ def merge_cache_cmd(
             "kept (a non-deterministic engine or sampling settings)",
             err=True,
         )
+
+
+@app.command("folds")
+def folds_cmd(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(..., help="Dialogue dataset that is its own training log (ReDial folder, turns)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="K: folds by dialogue (each fold scored once)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fold assignment and the validation parts."),
+    out: Path = typer.Option(Path("eval-out/folds"), "--out", help="Output folder (results.json, report.md/html)."),
+) -> None:
+    """iEvaLM-CRS protocol (Recall@1/10/50 per gold movie, mentioned movies excluded) with K-fold cross-validation
+    by dialogue: the dialogue sources (comention, recommended_popularity) are fitted on the other folds only and
+    compared with content-only retrieval and the fused default. Retrieval only, no LLM."""
+    import shlex
+    import sys
+
+    from eval.crs_report import folds_report
+
+    command = "recagent eval folds " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    folds_report(ctx.obj.settings, dataset, out, folds=folds, seed=seed, command=command)
+    typer.echo((out / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"written: {out}/results.json, report.md, report.html")

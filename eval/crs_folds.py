@@ -1,0 +1,149 @@
+"""K-fold evaluation of the conversation sources on a dataset that is its own dialogue log (``--folds K``).
+
+For each fold (dialogues, :func:`eval.crs.dialogue_folds`): the dialogue sources are fitted on the other folds'
+turns only, their settings (window, normalisation) chosen on a validation part of those training folds (a seeded
+1/(K-1) of its dialogues, by comention's Recall@10, ties by Recall@50), then every turn of the fold is ranked by
+each arm (a set of fusion weights over the content sources and the dialogue sources) and scored on the iEvaLM-CRS
+protocol (:mod:`eval.crs`). The content sources do not learn from the log, so their lists are computed once per
+turn. Retrieval only: no LLM.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from eval.crs import IEVALM_KS, dialogue_folds, fold_cases, ievalm_recall, train_log
+from eval.datasets import EvalCase
+from eval.dialogue_log import log_from_cases
+from retrieval.candidates import Scored, SourceRequest, rrf_fuse
+from retrieval.config import DEFAULT_SOURCE_WEIGHTS
+from retrieval.dialogue_log import DialogueLog
+from retrieval.dialogue_sources import DialogueSourceConfig, dialogue_sources, fit_dialogue_model
+from retrieval.types import UserQuery
+
+__all__ = ["CONFIG_GRID", "FoldResult", "default_arms", "run_folds"]
+
+CONFIG_GRID: tuple[DialogueSourceConfig, ...] = tuple(
+    DialogueSourceConfig(pairs=p, window=w, normalisation=n, prior=prior)
+    for p, w, n, prior in itertools.product(("turn", "dialogue"), (0, 2), ("none", "row", "cosine"), (0.05, 0.3))
+)
+DIALOGUE_SOURCES = ("comention", "recommended_popularity")
+CONTENT_SOURCES = ("semantic", "item2item")
+
+
+def default_arms() -> dict[str, dict[str, float]]:
+    """Today's content-only retrieval, each dialogue source alone, and the fused default weights."""
+    fused = {s: DEFAULT_SOURCE_WEIGHTS[s] for s in CONTENT_SOURCES + DIALOGUE_SOURCES}
+    return {
+        "content only (semantic + item2item)": {"semantic": 1.0, "item2item": 1.0},
+        "comention alone": {"comention": 1.0},
+        "recommended_popularity alone": {"recommended_popularity": 1.0},
+        "comention + recommended_popularity": {"comention": 1.0, "recommended_popularity": 1.0},
+        "fused default": fused,
+    }
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    test_dialogues: int
+    test_turns: int
+    train_turns: int
+    config: DialogueSourceConfig
+    validation: list[dict[str, Any]]
+    leaked_dialogues: int
+    rankings: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+
+def _query(case: EvalCase, n: int) -> UserQuery:
+    return UserQuery(need=case.query, liked=list(case.liked), exclude=list(case.exclude), n=n)
+
+
+def _request(case: EvalCase, k: int, allowed: frozenset[str] | None) -> SourceRequest:
+    query = _query(case, k)
+    return SourceRequest(query=query, k=k, allowed=allowed, exclude=frozenset(query.excluded_ids()))
+
+
+def dialogue_lists(log: DialogueLog, config: DialogueSourceConfig, cases: Sequence[EvalCase], k: int,
+                   allowed: frozenset[str] | None) -> dict[str, dict[str, Scored]]:  # fmt: skip
+    """Per case, the dialogue sources' lists, fitted on ``log`` with ``config``."""
+    sources = dialogue_sources(fit_dialogue_model(log, config))
+    out: dict[str, dict[str, Scored]] = {}
+    for case in cases:
+        request = _request(case, k, allowed)
+        out[case.case_id] = {s.name: s.retrieve(request) for s in sources}
+    return out
+
+
+def fuse(lists: Mapping[str, Scored], weights: Mapping[str, float], case: EvalCase, n: int, rrf_k: int) -> list[str]:
+    rankings = {name: ranked for name, ranked in lists.items() if weights.get(name, 0.0) > 0}
+    fused = rrf_fuse(rankings, weights=weights, rrf_k=rrf_k, n=n, exclude=case.liked)
+    return [c.item_id for c in fused]
+
+
+def _golds(cases: Sequence[EvalCase]) -> dict[str, list[str]]:
+    return {c.case_id: list(c.gold) for c in cases}
+
+
+def choose_config(log: DialogueLog, cases: Sequence[EvalCase], folds: int, seed: int, k: int,
+                  allowed: frozenset[str] | None) -> tuple[DialogueSourceConfig, list[dict[str, Any]]]:  # fmt: skip
+    """The grid setting with the best comention Recall@10 (then @50) on a validation part of ``log``'s
+    dialogues, fitted on the rest."""
+    dialogues = sorted(log.dialog_ids)
+    random.Random(seed).shuffle(dialogues)
+    valid = set(dialogues[: max(1, len(dialogues) // max(1, folds - 1))])
+    valid_cases = [c for c in cases if str(c.meta.get("dialog_id") or c.case_id) in valid]
+    fit_log = log.without(valid)
+    rows = []
+    for config in CONFIG_GRID:
+        lists = dialogue_lists(fit_log, config, valid_cases, k, allowed)
+        ranked = {cid: [i for i, _ in parts["comention"]] for cid, parts in lists.items()}
+        scores = ievalm_recall(_golds(valid_cases), ranked)
+        rows.append({**config.model_dump(), **scores})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["recall@10"], rows[i]["recall@50"], -i))
+    return CONFIG_GRID[best], rows
+
+
+def run_folds(
+    cases: Sequence[EvalCase],
+    content: Callable[[EvalCase], dict[str, Scored]],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    arms: Mapping[str, Mapping[str, float]] | None = None,
+    allowed: frozenset[str] | None = None,
+    k_per_source: int = 100,
+    rrf_k: int = 60,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, float]], list[FoldResult]]:
+    """iEvaLM-CRS recall of each arm over all folds (pooled samples), and the per-fold details.
+
+    ``content(case)`` returns the content sources' lists for a case (not learned from the log)."""
+    arms = dict(arms or default_arms())
+    n = max(IEVALM_KS)
+    log = log_from_cases(cases)
+    content_lists = {c.case_id: content(c) for c in tqdm(cases, desc="content sources", disable=not progress)}
+    results: list[FoldResult] = []
+    pooled: dict[str, dict[str, list[str]]] = {name: {} for name in arms}
+    for number, fold in enumerate(tqdm(dialogue_folds(cases, folds, seed), desc="folds", disable=not progress)):
+        training = train_log(log, fold)
+        train_cases = [c for c in cases if str(c.meta.get("dialog_id") or c.case_id) not in fold]
+        config, validation = choose_config(training, train_cases, folds, seed + number, k_per_source, allowed)
+        test = fold_cases(cases, fold)
+        learned = dialogue_lists(training, config, test, k_per_source, allowed)
+        result = FoldResult(number, len(fold), len(test), len(training), config, validation,
+                            leaked_dialogues=len(training.dialog_ids & fold))  # fmt: skip
+        for name, weights in arms.items():
+            ranked = {c.case_id: fuse({**content_lists[c.case_id], **learned[c.case_id]}, weights, c, n, rrf_k)
+                      for c in test}  # fmt: skip
+            result.rankings[name] = ranked
+            pooled[name].update(ranked)
+        results.append(result)
+    golds = _golds(cases)
+    return {name: ievalm_recall(golds, ranked) for name, ranked in pooled.items()}, results

@@ -1,0 +1,138 @@
+"""``recagent eval folds``: the K-fold iEvaLM-CRS report of the conversation sources on a dialogue dataset.
+
+Loads the turns (:func:`eval.datasets.load_dataset`), puts the catalog in a collection (``eval-<catalog hash>``,
+idempotent), ranks every turn with the content sources once (kept in ``content_lists.jsonl`` for reruns), runs
+:func:`eval.crs_folds.run_folds`, and writes ``results.json``, ``report.md`` and ``report.html`` next to the
+published rows (labelled as published, not re-run here).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.settings import Settings
+from eval.crs_folds import CONTENT_SOURCES, FoldResult, default_arms, run_folds
+from eval.datasets import EvalCase, EvalDataset, file_sha256, load_dataset
+from eval.report import markdown_to_html
+from eval.runner import git_commit
+from retrieval.candidates import CandidateGenerator, ItemToItemSource, Scored, SemanticSource
+from retrieval.embed import make_embedder
+from retrieval.store import Store
+
+__all__ = ["PUBLISHED", "folds_report"]
+
+PUBLISHED: dict[str, tuple[float | None, float | None, float | None]] = {
+    "KBRD (published)": (0.028, 0.169, 0.366),
+    "BARCOR (published)": (0.031, 0.170, 0.372),
+    "UniCRS (published)": (0.050, 0.215, 0.413),
+    "ChatGPT (published)": (0.037, 0.174, None),
+}
+"""iEvaLM-CRS standard-protocol rows on the ReDial test split (Wang et al. 2023), as published."""
+
+
+def _collection(settings: Settings, dataset: EvalDataset, store: Store, embedder: Any) -> str:
+    from retrieval.ingest import ingest
+
+    name = f"eval-{file_sha256(dataset.catalog_path)[:12]}"
+    ingest(dataset.catalog_path, store_config=settings.store_config(), embed_config=settings.embed_config(progress=True),
+           format=dataset.catalog_format, mapping=dataset.mapping, collection=name, embedder=embedder, store=store,
+           progress=True)  # fmt: skip
+    return name
+
+
+def _content_fn(settings: Settings, dataset: EvalDataset, out: Path) -> Any:
+    embedder = make_embedder(settings.embed_config(progress=False))
+    store = Store(settings.store_config())
+    name = _collection(settings, dataset, store, embedder)
+    collection = store.open_for(embedder, name)
+    generator = CandidateGenerator(collection, [SemanticSource(collection, embedder), ItemToItemSource(collection)])
+    weights = {s: 1.0 for s in CONTENT_SOURCES}
+    cache_path = out / "content_lists.jsonl"
+    cache: dict[str, dict[str, Scored]] = {}
+    if cache_path.is_file():
+        for line in cache_path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("collection") == name:
+                cache[row["case_id"]] = {k: [(i, float(s)) for i, s in v] for k, v in row["lists"].items()}
+    fh = cache_path.open("a", encoding="utf-8")
+
+    def content(case: EvalCase) -> dict[str, Scored]:
+        if case.case_id not in cache:
+            query = _query_for(case)
+            cache[case.case_id] = generator.run_sources(query, weights=weights)
+            fh.write(json.dumps({"collection": name, "case_id": case.case_id, "lists": cache[case.case_id]}) + "\n")
+        return cache[case.case_id]
+
+    return content, generator.allowed_ids(None), name
+
+
+def _query_for(case: EvalCase) -> Any:
+    from eval.crs_folds import _query
+
+    return _query(case, 100)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: dict[str, Any]) -> str:
+    lines = [
+        f"# iEvaLM-CRS protocol, {meta['folds']} folds by dialogue: {meta['dataset']}",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- git commit: {meta['commit']}; seed {meta['seed']}; collection `{meta['collection']}`; "
+        f"{meta['seconds']:.0f} s",
+        f"- turns: {meta['turns']} in {meta['dialogues']} dialogues; samples (turn, gold movie): "
+        f"{int(next(iter(results.values()))['samples'])}",
+        "- protocol: iEvaLM-CRS standard (every gold movie of a turn is one sample); **movies mentioned earlier in "
+        "the dialogue are excluded from the ranking**; Recall pooled over the held-out folds' samples.",
+        "- each fold's dialogue sources are fitted on the other folds' turns only (leaked dialogues per fold: "
+        + ", ".join(str(f.leaked_dialogues) for f in folds)
+        + "); their settings chosen on a validation part of those training folds by comention Recall@10.",
+        "- published rows are the papers' numbers on the ReDial **test** split with the full ReDial training set "
+        "(~10k dialogues); here every model learns from ~800 dialogues of a 1,000-dialogue train sample.",
+        "",
+        "| arm | Recall@1 | Recall@10 | Recall@50 |",
+        "|---|---|---|---|",
+    ]
+    for name, row in results.items():
+        lines.append(f"| {name} | {_fmt(row['recall@1'])} | {_fmt(row['recall@10'])} | {_fmt(row['recall@50'])} |")
+    for name, (r1, r10, r50) in PUBLISHED.items():
+        lines.append(f"| {name} | {_fmt(r1)} | {_fmt(r10)} | {_fmt(r50)} |")
+    lines += ["", "## Per fold", "", "| fold | test dialogues | test turns | training turns | chosen settings |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for f in folds:
+        c = f.config
+        lines.append(f"| {f.fold} | {f.test_dialogues} | {f.test_turns} | {f.train_turns} | pairs={c.pairs}, "
+                     f"window={c.window}, normalisation={c.normalisation}, prior={c.prior} |")  # fmt: skip
+    lines += ["", "## Arms (fusion weights)", ""]
+    lines += [f"- {name}: {json.dumps(w)}" for name, w in meta["arms"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def folds_report(settings: Settings, dataset_path: Path, out: Path, *, folds: int, seed: int, command: str,
+                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(dataset_path)
+    content, allowed, collection = _content_fn(settings, dataset, out)
+    arms = default_arms()
+    results, fold_results = run_folds(dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed,
+                                      progress=progress)  # fmt: skip
+    meta = {"dataset": dataset.name, "folds": folds, "seed": seed, "command": command, "commit": git_commit(),
+            "collection": collection, "turns": len(dataset.cases), "arms": arms,
+            "dialogues": len({c.meta.get("dialog_id") for c in dataset.cases}),
+            "seconds": time.perf_counter() - started}  # fmt: skip
+    doc = {"meta": meta, "results": results, "published": PUBLISHED,
+           "folds": [{"fold": f.fold, "config": f.config.model_dump(), "test_turns": f.test_turns,
+                      "train_turns": f.train_turns, "leaked_dialogues": f.leaked_dialogues,
+                      "validation": f.validation} for f in fold_results]}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    markdown = render(results, fold_results, meta)
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    (out / "report.html").write_text(markdown_to_html(markdown, title="recagent eval folds"), encoding="utf-8")
+    return doc
