@@ -36,6 +36,8 @@ from agent.settings import Settings
 from prompts import PromptRegistry
 from retrieval.candidates import CandidateGenerator
 from retrieval.config import SOURCE_NAMES
+from retrieval.dialogue_sources import ARTIFACT_KIND as DIALOGUE_KIND
+from retrieval.dialogue_sources import DialogueModel, dialogue_sources, load_dialogue_model
 from retrieval.embed import Embedder, make_embedder
 from retrieval.fitted import artifact_dir, log_fingerprint
 from retrieval.interactions import Interactions, read_interactions
@@ -117,6 +119,9 @@ class Recommendation(BaseModel):
         None, description="How the profile came about (generated, cached, not used as a source) or why it is missing."
     )
     grounding: GroundReport | None = Field(None, description="Generate-then-ground: proposed, grounded, discarded.")
+    dialogue_log: str | None = Field(
+        None, description="The fitted dialogue log the conversation sources learned from (None: no such log)."
+    )
     stage_tokens: dict[str, int] = Field(
         default_factory=dict, description="Tokens of the profile and proposal stages (included in the totals)."
     )
@@ -237,10 +242,26 @@ class Recommender:
         return GenerationCache(self.settings.home / "cache" / PROFILE_CACHE_FILE)
 
     @cached_property
+    def dialogue_model(self) -> DialogueModel | None:
+        """The dialogue sources' fitted state of this collection (`recagent train dialogue-sources`), if any."""
+        folder = artifact_dir(self.store.config, self.collection_name, DIALOGUE_KIND)
+        return load_dialogue_model(folder)
+
+    @cached_property
     def generator(self) -> CandidateGenerator:
-        return CandidateGenerator.default(
+        generator = CandidateGenerator.default(
             self.collection, self.embedder, self.interactions, self.settings.fusion_config()
         )
+        if self.dialogue_model is not None:
+            generator.sources += dialogue_sources(self.dialogue_model)
+        return generator
+
+    def dialogue_note(self) -> str | None:
+        model = self.dialogue_model
+        if model is None:
+            return None
+        return (f"comention + recommended_popularity learned from a dialogue log of {model.turns} turns in "
+                f"{model.dialogues} dialogues (log {model.fingerprint})")  # fmt: skip
 
     @cached_property
     def learned(self) -> LearnedRanker:
@@ -481,6 +502,7 @@ class Recommender:
                     profile=extra.profile.text if extra.profile is not None else None,
                     profile_note=extra.profile_note(),
                     grounding=extra.grounding,
+                    dialogue_log=self.dialogue_note(),
                     stage_tokens=stage_tokens,
                 )
             )

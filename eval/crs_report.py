@@ -37,9 +37,17 @@ def _collection(settings: Settings, dataset: EvalDataset, store: Store, embedder
     from retrieval.ingest import ingest
 
     name = f"eval-{file_sha256(dataset.catalog_path)[:12]}"
-    ingest(dataset.catalog_path, store_config=settings.store_config(), embed_config=settings.embed_config(progress=True),
-           format=dataset.catalog_format, mapping=dataset.mapping, collection=name, embedder=embedder, store=store,
-           progress=True)  # fmt: skip
+    ingest(
+        dataset.catalog_path,
+        store_config=settings.store_config(),
+        embed_config=settings.embed_config(progress=True),
+        format=dataset.catalog_format,
+        mapping=dataset.mapping,
+        collection=name,
+        embedder=embedder,
+        store=store,
+        progress=True,
+    )
     return name
 
 
@@ -103,34 +111,63 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
         lines.append(f"| {name} | {_fmt(row['recall@1'])} | {_fmt(row['recall@10'])} | {_fmt(row['recall@50'])} |")
     for name, (r1, r10, r50) in PUBLISHED.items():
         lines.append(f"| {name} | {_fmt(r1)} | {_fmt(r10)} | {_fmt(r50)} |")
-    lines += ["", "## Per fold", "", "| fold | test dialogues | test turns | training turns | chosen settings |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Per fold",
+        "",
+        "| fold | test dialogues | test turns | training turns | chosen settings |",
+        "|---|---|---|---|---|",
+    ]
     for f in folds:
         c = f.config
-        lines.append(f"| {f.fold} | {f.test_dialogues} | {f.test_turns} | {f.train_turns} | pairs={c.pairs}, "
-                     f"window={c.window}, normalisation={c.normalisation}, prior={c.prior} |")  # fmt: skip
+        lines.append(
+            f"| {f.fold} | {f.test_dialogues} | {f.test_turns} | {f.train_turns} | pairs={c.pairs}, "
+            f"window={c.window}, normalisation={c.normalisation}, prior={c.prior} |"
+        )
     lines += ["", "## Arms (fusion weights)", ""]
     lines += [f"- {name}: {json.dumps(w)}" for name, w in meta["arms"].items()]
     return "\n".join(lines) + "\n"
 
 
-def folds_report(settings: Settings, dataset_path: Path, out: Path, *, folds: int, seed: int, command: str,
-                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def folds_report(
+    settings: Settings, dataset_path: Path, out: Path, *, folds: int, seed: int, command: str, progress: bool = True
+) -> dict[str, Any]:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(dataset_path)
     content, allowed, collection = _content_fn(settings, dataset, out)
     arms = default_arms()
-    results, fold_results = run_folds(dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed,
-                                      progress=progress)  # fmt: skip
-    meta = {"dataset": dataset.name, "folds": folds, "seed": seed, "command": command, "commit": git_commit(),
-            "collection": collection, "turns": len(dataset.cases), "arms": arms,
-            "dialogues": len({c.meta.get("dialog_id") for c in dataset.cases}),
-            "seconds": time.perf_counter() - started}  # fmt: skip
-    doc = {"meta": meta, "results": results, "published": PUBLISHED,
-           "folds": [{"fold": f.fold, "config": f.config.model_dump(), "test_turns": f.test_turns,
-                      "train_turns": f.train_turns, "leaked_dialogues": f.leaked_dialogues,
-                      "validation": f.validation} for f in fold_results]}  # fmt: skip
+    results, fold_results = run_folds(
+        dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed, progress=progress
+    )
+    meta = {
+        "dataset": dataset.name,
+        "folds": folds,
+        "seed": seed,
+        "command": command,
+        "commit": git_commit(),
+        "collection": collection,
+        "turns": len(dataset.cases),
+        "arms": arms,
+        "dialogues": len({c.meta.get("dialog_id") for c in dataset.cases}),
+        "seconds": time.perf_counter() - started,
+    }
+    doc = {
+        "meta": meta,
+        "results": results,
+        "published": PUBLISHED,
+        "folds": [
+            {
+                "fold": f.fold,
+                "config": f.config.model_dump(),
+                "test_turns": f.test_turns,
+                "train_turns": f.train_turns,
+                "leaked_dialogues": f.leaked_dialogues,
+                "validation": f.validation,
+            }
+            for f in fold_results
+        ],
+    }
     (out / "results.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     markdown = render(results, fold_results, meta)
     (out / "report.md").write_text(markdown, encoding="utf-8")

@@ -78,7 +78,7 @@ class _Matcher:
         out: list[str] = []
         for name in names:
             self.report.names_total += 1
-            item_id, how = self.index.match(name)
+            item_id, _ = self.index.match(name)
             if item_id is None:
                 self.report.unmatched += 1
                 if len(self.report.unmatched_examples) < 10:
@@ -124,8 +124,14 @@ def read_dialogue_log(path: Path, items: Iterable[Item]) -> DialogueLog:
 def log_from_cases(cases: Sequence[EvalCase]) -> DialogueLog:
     """A dialogue log from conversation eval cases (``liked`` = mentioned, ``gold`` = recommended): the
     training log of a dataset that is its own log (``--folds``)."""
-    turns = [
-        DialogueTurn(str(c.meta.get("dialog_id") or c.case_id), tuple(c.liked), tuple(c.gold)) for c in cases
-    ]
-    return DialogueLog(turns, DialogueLogReport(source="eval cases", format="cases", turns_read=len(turns),
-                                                turns_kept=len(turns), dialogues=len({t.dialog_id for t in turns})))  # fmt: skip
+    turns = [DialogueTurn(str(c.meta.get("dialog_id") or c.case_id), tuple(c.liked), tuple(c.gold)) for c in cases]
+    return DialogueLog(
+        turns,
+        DialogueLogReport(
+            source="eval cases",
+            format="cases",
+            turns_read=len(turns),
+            turns_kept=len(turns),
+            dialogues=len({t.dialog_id for t in turns}),
+        ),
+    )

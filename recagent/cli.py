@@ -22,6 +22,7 @@ from recagent import (
     cmd_prompts,
     cmd_recommend,
     cmd_serve,
+    cmd_sessions,
     cmd_train,
 )
 from recagent.context import app_state
@@ -44,6 +45,7 @@ app.add_typer(cmd_chat.app)
 app.add_typer(cmd_eval.app, name="eval")
 app.add_typer(cmd_serve.app)  # `recagent serve`
 app.add_typer(cmd_train.app, name="train")
+app.add_typer(cmd_sessions.app, name="sessions")
 
 err_console = Console(stderr=True)
 

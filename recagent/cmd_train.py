@@ -352,3 +352,47 @@ def _sha(path: Path) -> str:
     from eval.datasets import file_sha256
 
     return file_sha256(path)
+
+
+@app.command("dialogue-sources")
+def dialogue_sources_cmd(
+    ctx: typer.Context,
+    logs: list[Path] = typer.Argument(
+        None,
+        help="Dialogue logs: ReDial dialogues.jsonl, turns.jsonl, or generic "
+        "{dialog_id, mentioned, recommended, rejected} JSONL (ids or titles).",
+    ),
+    sessions: bool = typer.Option(False, "--sessions", help="Also learn from recagent's own chat sessions."),
+    collection: str | None = typer.Option(
+        None, "--collection", help="Collection the sources serve (default: RECAGENT_COLLECTION)."
+    ),
+    pairs: str = typer.Option(
+        "dialogue", "--pairs", help="turn (recommended after mentioned) or dialogue (any two items of a dialogue)."
+    ),
+    window: int = typer.Option(0, "--window", min=0, help="Last N mentions that count (0 = all)."),
+    normalisation: str = typer.Option("none", "--normalisation", help="none, row or cosine."),
+    prior: float = typer.Option(0.05, "--prior", min=0, help="Weight of the recommendation counts in comention."),
+) -> None:
+    """Fit the conversation sources (comention, recommended_popularity) of a collection on dialogue logs and/or the
+    chat sessions; the chat, the server and `recagent recommend` use them from their next start."""
+    from retrieval.dialogue_sources import DialogueSourceConfig
+    from train.dialogue import fit_dialogue_sources
+
+    settings = ctx.find_root().obj.settings
+    config = DialogueSourceConfig.model_validate(
+        {"pairs": pairs, "window": window, "normalisation": normalisation, "prior": prior}
+    )
+    fit = fit_dialogue_sources(settings, logs or [], sessions=sessions, config=config, collection=collection)
+    for r in fit.reports:
+        typer.echo(
+            f"{r.source} ({r.format}): {r.dialogues} dialogues, {r.turns_read} turns read, {r.turns_kept} "
+            f"kept; {r.names_total} items: {r.matched_id} by id, {r.matched_title} by title, {r.unmatched} "
+            f"unmatched{' (e.g. ' + ', '.join(r.unmatched_examples[:3]) + ')' if r.unmatched else ''}; "
+            f"{r.skipped} skipped"
+        )
+    m = fit.model
+    typer.echo(
+        f"{'reused' if fit.reused else 'fitted'}: {m.turns} turns, {m.dialogues} dialogues, "
+        f"{len(m.item_ids)} items, {m.comention.nnz} co-mention pairs, log {m.fingerprint} -> {fit.folder} "
+        f"({fit.seconds:.2f} s, peak {fit.peak_mib:.1f} MiB traced)"
+    )

@@ -62,7 +62,9 @@ class DialogueSourceConfig(BaseModel):
         "dialogue, both ways (more pairs from the same log).",
     )
     prior: float = Field(
-        default=0.05, ge=0, description="Weight of the recommendation counts added to the (max-scaled) co-mention "
+        default=0.05,
+        ge=0,
+        description="Weight of the recommendation counts added to the (max-scaled) co-mention "
         "scores of a request with seeds: a backoff that fills and orders the tail.",
     )
 
@@ -106,9 +108,9 @@ def fit_dialogue_model(log: DialogueLog, config: DialogueSourceConfig | None = N
     rows: list[int] = []
     cols: list[int] = []
     rec_items: list[int] = []
-    for mentioned, recommended in _pairs(log, config):
-        recs = [index.setdefault(r, len(index)) for r in recommended]
-        seeds = [index.setdefault(m, len(index)) for m in mentioned]
+    for sources, targets in _pairs(log, config):
+        recs = [index.setdefault(r, len(index)) for r in targets]
+        seeds = [index.setdefault(m, len(index)) for m in sources]
         for m in seeds:
             for r in recs:
                 if m != r:
@@ -137,7 +139,9 @@ def _pairs(log: DialogueLog, config: DialogueSourceConfig) -> list[tuple[list[st
         out = []
         for turn in log.turns:
             mentioned = list(dict.fromkeys(turn.mentioned))
-            out.append((mentioned[-config.window :] if config.window else mentioned, list(dict.fromkeys(turn.recommended))))
+            out.append(
+                (mentioned[-config.window :] if config.window else mentioned, list(dict.fromkeys(turn.recommended)))
+            )
         return out
     by_dialogue: dict[str, list[str]] = {}
     for turn in log.turns:

@@ -27,14 +27,22 @@ def test_ievalm_recall_counts_every_gold_as_one_sample() -> None:
     golds = {"t1": ["a", "l"], "t2": ["z"]}
     rankings = {"t1": [*"abcdefghijk", "l"], "t2": ["a"]}
     got = ievalm_recall(golds, rankings, ks=(1, 10, 50))
-    assert got == {"recall@1": pytest.approx(1 / 3), "recall@10": pytest.approx(1 / 3),
-                   "recall@50": pytest.approx(2 / 3), "samples": 3.0}  # fmt: skip
+    assert got == {
+        "recall@1": pytest.approx(1 / 3),
+        "recall@10": pytest.approx(1 / 3),
+        "recall@50": pytest.approx(2 / 3),
+        "samples": 3.0,
+    }
     # the per-turn average would give (0.5 + 0) / 2 = 0.25 at 1: the protocols differ on purpose
 
 
 def _case(dialog: str, turn: int, liked: list[str], gold: list[str]) -> EvalCase:
-    return EvalCase(case_id=f"{dialog}_{turn}", liked=liked, gold=dict.fromkeys(gold, 1),
-                    meta={"dialog_id": dialog, "turn_id": turn})  # fmt: skip
+    return EvalCase(
+        case_id=f"{dialog}_{turn}",
+        liked=liked,
+        gold=dict.fromkeys(gold, 1),
+        meta={"dialog_id": dialog, "turn_id": turn},
+    )
 
 
 # every dialogue i pairs its own movie "s<i>" with "t<i>": only a leak could predict t<i> from s<i>
@@ -74,8 +82,11 @@ def test_run_folds_has_no_leakage() -> None:
     assert "t0" in [i for i, _ in ComentionSource(leaky).retrieve(request)]
 
 
-ITEMS = [Item(id="1", title="The Babadook (2014)"), Item(id="2", title="The Shining (1980)"),
-         Item(id="3", title="It Follows (2014)")]  # fmt: skip
+ITEMS = [
+    Item(id="1", title="The Babadook (2014)"),
+    Item(id="2", title="The Shining (1980)"),
+    Item(id="3", title="It Follows (2014)"),
+]
 
 
 def _write(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -84,10 +95,18 @@ def _write(path: Path, rows: list[dict[str, object]]) -> Path:
 
 
 def test_read_generic_log_by_id_and_title_with_unmatched_count(tmp_path: Path) -> None:
-    path = _write(tmp_path / "log.jsonl", [
-        {"dialog_id": "a", "mentioned": ["the babadook (2014)", "Nope (2099)"], "recommended": ["2"], "rejected": ["3"]},
-        {"dialog_id": "b", "mentioned": [], "recommended": []},
-    ])  # fmt: skip
+    path = _write(
+        tmp_path / "log.jsonl",
+        [
+            {
+                "dialog_id": "a",
+                "mentioned": ["the babadook (2014)", "Nope (2099)"],
+                "recommended": ["2"],
+                "rejected": ["3"],
+            },
+            {"dialog_id": "b", "mentioned": [], "recommended": []},
+        ],
+    )
     log = read_dialogue_log(path, ITEMS)
     assert [(t.mentioned, t.recommended, t.rejected) for t in log.turns] == [(("1",), ("2",), ("3",))]
     r = log.report
@@ -96,16 +115,39 @@ def test_read_generic_log_by_id_and_title_with_unmatched_count(tmp_path: Path) -
 
 
 def test_read_turn_file_and_raw_dialogues(tmp_path: Path) -> None:
-    turns = _write(tmp_path / "turns.jsonl", [{"dialog_id": "7", "context": ["hi"], "entity": ["horror",
-                   "The Babadook (2014)"], "rec": ["The Shining (1980)"]}])  # fmt: skip
+    turns = _write(
+        tmp_path / "turns.jsonl",
+        [
+            {
+                "dialog_id": "7",
+                "context": ["hi"],
+                "entity": ["horror", "The Babadook (2014)"],
+                "rec": ["The Shining (1980)"],
+            }
+        ],
+    )
     log = read_dialogue_log(turns, ITEMS)
     assert log.report.format == "turns" and log.turns[0].mentioned == ("1",) and log.turns[0].recommended == ("2",)
-    raw = _write(tmp_path / "dialogues.jsonl", [{
-        "conversationId": "9", "respondentWorkerId": 2, "movieMentions": {"11": "The Babadook (2014)"},
-        "messages": [
-            {"senderWorkerId": 1, "text": "like @11", "turn_id": 0, "item": ["The Babadook (2014)"], "entity": []},
-            {"senderWorkerId": 2, "text": "try it", "turn_id": 1, "item": ["It Follows (2014)"], "entity": []},
-        ]}])  # fmt: skip
+    raw = _write(
+        tmp_path / "dialogues.jsonl",
+        [
+            {
+                "conversationId": "9",
+                "respondentWorkerId": 2,
+                "movieMentions": {"11": "The Babadook (2014)"},
+                "messages": [
+                    {
+                        "senderWorkerId": 1,
+                        "text": "like @11",
+                        "turn_id": 0,
+                        "item": ["The Babadook (2014)"],
+                        "entity": [],
+                    },
+                    {"senderWorkerId": 2, "text": "try it", "turn_id": 1, "item": ["It Follows (2014)"], "entity": []},
+                ],
+            }
+        ],
+    )
     log = read_dialogue_log(raw, ITEMS)
     assert log.report.format == "redial-dialogues" and log.report.dialogues == 1
     assert [(t.dialog_id, t.mentioned, t.recommended) for t in log.turns] == [("9", ("1",), ("3",))]

@@ -112,7 +112,7 @@ def test_fit_cached_reuses_and_refits(tmp_path: Path) -> None:
     _, reused = fit_cached(LOG.without(["d3"]), DialogueSourceConfig(pairs="dialogue"), tmp_path / "comention")
     assert not reused
     loaded = load_dialogue_model(tmp_path / "comention")
-    assert loaded is not None and loaded.dialogues == 2 and loaded.fingerprint == dialogue_fingerprint(
-        LOG.without(["d3"])
+    assert (
+        loaded is not None and loaded.dialogues == 2 and loaded.fingerprint == dialogue_fingerprint(LOG.without(["d3"]))
     )
     assert load_dialogue_model(tmp_path / "nothing") is None
