@@ -21,7 +21,6 @@ from agent.settings import Settings
 from eval.dialogue_log import read_dialogue_log
 from retrieval.dialogue_log import DialogueLog, DialogueLogReport
 from retrieval.dialogue_sources import ARTIFACT_KIND, DialogueModel, DialogueSourceConfig, fit_cached
-from retrieval.embed import make_embedder
 from retrieval.fitted import artifact_dir
 from retrieval.store import Store
 
@@ -54,12 +53,7 @@ def fit_dialogue_sources(
     try:
         store = Store(settings.store_config())
         name = collection or settings.collection
-        if not store.has_collection(name):
-            raise InputError(
-                f"collection {name!r} does not exist in {store.location}",
-                hint="ingest the catalog first: recagent ingest PATH --collection NAME",
-            )
-        coll = store.open_for(make_embedder(settings.embed_config(progress=False)), name)
+        coll = store.collection(name)  # a clear error naming the existing collections when it is missing
         items = list(coll.get_items(coll.ids()).values())
         parts = [read_dialogue_log(path, items) for path in logs]
         if sessions:
