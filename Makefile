@@ -61,3 +61,10 @@ clean:
 .PHONY: report-loo
 report-loo: setup  ## the leave-one-out report: docs/eval/movielens-loo.md (+ .html); see eval/reports/movielens_loo.sh
 	PY=$(PY) bash eval/reports/movielens_loo.sh
+
+# docs/eval/redial-folds.md: the conversation sources on ReDial dev, 5 folds by dialogue, iEvaLM-CRS protocol
+# (retrieval only, no LLM; ~25 min the first time on 2 cores: the catalog is embedded once, then ~5 min)
+REDIAL ?= ../shared/data/redial-dev
+.PHONY: redial-folds
+redial-folds: setup  ## docs/eval/redial-folds.md numbers: recagent eval folds on ReDial dev (see the doc)
+	$(VENV)/bin/recagent eval folds $(REDIAL) --folds 5 --seed 0 --out runs/redial-folds

@@ -65,13 +65,13 @@ def _content_fn(settings: Settings, dataset: EvalDataset, out: Path) -> Any:
             row = json.loads(line)
             if row.get("collection") == name:
                 cache[row["case_id"]] = {k: [(i, float(s)) for i, s in v] for k, v in row["lists"].items()}
-    fh = cache_path.open("a", encoding="utf-8")
 
     def content(case: EvalCase) -> dict[str, Scored]:
         if case.case_id not in cache:
             query = _query_for(case)
             cache[case.case_id] = generator.run_sources(query, weights=weights)
-            fh.write(json.dumps({"collection": name, "case_id": case.case_id, "lists": cache[case.case_id]}) + "\n")
+            with cache_path.open("a", encoding="utf-8") as fh:  # one line per case: an interrupted run keeps its work
+                fh.write(json.dumps({"collection": name, "case_id": case.case_id, "lists": cache[case.case_id]}) + "\n")
         return cache[case.case_id]
 
     return content, generator.allowed_ids(None), name

@@ -37,4 +37,6 @@ def print_recommendation(result: Recommendation, console: Console | None = None,
     ]
     if result.fallback_reason:
         facts.append(f"[yellow]fallback: {escape(result.fallback_reason)}[/]")
+    if result.dialogue_log:
+        facts.append(escape(result.dialogue_log))
     console.print("  " + " | ".join(facts))

@@ -23,7 +23,7 @@ DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
     "popularity": 0.5,
     "profile": 0.0,  # LLM-written user profile -> semantic query (agent/profiles.py); 0 = off, no LLM call
     "generated": 0.0,  # LLM-proposed titles grounded to catalog items (agent/ground.py); 0 = off
-    "comention": 1.0,  # items recommended with the liked ones in a fitted dialogue log (retrieval/dialogue_sources.py)
+    "comention": 2.0,  # items recommended with the liked ones in a fitted dialogue log (retrieval/dialogue_sources.py)
     "recommended_popularity": 0.5,  # what a fitted dialogue log's recommenders named most (cold openings)
 }
 SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_SOURCE_WEIGHTS)
