@@ -16,8 +16,8 @@ from typing import Any
 from agent.settings import Settings
 from eval.crs_folds import CONTENT_SOURCES, FoldResult, default_arms, run_folds
 from eval.datasets import EvalCase, EvalDataset, file_sha256, load_dataset
+from eval.provenance import git_commit
 from eval.report import markdown_to_html
-from eval.runner import git_commit
 from retrieval.candidates import CandidateGenerator, ItemToItemSource, Scored, SemanticSource
 from retrieval.embed import make_embedder
 from retrieval.store import Store

@@ -1,4 +1,4 @@
-"""`recagent sessions export`: the chat sessions as a dialogue log. Thin wiring of :mod:`agent.session_log`."""
+"""`recagent sessions export`: the chat sessions as a dialogue log. Thin wiring of :mod:`agent.sessions.log`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def export_cmd(
 ) -> None:
     """Write every session that accepted or rejected something as one line of a dialogue log (the form
     `recagent train dialogue-sources LOG` reads): liked items as mentioned, accepted as recommended."""
-    from agent.session_log import iter_sessions, session_log, write_log_jsonl
     from agent.sessions import open_session_store
+    from agent.sessions.log import iter_sessions, session_log, write_log_jsonl
 
     store = open_session_store(ctx.find_root().obj.settings)
     try:

@@ -2,7 +2,7 @@
 
 A :class:`DialogueLog` is what the conversation sources (:mod:`retrieval.dialogue_sources`) learn from. Readers
 that build one from files live in :mod:`eval.dialogue_log` (raw ReDial dialogues, turn files, a generic JSONL
-mapping) and in :mod:`agent.session_log` (recagent's own chat sessions); all ids here are catalog ids.
+mapping) and in :mod:`agent.sessions.log` (recagent's own chat sessions); all ids here are catalog ids.
 
 The generic JSONL form, one turn per line, is also what ``recagent sessions export`` writes::
 

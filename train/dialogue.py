@@ -1,7 +1,7 @@
 """`recagent train dialogue-sources`: fit the conversation sources of a collection on dialogue logs.
 
 The logs (files in any format of :mod:`eval.dialogue_log`, and/or recagent's own chat sessions through
-:mod:`agent.session_log`) are matched to the collection's items, combined, and fitted into
+:mod:`agent.sessions.log`) are matched to the collection's items, combined, and fitted into
 ``retrieval.fitted.artifact_dir(store, collection, "comention")`` (reused when the same log was fitted with the
 same settings). The live pipeline picks the state up from there on its next start.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import InputError
-from agent.session_log import iter_sessions, session_log
 from agent.sessions import open_session_store
+from agent.sessions.log import iter_sessions, session_log
 from agent.settings import Settings
 from eval.dialogue_log import read_dialogue_log
 from retrieval.dialogue_log import DialogueLog, DialogueLogReport

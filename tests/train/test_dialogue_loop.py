@@ -9,8 +9,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from agent.pipeline import Recommender
-from agent.session_sqlite import SQLiteSessionStore
 from agent.sessions import Preferences, Turn
+from agent.sessions.sqlite import SQLiteSessionStore
 from agent.settings import load_settings
 from recagent import cmd_sessions, cmd_train
 from retrieval.types import UserQuery
@@ -34,8 +34,11 @@ def test_accepted_items_fed_back_change_later_candidates(ml_sample: Path, tmp_pa
     state = store.create()
     state.preferences = Preferences(liked_ids=[seed])
     state.shown, state.accepted, state.rejected = [accepted, rejected], [accepted], [rejected]
-    store.commit_turn(state, Turn(turn_id=1, role="user", content="I loved it"),
-                      Turn(turn_id=2, role="assistant", content="try these", item_ids=[accepted, rejected]))  # fmt: skip
+    store.commit_turn(
+        state,
+        Turn(turn_id=1, role="user", content="I loved it"),
+        Turn(turn_id=2, role="assistant", content="try these", item_ids=[accepted, rejected]),
+    )
     store.create()  # a session that accepted nothing: read, skipped
     store.close()
 
@@ -45,8 +48,12 @@ def test_accepted_items_fed_back_change_later_candidates(ml_sample: Path, tmp_pa
     assert done.exit_code == 0, done.output
     assert "2 sessions read, 1 written" in done.output and "1 without accepted or rejected" in done.output
     row = json.loads(log.read_text(encoding="utf-8"))
-    assert row == {"dialog_id": state.session_id, "mentioned": [seed], "recommended": [accepted],
-                   "rejected": [rejected]}  # fmt: skip
+    assert row == {
+        "dialog_id": state.session_id,
+        "mentioned": [seed],
+        "recommended": [accepted],
+        "rejected": [rejected],
+    }
     done = runner.invoke(cli_app(settings, "train", cmd_train.app), ["train", "dialogue-sources", str(log)])
     assert done.exit_code == 0, done.output
     assert "fitted: 1 turns, 1 dialogues" in done.output and "3 by id" in done.output

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from agent.sessions import SessionState, SessionStore
+from agent.sessions.models import SessionState, SessionStore
 from retrieval.dialogue_log import DialogueLog, DialogueLogReport, DialogueTurn
 
 __all__ = ["iter_sessions", "session_log", "session_turn", "write_log_jsonl"]
