@@ -15,9 +15,12 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.types import Item
+
+if TYPE_CHECKING:
+    from agent.chat.title_link import TitleLinker
 
 __all__ = ["COMPARATIVES", "CUE_WORDS", "NEG_CUES", "ONLY_CUES", "STOP", "CatalogIndex", "Match", "Token", "tokenize"]
 
@@ -235,6 +238,15 @@ class CatalogIndex:
             return None
         wanted = norm_tokens(value)
         return next((v for v in info.counts if norm_tokens(v) == wanted), None)
+
+    def title_linker(self) -> TitleLinker:
+        """The fuzzy title linker over this catalog's titles (built on first use, then kept)."""
+        linker = self.__dict__.get("_linker")
+        if linker is None:
+            from agent.chat.title_link import TitleLinker
+
+            linker = self.__dict__["_linker"] = TitleLinker(self.title_of, skip=self._values)
+        return linker
 
     def lookup_title(self, text: str) -> list[str]:
         """Ids whose title has one of ``text``'s normal forms (e.g. a quoted title or an LLM-extracted one)."""

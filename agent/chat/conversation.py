@@ -41,7 +41,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
 from agent.chat.preferences import PreferenceUpdate, apply_update, content_words, parse_message
-from agent.chat.reply import REPLY_STOP, ReplyShaper, check_reply, clarifying_reply, clean_reply, template_reply
+from agent.chat.reply import (
+    REPLY_STOP,
+    ReplyShaper,
+    check_reply,
+    clarifying_reply,
+    clean_reply,
+    template_reply,
+    which_one_reply,
+)
 from agent.errors import InputError, RecagentError
 from agent.explain import instruction_text
 from agent.llm.base import Generation
@@ -365,7 +373,7 @@ class Conversation:
             except RecagentError as exc:
                 w.error = exc
                 continue
-            w.clarifying = w.request is None
+            w.clarifying = w.request is None or bool(w.update.ambiguous)
 
     def _has_history(self, user_id: str | None) -> bool:
         if user_id is None:
@@ -425,11 +433,15 @@ class Conversation:
         """Give every work its template (or clarifying) reply; return those an LLM reply may replace."""
         for w in works:
             assert w.state is not None
-            if w.clarifying:
+            if w.update.ambiguous:
+                w.reply = which_one_reply(w.update.ambiguous, self.index)
+            elif w.clarifying:
                 w.reply = clarifying_reply(w.state.preferences, self.index)
             else:
                 assert w.recommendation is not None
                 w.reply = template_reply(w.recommendation.items, w.state.preferences, self.index)
+            if w.update.understood:
+                w.reply = f"(I took {'; '.join(w.update.understood)}.) {w.reply}"
         if self.settings.chat_reply != "llm":
             return []
         return [w for w in works if not w.clarifying and w.recommendation and w.recommendation.items]

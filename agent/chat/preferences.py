@@ -30,6 +30,7 @@ from agent.chat.catalog import COMPARATIVES as _COMPARATIVES
 from agent.chat.catalog import NEG_CUES as _NEG
 from agent.chat.catalog import ONLY_CUES as _ONLY
 from agent.chat.catalog import STOP, CatalogIndex, Match, Token, norm_tokens, tokenize
+from agent.chat.title_link import TitleLink
 from agent.sessions import AttributePref, Preferences, SessionState
 from retrieval.types import Constraints, NumericRange
 
@@ -101,6 +102,10 @@ class PreferenceUpdate(_Model):
     replace_need: bool = False
     reset: bool = False
     notes: list[str] = Field(default_factory=list)
+    understood: list[str] = Field(default_factory=list, description="Loosely typed titles and how they were read.")
+    ambiguous: list[list[str]] = Field(
+        default_factory=list, description="Loosely typed titles that fit several items (the chat asks which one)."
+    )
 
     def merge(self, other: PreferenceUpdate) -> PreferenceUpdate:
         """Union with ``other``; where the two disagree about an item or a value, ``self`` wins."""
@@ -123,6 +128,8 @@ class PreferenceUpdate(_Model):
             out.need, out.replace_need = other.need, other.replace_need
         out.reset = self.reset or other.reset
         out.notes += other.notes
+        out.understood += [u for u in other.understood if u not in out.understood]
+        out.ambiguous += [a for a in other.ambiguous if a not in out.ambiguous]
         return out
 
     def positive(self) -> bool:
@@ -171,9 +178,30 @@ class _Clause:
                 self.matches.append(m)
                 if m.kind == "title":
                     self.used[m.start : m.end] = [True] * (m.end - m.start)
+        self._link_titles(index, shown)
         self.neg = _cue_positions(words, _NEG, _NEG_PAIRS)
         self.only = _cue_positions(words, _ONLY, _ONLY_PAIRS)
         self.neg = [p for p in self.neg if p not in self.only and p - 1 not in self.only]
+
+    def _link_titles(self, index: CatalogIndex, shown: Sequence[str]) -> None:
+        """Loosely typed titles ("the babadok", "super trooper 2"): a fuzzy link may replace a one-word exact
+        title inside it ("Super"); a title that fits several items none of which was shown is ambiguous."""
+        one_word = {
+            i for m in self.matches if m.kind == "title" and m.end - m.start == 1 for i in range(m.start, m.end)
+        }
+        free = [u and i not in one_word for i, u in enumerate(self.used)]
+        self.links = index.title_linker().link(self.words, free)
+        for link in self.links:
+            self.matches = [m for m in self.matches if m.end <= link.start or m.start >= link.end]
+            self.used[link.start : link.end] = [True] * (link.end - link.start)
+            if not link.ambiguous:
+                self.matches.append(Match(link.start, link.end, "title", ids=link.ids))
+        known = set(shown)
+        for m in list(self.matches):
+            if m.kind == "title" and len(m.ids) > 1 and not known & set(m.ids):
+                self.matches.remove(m)
+                text = " ".join(self.words[m.start : m.end])
+                self.links.append(TitleLink(m.start, m.end, text, m.ids, 100.0))
 
     def polarity(self, pos: int, *, reference: bool) -> str:
         if any(p < pos for p in self.only):
@@ -328,6 +356,14 @@ def parse_message(message: str, index: CatalogIndex, shown: Sequence[str]) -> Pr
             up.reset = True
             up.notes.append("reset")
             continue
+        for link in clause.links:
+            titles = [index.title_of.get(i, i) for i in link.ids]
+            if link.ambiguous:
+                up.ambiguous.append(list(link.ids))
+                up.notes.append(f"ambiguous:{link.text}")
+            else:
+                up.understood.append(f"{link.text!r} as {titles[0]}")
+                up.notes.append(f"fuzzy_title:{link.text}")
         refs: list[tuple[int, str, str]] = []  # position, item id, how
         for m in clause.matches:
             if m.kind == "title":

@@ -186,3 +186,12 @@ def clarifying_reply(prefs: Preferences, index: CatalogIndex | None) -> str:
         f"{noted}What are you in the mood for? Tell me about something you liked, or describe what you want: "
         f"{field}{examples}, a period, a mood."
     )
+
+
+def which_one_reply(ambiguous: Sequence[Sequence[str]], index: CatalogIndex) -> str:
+    """A question for loosely typed titles that fit several catalog items: which one was meant."""
+    questions = []
+    for ids in ambiguous:
+        titles = [index.title_of.get(i, i) for i in ids[:5]]
+        questions.append(", ".join(titles[:-1]) + f" or {titles[-1]}" if len(titles) > 1 else titles[0])
+    return "Which one do you mean: " + "? Or: ".join(questions) + "? Type the title with its year."
