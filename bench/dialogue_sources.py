@@ -18,7 +18,7 @@ from pathlib import Path
 from agent.settings import load_settings
 from eval.datasets import load_dataset
 from eval.dialogue_log import read_dialogue_log
-from retrieval.candidates import CandidateGenerator
+from retrieval.candidates import CandidateGenerator, SourceRequest
 from retrieval.dialogue_sources import dialogue_sources, fit_dialogue_model
 from retrieval.embed import make_embedder
 from retrieval.store import Store
@@ -53,15 +53,23 @@ def main() -> None:
     learned = CandidateGenerator.default(collection, embedder, None, settings.fusion_config())
     learned.sources += dialogue_sources(model)
     cases = dataset.cases[: args.turns]
-    for name, generator in (("content only", plain), ("with dialogue sources", learned)):
+    own = dialogue_sources(model)
+    times: dict[str, list[float]] = {"content only": [], "with dialogue sources": [], "the two dialogue sources": []}
+    for generator in (plain, learned):
         generator.generate(UserQuery(need="warm-up", n=20))
-        times = []
-        for case in cases:
-            query = UserQuery(need=case.query, liked=case.liked, n=20)
+    for case in cases:  # interleaved, so that load on a shared machine hits both alike
+        query = UserQuery(need=case.query, liked=case.liked, n=20)
+        for name, generator in (("content only", plain), ("with dialogue sources", learned)):
             t0 = time.perf_counter()
             generator.generate(query)
-            times.append((time.perf_counter() - t0) * 1000)
-        print(f"{name}: {len(times)} turns, p50 {_p(times, 50):.1f} ms, p95 {_p(times, 95):.1f} ms")
+            times[name].append((time.perf_counter() - t0) * 1000)
+        request = SourceRequest(query=query, k=100, exclude=frozenset(query.excluded_ids()))
+        t0 = time.perf_counter()
+        for source in own:
+            source.retrieve(request)
+        times["the two dialogue sources"].append((time.perf_counter() - t0) * 1000)
+    for name, values in times.items():
+        print(f"{name}: {len(values)} turns, p50 {_p(values, 50):.1f} ms, p95 {_p(values, 95):.1f} ms")
 
 
 if __name__ == "__main__":
