@@ -188,8 +188,10 @@ class Recommender:
         collection: str | None = None,
         interactions: Interactions | None = None,
         registry: PromptRegistry | None = None,
+        dialogue_sources: bool = True,
     ) -> None:
         self.settings = settings
+        self.use_dialogue_sources = dialogue_sources  # False: ignore the collection's fitted dialogue log
         self._engine = engine
         self._engine_error: str | None = None
         self._engine_lock = threading.Lock()
@@ -244,6 +246,8 @@ class Recommender:
     @cached_property
     def dialogue_model(self) -> DialogueModel | None:
         """The dialogue sources' fitted state of this collection (`recagent train dialogue-sources`), if any."""
+        if not self.use_dialogue_sources:
+            return None
         folder = artifact_dir(self.store.config, self.collection_name, DIALOGUE_KIND)
         return load_dialogue_model(folder)
 

@@ -273,7 +273,9 @@ class _Runner:
         vs = variant_settings(self.settings, arm)
         rec = Recommender(vs, engine=self._engine_for(arm, vs), embedder=self.embedder, store=self.store,
                           collection=self.ensure_collection(), interactions=self.split.train,
-                          registry=self.registry)  # fmt: skip
+                          registry=self.registry, dialogue_sources=False)  # fmt: skip
+        # dialogue_sources=False: a collection's fitted dialogue log may hold the very dialogues scored here;
+        # `recagent eval folds` fits those sources per fold instead
         if self.split.candidates is not None and "candidates" not in RecommendRequest.model_fields:
             rec.generator = _FixedCandidates(self._candidates_by_user())  # type: ignore[assignment]
         elif self.split.candidates is None:

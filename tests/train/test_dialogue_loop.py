@@ -61,6 +61,8 @@ def test_accepted_items_fed_back_change_later_candidates(ml_sample: Path, tmp_pa
     assert "reused: 1 turns" in again.output
 
     after_rec = Recommender(settings, embedder=embedder)
+    # the evaluator opts out: a collection's fitted log may hold the dialogues it scores
+    assert Recommender(settings, embedder=embedder, dialogue_sources=False).dialogue_model is None
     assert after_rec.dialogue_note() is not None and "1 turns" in (after_rec.dialogue_note() or "")
     lists = after_rec.generator.run_sources(query)
     assert lists["comention"][0][0] == accepted
