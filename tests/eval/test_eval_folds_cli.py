@@ -18,9 +18,11 @@ GENRES = ["horror", "comedy", "drama"]
 
 
 def _dataset(folder: Path) -> Path:
-    movies = {str(100 + i): {"name": f"Movie {i} ({1980 + i})", "genre": [GENRES[i % 3]],
-                             "plot": f"A {GENRES[i % 3]} story number {i}.", "director": [f"D{i % 4}"],
-            "writer": [], "star": [], "imdb_id": f"tt{i:07d}"} for i in range(12)}  # fmt: skip
+    movies = {
+        str(100 + i): {"name": f"Movie {i} ({1980 + i})", "genre": [GENRES[i % 3]], "director": [f"D{i % 4}"],
+                       "plot": f"A {GENRES[i % 3]} story number {i}.", "writer": [], "star": [], "imdb_id": f"tt{i}"}
+        for i in range(12)
+    }  # fmt: skip
     (folder / "movies.json").write_text(json.dumps(movies), encoding="utf-8")
     rows = []
     for d in range(8):  # every dialogue: movie d mentioned, then movie d + 6 recommended (a learnable pair)
