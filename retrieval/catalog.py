@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from retrieval.config import CleanConfig
 from retrieval.errors import CatalogError
+from retrieval.rowcheck import drop_non_finite, row_problem
 from retrieval.textio import (
     csv_rows,
     decode,
@@ -142,6 +143,13 @@ class _Cleaner:
     def add(self, record: dict[str, Any], where: str, texts: list[str], meta: dict[str, FieldType]) -> None:
         m, report = self.mapping, self.report
         report.rows_read += 1
+        problem = row_problem(record, m.id, m.title)
+        if problem is not None:
+            report.reject(problem[0], f"{where}: {problem[1]}")
+            return
+        record, dropped = drop_non_finite(record)
+        for col in dropped:
+            report.fix("non_finite_dropped", f"{where}: {col!r} held NaN/Infinity (dropped)")
         item_id = _scalar_text(record.get(m.id))
         if not item_id:
             report.reject("missing_id", f"{where}: empty {m.id!r}")
