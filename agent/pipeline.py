@@ -35,7 +35,7 @@ from agent.schemas import LLM_STRATEGIES, CandidateItem, RankedItem, RankingCont
 from agent.settings import Settings
 from prompts import PromptRegistry
 from retrieval.candidates import CandidateGenerator
-from retrieval.config import SOURCE_NAMES
+from retrieval.config import check_source_weights
 from retrieval.dialogue_sources import ARTIFACT_KIND as DIALOGUE_KIND
 from retrieval.dialogue_sources import DialogueModel, dialogue_sources, load_dialogue_model
 from retrieval.embed import Embedder, make_embedder
@@ -81,14 +81,7 @@ class RecommendRequest(BaseModel):
     @field_validator("source_weights")
     @classmethod
     def _weights_not_negative(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return value
-        unknown = sorted(set(value) - set(SOURCE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown candidate source(s) {unknown}; sources: {', '.join(SOURCE_NAMES)}")
-        if any(w < 0 for w in value.values()):
-            raise ValueError("source weights must be >= 0 (0 turns a source off)")
-        return value
+        return None if value is None else check_source_weights(value)
 
 
 class RecommendedItem(RankedItem):

@@ -7,6 +7,7 @@ it down. Nothing reads the environment anywhere else.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,9 +18,18 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from agent.errors import ConfigError
-from retrieval.config import DEFAULT_SOURCE_WEIGHTS, CleanConfig, EmbedConfig, FusionConfig, StoreConfig
+from retrieval.config import (
+    DEFAULT_SOURCE_WEIGHTS,
+    CleanConfig,
+    EmbedConfig,
+    FusionConfig,
+    StoreConfig,
+    check_source_weights,
+    source_weights_hint,
+)
 
 if TYPE_CHECKING:
     from agent.schemas import RerankConfig
@@ -232,6 +242,11 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Longest a request may wait for its batch result before a 503."
     )
 
+    @field_validator("fusion_weights", mode="before")
+    @classmethod
+    def _known_sources(cls, value: object) -> object:
+        return check_source_weights(value) if isinstance(value, dict) else value
+
     @field_validator("llm_model")
     @classmethod
     def _model_not_blank(cls, value: str) -> str:
@@ -350,9 +365,25 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     init.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings(**init)
+    except SettingsError as exc:  # an environment value that is not JSON where the setting needs it
+        raise _unparsable_env(exc) from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}" for err in exc.errors())
+        fusion = any(err["loc"][:1] == ("fusion_weights",) for err in exc.errors())
         raise ConfigError(
             f"invalid settings: {problems}",
-            hint="check RECAGENT_* environment variables and recagent.toml; `recagent config` lists every setting",
+            hint=source_weights_hint()
+            if fusion
+            else "check RECAGENT_* environment variables and recagent.toml; `recagent config` lists every setting",
         ) from exc
+
+
+def _unparsable_env(exc: SettingsError) -> ConfigError:
+    match = re.search(r'field "(\w+)"', str(exc))
+    name = match.group(1) if match else None
+    var = f"RECAGENT_{name.upper()}" if name else "a RECAGENT_* variable"
+    value = os.environ.get(var, "") if name else ""
+    hint = f"{var} must be JSON for this setting; `recagent config` lists every setting"
+    if name == "fusion_weights":
+        hint = source_weights_hint()
+    return ConfigError(f"{var}={value[:80]!r} cannot be parsed: {exc}", hint=hint)

@@ -40,4 +40,6 @@ class InputError(RecagentError):
 
 
 class PromptError(RecagentError):
-    """A prompt template is unknown, malformed, or misses a variable."""
+    """A prompt template is unknown, malformed, or misses a variable (bad input or settings: exit code 2)."""
+
+    exit_code = 2

@@ -22,7 +22,7 @@ from agent.errors import ConfigError
 from agent.schemas import STRATEGIES, RerankConfig
 from agent.settings import Settings
 from prompts import PromptRegistry
-from retrieval.config import SOURCE_NAMES
+from retrieval.config import check_source_weights, source_weights_hint
 
 __all__ = ["BASELINES", "EvalSettings", "Variant", "parse_variant", "variant_settings"]
 
@@ -94,9 +94,16 @@ def _value(text: str) -> Any:
 
 
 def parse_variant(spec: str, registry: PromptRegistry | None = None) -> Variant:
-    """Parse ``NAME:key=value,...`` (or a bare NAME: the configured settings). ConfigError names the problem."""
-    name, _, body = spec.partition(":")
+    """Parse ``NAME:key=value,...`` (``NAME:`` with nothing after the colon: the configured settings). ConfigError
+    names the problem; a spec without a colon is refused (``garbage`` is a typo far more often than a variant)."""
+    name, colon, body = spec.partition(":")
     name = name.strip()
+    if not colon:
+        raise ConfigError(
+            f"variant {spec!r} has no ':'",
+            hint="write NAME:key=value,... e.g. opt:strategy=options,weight=0.2 (NAME: alone runs the configured "
+            "settings; baselines go to --baseline or --baselines)",
+        )
     if not _NAME.match(name):
         raise ConfigError(
             f"variant {spec!r}: bad name {name!r}",
@@ -116,17 +123,13 @@ def parse_variant(spec: str, registry: PromptRegistry | None = None) -> Variant:
         value = _value(raw)
         if key.startswith("fusion."):
             source = key.removeprefix("fusion.")
-            if source not in SOURCE_NAMES:
+            try:
+                variant.fusion.update(check_source_weights({source: value}))
+            except ValueError as exc:
                 raise ConfigError(
-                    f"variant {name}: unknown candidate source {source!r} in {key!r}",
-                    hint=f"use fusion.SOURCE=WEIGHT with SOURCE one of {', '.join(SOURCE_NAMES)}",
-                )
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(
-                    f"variant {name}: {key} must be a number >= 0, got {raw.strip()!r}",
-                    hint="e.g. fusion.profile=1.0 (0 turns the source off)",
-                )
-            variant.fusion[source] = float(value)
+                    f"variant {name}: {key}={raw.strip()}: {exc}",
+                    hint=f"write fusion.SOURCE=WEIGHT, e.g. fusion.profile=1.0; {source_weights_hint()}",
+                ) from exc
         elif key == "prompt":
             prompt = str(value)
         elif key in _ALIASES:

@@ -26,6 +26,7 @@ from recagent import (
     cmd_train,
 )
 from recagent.context import app_state
+from recagent.options import validation_hint
 
 app = typer.Typer(
     name="recagent",
@@ -90,6 +91,7 @@ def main() -> None:
             raise
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         err_console.print(f"[bold red]error:[/] invalid input: {escape(problems)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]how to fix:[/] {escape(validation_hint(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

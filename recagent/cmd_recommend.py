@@ -36,6 +36,7 @@ def recommend(
     from agent.errors import InputError
     from agent.filter_syntax import parse_filters
     from agent.pipeline import Recommender, RecommendRequest
+    from recagent.options import source_options
     from recagent.present import print_recommendation
 
     settings = ctx.find_root().obj.settings
@@ -43,13 +44,7 @@ def recommend(
         settings = settings.model_copy(update={"interactions": interactions})
     if not (user or query or like):
         raise InputError("nothing to recommend from", hint="give --user ID, --query TEXT or --like ITEM_ID")
-    weights: dict[str, float] = {}
-    for spec in sources:
-        name, _, value = spec.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise InputError(f"--source {spec!r} is not NAME=WEIGHT", hint="e.g. --source profile=1") from None
+    weights = source_options(sources)
     request = RecommendRequest(
         user_id=user,
         query=query,

@@ -39,13 +39,22 @@ LogMappingFile = Annotated[
 
 def parse_meta(values: list[str]) -> dict[str, Any]:
     """``COLUMN:TYPE`` options -> {column: type}."""
+    from typing import get_args
+
+    from retrieval.catalog import FieldType
     from retrieval.errors import InputError
 
+    types = get_args(FieldType)
     out: dict[str, Any] = {}
     for value in values:
-        name, _, kind = value.partition(":")
-        if not name or kind not in ("int", "float", "str", "list", "bool"):
+        name, colon, kind = value.partition(":")
+        if not name or not colon:
             raise InputError(f"--meta {value!r} is not COLUMN:TYPE", hint="e.g. --meta year:int --meta authors:list")
+        if kind not in types:
+            raise InputError(
+                f"--meta {value!r}: unknown type {kind!r}",
+                hint=f"use one of {', '.join(types)} (e.g. --meta year:int --meta authors:list)",
+            )
         out[name] = kind
     return out
 

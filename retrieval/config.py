@@ -6,12 +6,14 @@ and passes them down. ``agent.settings`` maps its ``RECAGENT_*`` fields onto the
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from retrieval.errors import ConfigError
 
@@ -28,6 +30,51 @@ DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
 }
 SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_SOURCE_WEIGHTS)
 """The candidate sources recagent knows (fusion weight names)."""
+def source_weights_hint() -> str:
+    """How to write fusion weights, naming the sources known now (:data:`SOURCE_NAMES`)."""
+    return (
+        "name each source as SOURCE=WEIGHT (JSON for RECAGENT_FUSION_WEIGHTS, e.g. '{\"semantic\": 1.0}') with "
+        f"SOURCE one of {', '.join(SOURCE_NAMES)} and WEIGHT a number >= 0 (0 turns a source off)"
+    )
+
+
+def check_source_weights(weights: Mapping[str, object]) -> dict[str, float]:
+    """The one validation of fusion weights (settings, ``--source``, the HTTP API, ``--variant``).
+
+    Returns the weights as floats; raises ValueError naming every unknown source and every weight that is not a
+    finite number >= 0 (pydantic validators turn it into a validation error; the CLI adds
+    :func:`source_weights_hint`).
+    """
+    unknown = sorted(str(k) for k in weights if k not in SOURCE_NAMES)
+    bad = {}
+    out: dict[str, float] = {}
+    for name, value in weights.items():
+        number = _weight(value)
+        if number is None:
+            bad[str(name)] = value
+        else:
+            out[str(name)] = number
+    problems = []
+    if unknown:
+        problems.append(f"unknown candidate source(s) {', '.join(map(repr, unknown))} (known: {', '.join(SOURCE_NAMES)})")
+    if bad:
+        shown = ", ".join(f"{k}={v!r}" for k, v in bad.items())
+        problems.append(f"weights must be numbers >= 0 (0 turns a source off), got {shown}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return out
+
+
+def _weight(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
 EmbedBackend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
 _COLLECTION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 
@@ -107,6 +154,11 @@ class FusionConfig(BaseModel):
     k: int = Field(default=100, ge=1, description="Candidates asked from each source.")
     rrf_k: int = Field(default=60, ge=0, description="RRF constant: score = sum(weight / (rrf_k + rank)).")
     n: int = Field(default=50, ge=1, description="Candidates returned after fusion.")
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _known_sources(cls, value: object) -> object:
+        return check_source_weights(value) if isinstance(value, Mapping) else value
 
 
 class CleanConfig(BaseModel):

@@ -127,11 +127,11 @@ def test_variant_specs(eval_settings: object) -> None:
     vs = variant_settings(eval_settings, v)  # type: ignore[arg-type]
     cfg = vs.rerank_config()
     assert cfg.strategy == "options" and cfg.llm_weight == 0.5 and cfg.mmr_lambda == 0.7 and cfg.n_orders == 2
-    assert parse_variant("bare").settings == {}
+    assert parse_variant("bare:").settings == {}
     for spec, match in [("x:strategy=magic", "unknown strategy"), ("x:prompt=nope", "unknown prompt template"),
                         ("x:colour=red", "unknown key"), ("x:weight", "cannot read"), ("bad name:weight=1", "bad name"),
                         ("random:weight=1", "baseline name"), ("x:mmr_lambda=7", "mmr_lambda"),
-                        ("x:prompt=explain_nope", "unknown prompt")]:  # fmt: skip
+                        ("x:prompt=explain_nope", "unknown prompt"), ("garbage", "no ':'")]:  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             parse_variant(spec)
 
