@@ -243,6 +243,14 @@ def _string_values(value: Any) -> list[str]:
     return []
 
 
+_NOTHING_KNOWN = "A top candidate overall (nothing is known about your taste yet)"
+
+
+def _knows_user(user: UserContext) -> bool:
+    """Whether anything personal (history, likes, dislikes, a request) went into the ranking."""
+    return bool(user.history or user.need.strip() or user.liked_attributes or user.disliked_attributes)
+
+
 def template_justification(item: CandidateItem, user: UserContext) -> tuple[str, list[Citation]]:
     """A sentence built only from the item's real fields: the values it shares with the user's history and
     stated likes, what the user's request names, and one numeric field."""
@@ -289,13 +297,14 @@ def template_justification(item: CandidateItem, user: UserContext) -> tuple[str,
         None,
     )
     if not parts:
+        lead = "Ranked highly for you among the candidates" if _knows_user(user) else _NOTHING_KNOWN
         first = next(((n, _string_values(v)) for n, v in item.item.metadata.items() if _string_values(v)), None)
         if first is not None:
             values = [clean_data(v) for v in first[1][:3]]
-            parts.append(f"Ranked highly for you among the candidates; {clean_data(first[0])}: {', '.join(values)}")
+            parts.append(f"{lead}; {clean_data(first[0])}: {', '.join(values)}")
             cited += [Citation(field=first[0], value=v) for v in values]
         else:
-            parts.append("Ranked highly for you among the candidates")
+            parts.append(lead)
     if numeric is not None:
         value = clean_data(numeric[1])
         parts.append(f"{clean_data(numeric[0])}: {value}")

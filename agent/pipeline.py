@@ -29,6 +29,7 @@ from agent.llm.base import LLMEngine
 from agent.llm.cache import GenerationCache
 from agent.profiles import CACHE_FILE as PROFILE_CACHE_FILE
 from agent.profiles import ProfileText, build_profiles, source_weight
+from agent.request_check import empty_result_warnings, request_warnings
 from agent.rerank import rank_many
 from agent.rerank.learned import LearnedModel, LearnedRanker
 from agent.schemas import LLM_STRATEGIES, CandidateItem, RankedItem, RankingContext, RerankResult, UserContext
@@ -117,6 +118,11 @@ class Recommendation(BaseModel):
     )
     stage_tokens: dict[str, int] = Field(
         default_factory=dict, description="Tokens of the profile and proposal stages (included in the totals)."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the request named that the catalog or log does not know (unknown user, item ids, filter "
+        "fields) and why a filtered list is empty; empty when everything was known.",
     )
 
 
@@ -452,6 +458,8 @@ class Recommender:
             t0 = time.perf_counter()
             queries.append(self._query(req))
             query_ms.append((time.perf_counter() - t0) * 1000)
+        warnings = [request_warnings(q, bool(r.history), self.collection, self.interactions)
+                    for r, q in zip(requests, queries, strict=True)]  # fmt: skip
         extras = self._llm_sources(requests, queries)
         prepared = []
         for req, query, extra, q_ms in zip(requests, queries, extras, query_ms, strict=True):
@@ -465,8 +473,12 @@ class Recommender:
         results = rank_many(engine, self.registry, contexts)  # falls back itself on engine problems
         rank_ms = (time.perf_counter() - t_rank) * 1000
         out = []
-        for (_req, ctx, items, n_hist, retrieve_ms), result, extra in zip(prepared, results, extras, strict=True):
+        for (req, ctx, items, n_hist, retrieve_ms), result, extra, warns in zip(
+            prepared, results, extras, warnings, strict=True
+        ):
             stage_tokens = extra.tokens()
+            if not result.items:
+                warns += empty_result_warnings(req.constraints, self.collection)
             reason = result.fallback_reason
             if reason and self._engine_error and engine is None:
                 reason = f"engine_error: {self._engine_error}"
@@ -501,6 +513,7 @@ class Recommender:
                     grounding=extra.grounding,
                     dialogue_log=self.dialogue_note(),
                     stage_tokens=stage_tokens,
+                    warnings=warns,
                 )
             )
         return out

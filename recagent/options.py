@@ -16,7 +16,9 @@ def source_options(specs: Sequence[str]) -> dict[str, float]:
     for spec in specs:
         name, eq, value = spec.partition("=")
         if not eq or not name.strip():
-            raise InputError(f"--source {spec!r} is not NAME=WEIGHT", hint=f"e.g. --source profile=1; {source_weights_hint()}")
+            raise InputError(
+                f"--source {spec!r} is not NAME=WEIGHT", hint=f"e.g. --source profile=1; {source_weights_hint()}"
+            )
         raw[name.strip()] = value.strip()
     try:
         return check_source_weights(raw)

@@ -40,3 +40,5 @@ def print_recommendation(result: Recommendation, console: Console | None = None,
     if result.dialogue_log:
         facts.append(escape(result.dialogue_log))
     console.print("  " + " | ".join(facts))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -30,6 +30,8 @@ DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
 }
 SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_SOURCE_WEIGHTS)
 """The candidate sources recagent knows (fusion weight names)."""
+
+
 def source_weights_hint() -> str:
     """How to write fusion weights, naming the sources known now (:data:`SOURCE_NAMES`)."""
     return (
@@ -56,7 +58,9 @@ def check_source_weights(weights: Mapping[str, object]) -> dict[str, float]:
             out[str(name)] = number
     problems = []
     if unknown:
-        problems.append(f"unknown candidate source(s) {', '.join(map(repr, unknown))} (known: {', '.join(SOURCE_NAMES)})")
+        problems.append(
+            f"unknown candidate source(s) {', '.join(map(repr, unknown))} (known: {', '.join(SOURCE_NAMES)})"
+        )
     if bad:
         shown = ", ".join(f"{k}={v!r}" for k, v in bad.items())
         problems.append(f"weights must be numbers >= 0 (0 turns a source off), got {shown}")

@@ -190,6 +190,12 @@ class ItemCollection:
                     return out
                 offset += page
 
+    def field_names(self, sample: int = 1000) -> set[str]:
+        """Metadata field names of the first ``sample`` items (``rc_*`` bookkeeping keys left out)."""
+        with chroma_errors(f"reading metadata from {self.name!r}"):
+            got = self.raw.get(include=["metadatas"], limit=sample)
+        return {k for m in got["metadatas"] or [] for k in (m or {}) if not k.startswith("rc_")}
+
     def get_metadata(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         with chroma_errors(f"reading metadata from {self.name!r}"):
