@@ -34,7 +34,7 @@ def row_problem(record: dict[str, Any], id_field: str, title_field: str) -> tupl
     """``(reason, detail)`` when the row must be rejected, else None. ``detail`` is printable ASCII."""
     for key, value in record.items():
         if has_surrogate(key) or has_surrogate(value):
-            return "lone_surrogate", f"field {ascii(key)} holds a lone surrogate (invalid Unicode): {ascii(value)[:60]}"
+            return "lone_surrogate", f"field {key!a} holds a lone surrogate (invalid Unicode): {ascii(value)[:60]}"
     for key in (id_field, title_field):
         if is_non_finite(record.get(key)):
             return "non_finite_number", f"{key!r} is {record[key]!r} (NaN/Infinity is no id or title)"

@@ -83,7 +83,7 @@ def test_every_entry_point_refuses_the_same_way(tmp_path: Path, monkeypatch: pyt
         assert "unknown candidate source(s) 'nosuch'" in str(err.value)
         assert "weights must be numbers >= 0" in str(err.value)
     for spec in ("x:fusion.nosuch=1", "x:fusion.semantic=-1", "x:fusion.semantic=nan"):
-        with pytest.raises(ConfigError, match="unknown candidate source|>= 0"):
+        with pytest.raises(ConfigError, match=r"unknown candidate source|>= 0"):
             parse_variant(spec)
 
 
