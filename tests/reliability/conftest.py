@@ -21,7 +21,7 @@ from agent.server import create_app
 from agent.settings import Settings, load_settings
 from retrieval.interactions import Interactions, read_interactions
 
-from reliability_kit import REL_COLLECTION, FakeLLMServer, MakeApp
+from reliability_kit import FAILED_TESTS, REL_COLLECTION, THEME_OF_MODULE, FakeLLMServer, MakeApp, record
 from testkit import HashEmbedder, hashed_sample_home
 
 
@@ -102,3 +102,21 @@ def served_home(sample_home: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     home = tmp_path_factory.mktemp("served-home") / "home"
     shutil.copytree(sample_home, home, ignore=shutil.ignore_patterns("sessions.sqlite3*"))
     return home
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Every test's outcome goes into the figures log under its module's theme (``tests_passed`` /
+    ``tests_failed``), and failed tests are counted per module for :class:`reliability_kit.Checks`: a figure can
+    never say "0 failures" for a theme whose test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    module = Path(str(item.fspath)).stem
+    theme = THEME_OF_MODULE.get(module)
+    if theme is None:
+        return
+    if report.failed:
+        FAILED_TESTS[module] = FAILED_TESTS.get(module, 0) + 1
+        record(theme, tests_failed=1, tests_passed=0)
+    elif report.when == "call" and report.passed:
+        record(theme, tests_passed=1, tests_failed=0)

@@ -47,6 +47,54 @@ def record(theme: str, **counts: float | int | str) -> None:
         fh.write(line + "\n")
 
 
+THEME_OF_MODULE = {
+    "test_engine_faults": "engine_faults",
+    "test_store_faults": "store_faults",
+    "test_crash_safety": "crash_safety",
+    "test_fuzz": "fuzz",
+    "test_injection": "injection",
+    "test_security": "security",
+    "test_soak": "soak",
+    "test_bad_inputs": "bad_input",
+}
+"""The figures theme of each test module: conftest records every test's outcome under it (``tests_passed`` /
+``tests_failed``), so a theme's figures always come with how many of its tests failed."""
+
+FAILED_TESTS: dict[str, int] = {}
+"""Failed tests per module name so far in this session (filled by conftest's report hook)."""
+
+
+class Checks:
+    """Counted assertions of one test module. ``check(ok, what)`` counts a pass, or counts a failure and raises:
+    the module's figure is ``checks`` passed and ``failures`` = failed checks + failed tests of the module (a test
+    can fail outside a check, e.g. in a fixture or a helper's assert)."""
+
+    def __init__(self, theme: str, module: str) -> None:
+        self.theme, self.module = theme, module
+        self.passed = 0
+        self.failed = 0
+
+    def __call__(self, ok: object, what: str) -> None:
+        if not ok:
+            self.failed += 1
+            raise AssertionError(what)
+        self.passed += 1
+
+    def record(self) -> None:
+        failures = max(self.failed, FAILED_TESTS.get(self.module, 0))
+        record(self.theme, checks=self.passed, failures=failures)
+
+
+def raises(call: Callable[[], object], kind: type[BaseException], match: str = "") -> BaseException | None:
+    """The exception of type ``kind`` whose text holds ``match`` that ``call()`` raised, else None (a check can
+    then test it: ``check(raises(...), ...)``); other exceptions propagate."""
+    try:
+        call()
+    except kind as exc:
+        return exc if match in str(exc) else None
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ a fake LLM server
 MODES = ("ok", "slow", "http500", "garbage", "bad_shape", "truncated_body", "drop", "cut_json", "no_logprobs")
 """What :class:`FakeLLMServer` does with the next completion requests:
