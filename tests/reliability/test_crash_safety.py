@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -40,6 +41,7 @@ from server_helpers import ServeProcess, tiny_serve_env
 from testkit import ROOT, free_port
 
 CRASH_COLLECTION = "crash-test"
+HOOKED = Path(__file__).with_name("hooked_recagent.py")  # recagent with markers at the start/end of each write
 N_INGEST = 300
 MAPPING = ColumnMapping(id="id", title="title", text=["description"], metadata={"genres": "list", "year": "int"})
 
@@ -66,53 +68,50 @@ def write_catalog(ml_small: Path, path: Path, n: int) -> Path:
     return path
 
 
-def store_size(folder: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, name))
-    return total
-
-
-def kill_during(proc: subprocess.Popen[bytes], store: Path, phase: str, timeout_s: float = 300) -> bool:
-    """SIGKILL ``proc`` while it embeds (the store quiet for a while after opening) or as soon as it starts
-    writing (the store changes after such a quiet spell). False when it finished first."""
-    last, quiet_since = -1, time.monotonic()
+def kill_during(proc: subprocess.Popen[bytes], markers: Path, phase: str, timeout_s: float = 300) -> str:
+    """SIGKILL ``proc`` in ``phase`` and say where the kill landed, from the markers of hooked_recagent.py:
+    ``embedding`` kills 1 s after the embedding began (``embedding`` when no write had started by then);
+    ``writing`` kills the moment the first Chroma upsert starts (``writing`` when that upsert had not returned).
+    ``finished`` when the process ended first, ``missed`` when the kill landed outside the phase."""
+    start = markers / ("embed-start" if phase == "embedding" else "write-start-1")
     deadline = time.monotonic() + timeout_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        size = store_size(store) if store.exists() else -1
-        now = time.monotonic()
-        if size != last:
-            if phase == "writing" and last > 0 and now - quiet_since > 1.5:
-                break  # first write after the embedding phase
-            last, quiet_since = size, now
-        elif phase == "embedding" and size > 0 and now - quiet_since > 1.5:
-            break
-        time.sleep(0.005)
+    while proc.poll() is None and not start.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if phase == "embedding":
+        time.sleep(1.0)
     if proc.poll() is not None:
-        return False
+        return "finished"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    return True
+    if phase == "embedding":
+        return "embedding" if start.exists() and not (markers / "write-start-1").exists() else "missed"
+    return "writing" if start.exists() and not (markers / "write-end-1").exists() else "missed"
 
 
 @pytest.mark.slow
 def test_kill9_during_ingest_then_rerun_matches_the_file(ml_small: Path, tmp_path: Path) -> None:
     catalog = write_catalog(ml_small, tmp_path / "catalog.jsonl", N_INGEST)
     home = tmp_path / "home"
-    cmd = [sys.executable, "-m", "recagent", "ingest", str(catalog), "--format", "jsonl", "--id-col", "id",
-           "--title-col", "title", "--text-cols", "description", "--meta", "genres:list", "--meta", "year:int",
-           "--collection", CRASH_COLLECTION, "--no-progress", "--json"]  # fmt: skip
-    env = clean_env(RECAGENT_HOME=str(home))
-    kills = 0
-    for phase in ("embedding", "writing"):
-        with (tmp_path / f"ingest-{phase}.log").open("ab") as log:
+    args = ["ingest", str(catalog), "--format", "jsonl", "--id-col", "id", "--title-col", "title",
+            "--text-cols", "description", "--meta", "genres:list", "--meta", "year:int",
+            "--collection", CRASH_COLLECTION, "--no-progress", "--json"]  # fmt: skip
+    env = clean_env(RECAGENT_HOME=str(home), PYTHONPATH=str(ROOT))
+    landed: list[str] = []
+    for phase in ("embedding", "writing", "writing", "writing"):  # a write that beat the kill is tried again
+        if phase == "writing" and "writing" in landed:
+            break
+        markers = tmp_path / f"markers-{len(landed)}"
+        markers.mkdir()
+        cmd = [sys.executable, str(HOOKED), str(markers), *args]
+        with (tmp_path / f"ingest-{len(landed)}.log").open("ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                     start_new_session=True)  # fmt: skip
-        kills += int(kill_during(proc, home / "chroma", phase))
-    assert kills == 2, "the ingest finished before it could be killed"
-    final = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+        landed.append(kill_during(proc, markers, phase))
+        if landed[-1] == "missed":  # the write returned first: start again from an empty store
+            shutil.rmtree(home / "chroma", ignore_errors=True)
+    assert landed[0] == "embedding" and "writing" in landed, f"where the kills landed: {landed}"
+    final = subprocess.run([sys.executable, "-m", "recagent", *args], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=900)  # fmt: skip
     assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
     report = json.loads(final.stdout[final.stdout.index("{") :])
     stats = report["store"]
@@ -120,8 +119,10 @@ def test_kill9_during_ingest_then_rerun_matches_the_file(ml_small: Path, tmp_pat
     assert stats["added"] + stats["unchanged"] == N_INGEST  # what a killed run had written is kept, not redone
     items = read_catalog(catalog, format="jsonl", mapping=MAPPING).items
     assert_collection_matches(Store(load_settings(home=home).store_config()), CRASH_COLLECTION, items)
-    record("crash_safety", target="ingest", ingest_kills=kills, ingest_runs=kills + 1, items=len(items),
-           kept_from_killed_runs=stats["unchanged"], mismatches=0)  # fmt: skip
+    kills = sum(1 for where in landed if where in ("embedding", "writing", "missed"))
+    record("crash_safety", target="ingest", ingest_kills=kills, ingest_runs=len(landed) + 1, items=len(items),
+           kills_in_embedding=landed.count("embedding"), kills_in_write=landed.count("writing"),
+           kills_missed=landed.count("missed"), kept_from_killed_runs=stats["unchanged"], mismatches=0)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ chat turns
