@@ -10,12 +10,16 @@ TORCH_INDEX ?=
 EXTRAS ?= cpu,dev
 STAMP := $(VENV)/.recagent-setup
 PYTEST_ARGS ?=
+# 1: `make test` installs the system packages its tests need (chromium, PostgreSQL) once, via scripts/system-deps.sh;
+# 0: skip that step (the browser and PostgreSQL tests then fail with a message naming the package)
+SYSTEM_DEPS ?= 1
 
-.PHONY: setup demo test test-fast bench lint format clean help
+.PHONY: setup system-deps demo test test-fast bench lint format clean help
 
 help:
 	@echo "make demo   - set up (first time) and run the demo on the bundled defaults"
-	@echo "make test   - set up (first time) and run the whole test suite (slow tests included)"
+	@echo "make test   - set up (first time), install chromium + PostgreSQL if missing, run the whole test suite"
+	@echo "make system-deps - install the system packages the tests need (chromium, PostgreSQL; root or sudo)"
 	@echo "make setup  - create $(VENV), install dependencies, prepare the default model"
 	@echo "make bench  - run the benchmarks under bench/ (figures go to docs/benchmarks.md by hand)"
 	@echo "make lint   - ruff + mypy"
@@ -32,13 +36,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/recagent models prepare
 	@touch $(STAMP)
 
+system-deps:
+	@if [ "$(SYSTEM_DEPS)" = 1 ]; then scripts/system-deps.sh; else echo "system-deps: skipped (SYSTEM_DEPS=0)"; fi
+
 demo: setup
 	$(VENV)/bin/recagent demo
 
-test: setup
+test: setup system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup system-deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
