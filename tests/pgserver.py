@@ -21,7 +21,8 @@ from pathlib import Path
 from testkit import free_port
 
 INSTALL_HINT = (
-    "install the server: `apt-get install -y --no-install-recommends postgresql` (Debian; `make test` does it: scripts/system-deps.sh), "
+    "install the server: `apt-get install -y --no-install-recommends postgresql` (Debian; `make test` does it "
+    "with scripts/system-deps.sh), "
     "or put initdb/pg_ctl on PATH"
 )
 

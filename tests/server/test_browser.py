@@ -46,7 +46,10 @@ def browser() -> Iterator[Any]:
 
     path = shutil.which("chromium") or CHROMIUM
     if not shutil.which("chromium"):
-        pytest.fail("Debian's chromium is not installed: run scripts/system-deps.sh (`make test` does) or `apt-get install -y --no-install-recommends chromium`")
+        pytest.fail(
+            "Debian's chromium is not installed: run scripts/system-deps.sh (`make test` does) or "
+            "`apt-get install -y --no-install-recommends chromium`"
+        )
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
         yield b
