@@ -40,11 +40,16 @@ ROWS: list[tuple[str, str, list[str]]] = [
      ["requests", "unavailable_503", "crashes"]),
     ("crash safety", "kill -9 of `recagent ingest` / runs / items / mismatches after the re-run",
      ["ingest_kills", "ingest_runs", "items", "mismatches"]),
+    ("crash safety", "ingest kills that landed while embedding / inside a Chroma write (markers) / missed",
+     ["kills_in_embedding", "kills_in_write", "kills_missed"]),
     ("crash safety", "kill -9 of `recagent serve` / chat turns sent / acknowledged / lost",
      ["serve_kills", "turns_sent", "turns_acknowledged", "turns_lost"]),
     ("crash safety", "SIGTERM / SIGINT (serve while its engine starts, the shutdown guard) / processes left",
      ["signals", "orphans"]),
     ("fuzzing", "inputs tried / crashes", ["inputs_tried", "crashes"]),
+    ("fuzzing", "catalog inputs holding a lone surrogate / NaN or Infinity (JSON)",
+     ["sent_lone_surrogate", "sent_nan_or_infinity"]),
+    ("bad input", "commands run / clear errors (exit 2, error + how to fix, no traceback)", ["inputs_tried", "clear"]),
     ("injection", "injection strings / placements / escapes", ["injection_strings", "placements", "escapes"]),
     ("security", "checks passed / failures", ["checks", "failures"]),
     ("soak", "seconds / turns sent / turns lost / errors", ["seconds", "turns_sent", "turns_lost", "errors"]),
@@ -52,6 +57,7 @@ ROWS: list[tuple[str, str, list[str]]] = [
      ["rss_start_mb", "rss_end_mb", "rss_max_mb", "growth_mb", "slope_mb_per_min"]),
 ]  # fmt: skip
 THEMES = {
+    "bad input": "bad_input",
     "engine faults": "engine_faults",
     "store faults": "store_faults",
     "crash safety": "crash_safety",
@@ -87,13 +93,29 @@ def totals(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def table(sums: dict[str, dict[str, Any]]) -> str:
+    """The figures per theme; each theme's first row is its tests passed / failed (from the outcome of every test,
+    recorded by tests/reliability/conftest.py, so a failed test always shows)."""
     lines = ["| theme | figure | value |", "| --- | --- | --- |"]
-    for name, label, keys in ROWS:
+    for name in dict.fromkeys(n for n, _, _ in ROWS):
         found = sums.get(THEMES[name], {})
-        if not any(k in found for k in keys):
-            continue
-        lines.append(f"| {name} | {label} | {' / '.join(_fmt(found.get(k, '-')) for k in keys)} |")
+        if "tests_passed" in found or "tests_failed" in found:
+            lines.append(f"| {name} | tests passed / failed | {_fmt(found.get('tests_passed', 0))} / "
+                         f"{_fmt(found.get('tests_failed', 0))} |")  # fmt: skip
+        for row_name, label, keys in ROWS:
+            if row_name == name and any(k in found for k in keys):
+                lines.append(f"| {name} | {label} | {' / '.join(_fmt(found.get(k, '-')) for k in keys)} |")
     return "\n".join(lines)
+
+
+def bad_input_table(lines: list[dict[str, Any]]) -> str:
+    """One row per bad input tried (tests/reliability/test_bad_inputs.py): the command, its exit code, the message."""
+    rows = ["| bad input | command | exit | message and how to fix |", "| --- | --- | --- | --- |"]
+    for line in lines:
+        if line.get("theme") == "bad_input" and "case" in line:
+            text = f"{line.get('message', '')} / {line.get('hint', '')}".replace("|", "\\|")
+            command = str(line.get("command", "")).replace("|", "\\|")
+            rows.append(f"| {line['case']} | `{command}` | {line.get('exit_code')} | {text} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def _fmt(value: Any) -> str:
@@ -148,6 +170,10 @@ def main() -> int:
         print(f"pytest: {run.get('passed', '?')} passed, {run.get('failed', '?')} failed, "
               f"{run.get('skipped', '?')} skipped in {run['wall_s']} s (exit code {rc})\n")  # fmt: skip
     print(table(sums))
+    bad = bad_input_table(lines)
+    if bad:
+        print()
+        print(bad)
     if args.json:
         print(json.dumps({"run": run, "totals": sums}, indent=1))
     return rc
