@@ -44,7 +44,12 @@ def ingest(
     store = store or Store(store_config)
     embedder = embedder or make_embedder(embed_config)
     report = catalog.report
-    report.store = store.upsert(catalog.items, embedder, collection=name, prune=prune, progress=progress)
+    existed = store.has_collection(name)
+    try:
+        report.store = store.upsert(catalog.items, embedder, collection=name, prune=prune, progress=progress)
+    except BaseException:  # a failed first ingest (or Ctrl-C) leaves no empty collection behind
+        _drop_if_new_and_empty(store, name, existed)
+        raise
     stats = report.store
     if stats.enrichment_dropped:  # never drop LLM enrichment silently (agent/enrich.py)
         reason = "LLM enrichment removed from changed items (run `recagent enrich` to enrich them again)"
@@ -55,3 +60,13 @@ def ingest(
         report.notes["LLM enrichment kept on unchanged items"] = ReasonCount(count=stats.enrichment_kept)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _drop_if_new_and_empty(store: Store, name: str, existed: bool) -> None:
+    if existed:
+        return
+    try:
+        if store.has_collection(name) and store.collection(name).count() == 0:
+            store.delete_collection(name)
+    except Exception:  # the store itself is failing: the original error is the one to report
+        return

@@ -97,6 +97,24 @@ def test_only_bad_rows_leave_no_collection_behind(tmp_path: Path) -> None:
     assert not Store(config).has_collection("abc")
 
 
+class FailingEmbedder(FakeEmbedder):
+    def embed(self, texts: object, *, progress: bool | None = None) -> object:  # type: ignore[override]
+        raise RuntimeError("the embedder broke")
+
+
+def test_a_failed_first_ingest_leaves_no_empty_collection(tmp_path: Path) -> None:
+    path = jsonl(tmp_path, GOOD)
+    config = StoreConfig(path=tmp_path / "chroma", collection="abc")
+    with pytest.raises(RuntimeError, match="embedder broke"):
+        ingest(path, store_config=config, embed_config=EmbedConfig(progress=False), embedder=FailingEmbedder())
+    assert not Store(config).has_collection("abc")
+    ingest(path, store_config=config, embed_config=EmbedConfig(progress=False), embedder=FakeEmbedder())
+    with pytest.raises(RuntimeError, match="embedder broke"):  # an existing collection is never dropped
+        ingest(jsonl(tmp_path, GOOD.replace("fine", "changed")), store_config=config,
+               embed_config=EmbedConfig(progress=False), embedder=FailingEmbedder())  # fmt: skip
+    assert Store(config).collection("abc").count() == 1
+
+
 @pytest.mark.slow
 def test_cli_ingest_of_surrogate_file_is_a_report_not_a_traceback(tmp_path: Path) -> None:
     """The issue's reproduction through the real command (real embedder, real Chroma)."""
