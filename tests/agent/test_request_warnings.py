@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.filters import parse_filters
+from agent.filter_syntax import parse_filters
 from agent.pipeline import Recommender, RecommendRequest
 from agent.settings import Settings, load_settings
 from retrieval.interactions import read_interactions
@@ -89,7 +89,7 @@ def test_filters_that_only_conflict_together(rec: Recommender) -> None:
 
 def test_json_and_table_carry_the_warnings(rec: Recommender) -> None:
     """What `recommend --json` prints (model_dump_json) and the table view (print_recommendation)."""
-    from agent.present import print_recommendation
+    from recagent.present import print_recommendation
 
     result = rec.recommend(RecommendRequest(user_id="nobody", constraints=parse_filters(["colour=red"]), k=5))
     data = json.loads(result.model_dump_json())
