@@ -43,6 +43,14 @@ def test_recommend_for_a_known_user_excludes_seen_items(client: TestClient) -> N
     assert resp.json()["history_used"] > 0
 
 
+def test_unknown_user_and_items_come_back_as_warnings(client: TestClient) -> None:
+    resp = client.post("/v1/recommend", json={"user_id": "nobody-here", "liked": ["nope123"], "k": 3})
+    assert resp.status_code == 200, resp.text
+    warnings = resp.json()["warnings"]
+    assert any("unknown user 'nobody-here'" in w for w in warnings)
+    assert any("unknown item id(s) 'nope123'" in w for w in warnings)
+
+
 def test_request_id_is_echoed_when_sane_and_replaced_otherwise(client: TestClient) -> None:
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123.x"}).headers["x-request-id"] == "abc-123.x"
     replaced = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"}).headers["x-request-id"]
@@ -56,6 +64,8 @@ def test_request_id_is_echoed_when_sane_and_replaced_otherwise(client: TestClien
         ({"query": "x", "unknown_field": 1}, "unknown_field"),
         ({"query": "x", "constraints": {"year_min": 2000, "year_max": 1990}}, "constraints"),
         ([1, 2, 3], "valid dictionary"),
+        ({"query": "x", "source_weights": {"nosuch": 1}}, "unknown candidate source(s) 'nosuch'"),  # as settings,
+        ({"query": "x", "source_weights": {"semantic": -1}}, "weights must be numbers >= 0"),  # --source, --variant
     ],
 )
 def test_invalid_bodies_are_422_envelopes(client: TestClient, body: Any, fragment: str) -> None:

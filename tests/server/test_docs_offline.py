@@ -86,7 +86,10 @@ def test_docs_render_in_a_browser_without_network(base_settings: Settings, hash_
 
     path = shutil.which("chromium")
     if path is None:
-        pytest.fail("Debian's chromium is not installed: `apt-get install -y --no-install-recommends chromium`")
+        pytest.fail(
+            "Debian's chromium is not installed: run scripts/system-deps.sh (`make test` does) or "
+            "`apt-get install -y --no-install-recommends chromium`"
+        )
     rec = Recommender(base_settings, engine=FakeEngine(), embedder=hash_embedder)
     blocked: list[str] = []
     failed: list[str] = []
