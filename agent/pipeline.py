@@ -124,6 +124,11 @@ class Recommendation(BaseModel):
         description="What the request named that the catalog or log does not know (unknown user, item ids, filter "
         "fields) and why a filtered list is empty; empty when everything was known.",
     )
+    sources: list[str] = Field(
+        default_factory=list,
+        description="Candidate sources that ran (fusion weight > 0), e.g. the log-learned transition and ease "
+        "when an interaction log is configured; ['given'] when the request gave the candidates.",
+    )
 
 
 def _recent_ids(query: UserQuery, n: int) -> list[str]:
@@ -252,8 +257,14 @@ class Recommender:
 
     @cached_property
     def generator(self) -> CandidateGenerator:
+        store_config = self.settings.store_config()
         generator = CandidateGenerator.default(
-            self.collection, self.embedder, self.interactions, self.settings.fusion_config()
+            self.collection,
+            self.embedder,
+            self.interactions,
+            self.settings.fusion_config(),
+            learned=self.settings.learned_sources,
+            cache_dir=lambda kind: artifact_dir(store_config, self.collection_name, kind),
         )
         if self.dialogue_model is not None:
             generator.sources += dialogue_sources(self.dialogue_model)
@@ -447,6 +458,14 @@ class Recommender:
         ctx = RankingContext(user=user, candidates=pairs, k=req.k, config=config, learned_scores=learned)
         return ctx, items
 
+    def active_sources(self, req: RecommendRequest) -> list[str]:
+        """Names of the candidate sources a request uses: the generator's and "generated", weight > 0."""
+        if req.candidates is not None:
+            return ["given"]
+        weights = {**self.settings.fusion_weights, **(req.source_weights or {})}
+        names = [s.name for s in getattr(self.generator, "sources", [])] + ["generated"]
+        return [n for n in dict.fromkeys(names) if weights.get(n, 1.0) > 0]
+
     def recommend(self, request: RecommendRequest) -> Recommendation:
         return self.recommend_many([request])[0]
 
@@ -491,6 +510,7 @@ class Recommender:
                         for r in result.items
                     ],
                     strategy=result.strategy,
+                    sources=self.active_sources(req),
                     fallback_reason=reason,
                     candidates=len(ctx.candidates),
                     candidate_ids=[c.id for c in ctx.candidates],

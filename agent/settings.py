@@ -30,6 +30,7 @@ from retrieval.config import (
     check_source_weights,
     source_weights_hint,
 )
+from retrieval.learned import LearnedSourcesConfig
 
 if TYPE_CHECKING:
     from agent.schemas import RerankConfig
@@ -132,12 +133,18 @@ class Settings(BaseSettings):
     fusion_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS),
         description="Reciprocal-rank-fusion weight per candidate source (0 disables a source): semantic, item2item, "
-        "collab, popularity, and the LLM sources profile and generated (0 by default: no LLM call).",
+        "collab, popularity, the log-learned transition and ease (used when an interaction log is given), and the LLM "
+        "sources profile and generated (0 by default: no LLM call).",
     )
     fusion_k: int = Field(100, ge=1, description="Candidates asked from each source.")
     fusion_rrf_k: int = Field(60, ge=0, description="RRF constant.")
     fusion_n: int = Field(
         20, ge=1, description="Candidates kept after fusion (what the LLM ranks; latency grows with it)."
+    )
+    learned_sources: LearnedSourcesConfig = Field(
+        default_factory=LearnedSourcesConfig,
+        description="Settings of the log-learned sources (transition, ease), as JSON, e.g. "
+        '{"ease": {"l2": 100}, "transition": {"window": 3}}; fitted once per log and cached beside the store.',
     )
     catalog_max_field_chars: int = Field(10_000, ge=16, description="Longer catalog text fields are truncated.")
     interactions: Path | None = Field(

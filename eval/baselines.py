@@ -1,4 +1,5 @@
-"""Non-LLM baselines computed from the train interactions: random, popularity, item-kNN.
+"""Non-LLM baselines computed from the train interactions: random, popularity, item-kNN, and the log-learned
+candidate sources alone (ease, transition: the same fitted models as retrieval/learned.py, ranking the catalog).
 
 (The embedding-similarity and fused-retrieval baselines run through the Recommender itself; see the runner.)
 """
@@ -12,6 +13,9 @@ import numpy as np
 
 from eval.datasets import EvalCase
 from retrieval.interactions import Interactions
+from retrieval.learned import LEARNED_SOURCES, LearnedSourcesConfig, build_learned_source
+from retrieval.seqsource import LogItemSource, item_sequence
+from retrieval.types import UserQuery
 
 __all__ = ["BaselineRanker"]
 
@@ -23,11 +27,20 @@ def _case_seed(seed: int, case_id: str) -> list[int]:
 class BaselineRanker:
     """Ranks catalog items (or a given candidate set) for a case without any LLM."""
 
-    def __init__(self, catalog_ids: Sequence[str], train: Interactions | None, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        catalog_ids: Sequence[str],
+        train: Interactions | None,
+        *,
+        seed: int = 0,
+        learned: LearnedSourcesConfig | None = None,
+    ) -> None:
         self.catalog = sorted(catalog_ids)
         self.index = {item: i for i, item in enumerate(self.catalog)}
         self.train = train
         self.seed = seed
+        self.learned = learned or LearnedSourcesConfig()
+        self._sources: dict[str, tuple[LogItemSource, np.ndarray]] = {}
         self.pop = np.zeros(len(self.catalog))
         self._x = None
         if train is not None:
@@ -54,7 +67,25 @@ class BaselineRanker:
             return self.pop.copy()
         if name == "itemknn":
             return self._itemknn(case)
+        if name in LEARNED_SOURCES:
+            return self._learned(name, case)
         raise KeyError(name)
+
+    def _learned(self, name: str, case: EvalCase) -> np.ndarray:
+        """The log-learned source ``name`` (fitted on the train log once) scoring the catalog; a tiny popularity
+        tie-break orders what it does not score."""
+        assert self.train is not None, f"the {name} baseline needs train interactions"
+        if name not in self._sources:
+            source = build_learned_source(name, self.train, self.learned)
+            columns = np.array([self.index.get(i, -1) for i in self.train.item_ids], dtype=np.int64)
+            self._sources[name] = (source, columns)
+        source, columns = self._sources[name]
+        query = UserQuery(history=case.history, liked=case.liked)
+        log_scores = source.scores(item_sequence(query))
+        out = self.pop * 1e-9
+        known = columns >= 0
+        out[columns[known]] += log_scores[known]
+        return out
 
     def _itemknn(self, case: EvalCase) -> np.ndarray:
         """score_j = sum over history items i of cos(i, j), cosine over the train user-item matrix."""

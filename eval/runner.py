@@ -32,7 +32,7 @@ from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
 from eval.protocol import Protocol, Split, make_split
 from eval.provenance import DeterministicStore, git_commit
 from eval.universe import restricted_collection
-from eval.variants import BASELINES, EvalSettings, Variant, variant_settings
+from eval.variants import BASELINES, LOG_BASELINES, EvalSettings, Variant, variant_settings
 from prompts import PromptRegistry
 from retrieval.config import SOURCE_NAMES
 from retrieval.embed import Embedder, make_embedder
@@ -71,7 +71,7 @@ def _baseline_arms(names: Sequence[str], dataset: EvalDataset) -> list[Variant]:
     for name in names:
         if name not in BASELINES:
             raise ConfigError(f"unknown baseline {name!r}", hint=f"use one of {', '.join(BASELINES)}")
-        if name in ("popularity", "itemknn") and dataset.kind != "interactions":
+        if name in LOG_BASELINES and dataset.kind != "interactions":
             raise ConfigError(
                 f"baseline {name} needs an interaction log; {dataset.name} is a conversation dataset",
                 hint="drop it (random, embedding and retrieval work on conversations)",
@@ -83,7 +83,7 @@ def _baseline_arms(names: Sequence[str], dataset: EvalDataset) -> list[Variant]:
 def applicable_baselines(dataset: EvalDataset) -> list[str]:
     if dataset.kind == "interactions":
         return list(BASELINES)
-    return [b for b in BASELINES if b not in ("popularity", "itemknn")]
+    return [b for b in BASELINES if b not in LOG_BASELINES]
 
 
 class _FixedCandidates:
@@ -195,7 +195,8 @@ class _Runner:
         self._kept: tuple[str, LLMEngine] | None = None  # the engine this runner started, kept for the next arm
         self.split = make_split(dataset, protocol)  # bad data fails here, before anything is written
         universe = self.split.items if self.split.items is not None else dataset.items
-        self.ranker = BaselineRanker(list(universe), self.split.train, seed=protocol.seed)
+        self.ranker = BaselineRanker(list(universe), self.split.train, seed=protocol.seed,
+                                     learned=settings.learned_sources)  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
         self.cache = LLMCache(cache_path)
         self.shared = _SharedRetrieval()

@@ -5,9 +5,9 @@ Keys: ``strategy`` (retrieval | listwise | options | pointwise | learned), ``wei
 ``model``, ``adapter`` (LoRA adapter folder), ``backend``, ``server``, ``candidates`` (fused candidates), any
 other :class:`~agent.settings.Settings` field by name, and any :class:`~agent.schemas.RerankConfig` field by name
 (``mmr_lambda``, ``calibrate``, ``history_limit``, ...). ``fusion.SOURCE=W`` sets one candidate source's fusion
-weight over the configured ones (sources: semantic, item2item, collab, popularity, and the LLM sources profile and
-generated, 0 by default), e.g. ``prof:strategy=retrieval,fusion.profile=1.0``. Everything is validated before any
-LLM time is spent.
+weight over the configured ones (sources: semantic, item2item, collab, popularity, the log-learned transition and
+ease, and the LLM sources profile and generated, 0 by default), e.g. ``prof:strategy=retrieval,fusion.profile=1.0``.
+Everything is validated before any LLM time is spent.
 """
 
 from __future__ import annotations
@@ -24,11 +24,14 @@ from agent.settings import Settings
 from prompts import PromptRegistry
 from retrieval.config import check_source_weights, source_weights_hint
 
-__all__ = ["BASELINES", "EvalSettings", "Variant", "parse_variant", "variant_settings"]
+__all__ = ["BASELINES", "LOG_BASELINES", "EvalSettings", "Variant", "parse_variant", "variant_settings"]
 
-BASELINES = ("random", "popularity", "itemknn", "embedding", "retrieval")
-"""Baselines: random, most popular (train), item-kNN (item-item cosine over train interactions), embedding
-similarity (semantic + item-to-item sources only, retrieval order) and the fused retrieval order."""
+BASELINES = ("random", "popularity", "itemknn", "ease", "transition", "embedding", "retrieval")
+"""Baselines: random, most popular (train), item-kNN (item-item cosine over train interactions), the log-learned
+sources alone (EASE, item transitions; fitted on the train log), embedding similarity (semantic + item-to-item
+sources only, retrieval order) and the fused retrieval order."""
+LOG_BASELINES = ("popularity", "itemknn", "ease", "transition")
+"""Baselines that need an interaction log."""
 
 _ALIASES = {
     "strategy": "rerank_strategy",

@@ -35,6 +35,8 @@ def print_recommendation(result: Recommendation, console: Console | None = None,
         f"{result.prompt_tokens} prompt / {result.completion_tokens} completion tokens",
         f"{result.timings_ms.get('total_batch', 0) / 1000:.1f}s",
     ]
+    if result.sources:
+        facts.append("sources: " + ", ".join(result.sources))
     if result.fallback_reason:
         facts.append(f"[yellow]fallback: {escape(result.fallback_reason)}[/]")
     if result.dialogue_log:

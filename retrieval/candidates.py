@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,6 +23,9 @@ from retrieval.embed import Embedder, LangChainEmbeddings
 from retrieval.interactions import Interactions
 from retrieval.store import ItemCollection, chroma_errors
 from retrieval.types import Candidate, SourceHit, UserQuery, Where
+
+if TYPE_CHECKING:
+    from retrieval.learned import LearnedSourcesConfig
 
 Scored = list[tuple[str, float]]
 
@@ -299,9 +303,17 @@ class CandidateGenerator:
         embedder: Embedder,
         interactions: Interactions | None = None,
         fusion: FusionConfig | None = None,
+        *,
+        learned: LearnedSourcesConfig | None = None,
+        cache_dir: Callable[[str], Path] | None = None,
     ) -> CandidateGenerator:
-        """semantic + item2item + profile (weight 0 by default), and collab + popularity when an interaction log
-        is given. Candidates of the "generated" source come from the caller (``generate(extra=...)``)."""
+        """semantic + item2item + profile (weight 0 by default), and, when an interaction log is given, collab +
+        popularity + the log-learned sources (transition, ease: retrieval/learned.py) whose fusion weight is > 0,
+        their fitted state cached in ``cache_dir(kind)``. Candidates of the "generated" source come from the caller
+        (``generate(extra=...)``)."""
+        from retrieval.learned import learned_sources  # its sources import this module
+
+        fusion = fusion or FusionConfig()
         sources: list[CandidateSource] = [
             SemanticSource(collection, embedder),
             ItemToItemSource(collection),
@@ -309,7 +321,13 @@ class CandidateGenerator:
         ]
         if interactions is not None:
             sources += [CollaborativeSource(interactions), PopularitySource(interactions)]
+            sources += learned_sources(interactions, fusion.weights, learned, cache_dir)
         return cls(collection, sources, fusion)
+
+    @property
+    def source_names(self) -> list[str]:
+        """Names of the sources this generator runs (before per-call weights)."""
+        return [s.name for s in self.sources]
 
     def allowed_ids(self, where: Where | None) -> frozenset[str] | None:
         """Ids matching ``where`` (all catalog ids when ``where`` is None and results are restricted to the

@@ -27,6 +27,8 @@ DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
     "generated": 0.0,  # LLM-proposed titles grounded to catalog items (agent/ground.py); 0 = off
     "comention": 2.0,  # items recommended with the liked ones in a fitted dialogue log (retrieval/dialogue_sources.py)
     "recommended_popularity": 0.5,  # what a fitted dialogue log's recommenders named most (cold openings)
+    "transition": 1.0,  # items following the user's recent items in the log (retrieval/transition.py)
+    "ease": 1.0,  # EASE linear item-item model of the log (retrieval/ease.py)
 }
 SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_SOURCE_WEIGHTS)
 """The candidate sources recagent knows (fusion weight names)."""

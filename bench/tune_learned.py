@@ -1,0 +1,259 @@
+"""Choose the settings of the log-learned sources (transition, EASE) and the fusion weights on the VALIDATION part
+of the leave-one-out split, then measure the chosen ones once on the test part.
+
+    .venv/bin/python bench/tune_learned.py                       # bundled ml-latest-small, ~10 min on 2 cores
+    .venv/bin/python bench/tune_learned.py --quick               # a small grid, for a smoke test
+    .venv/bin/python bench/tune_learned.py --no-fusion           # sources only (no Chroma collection needed)
+
+Split (LlamaRec's preprocessing): every rating is an interaction; 5-core filter repeated until stable; per user
+sorted by (timestamp, item id): test = last item, validation = second to last, train = the rest. Validation:
+models fitted on train, history = train. Test: fitted on train + validation, history = train + validation. The
+whole filtered catalog is ranked with the history masked. Prints a markdown report (docs/retrieval.md holds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retrieval.candidates import (
+    CandidateSource,
+    CollaborativeSource,
+    ItemToItemSource,
+    PopularitySource,
+    SourceRequest,
+    rrf_fuse,
+)
+from retrieval.config import DEFAULT_SOURCE_WEIGHTS
+from retrieval.ease import EaseConfig, EaseSource
+from retrieval.interactions import Interactions, read_interactions
+from retrieval.seqsource import LogItemSource
+from retrieval.transition import TransitionConfig, TransitionSource
+from retrieval.types import HistoryEntry, UserQuery
+
+ML = ROOT / "data" / "movielens-latest-small"
+OLD_WEIGHTS = {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0.5}  # the fusion before issue 23
+
+
+@dataclass
+class LooSplit:
+    """fit logs and targets of the two parts: ``val`` fitted on ``train``, ``test`` on ``train_val``."""
+
+    train: Interactions
+    train_val: Interactions
+    val: dict[str, str]
+    test: dict[str, str]
+    raw: int
+    kept: int
+
+
+def _item_key(item: str) -> tuple[int, Any]:
+    return (0, int(item)) if item.isdigit() else (1, item)
+
+
+def loo_split(log: Interactions, min_count: int = 5) -> LooSplit:
+    """The leave-one-out split described in the module docstring (for this script only)."""
+    rows = list(zip(log.users.tolist(), log.items.tolist(), log.timestamps.tolist(), strict=True))
+    while True:
+        items = np.bincount([r[1] for r in rows], minlength=log.n_items)
+        rows = [r for r in rows if items[r[1]] >= min_count]
+        users = np.bincount([r[0] for r in rows], minlength=log.n_users)
+        rows = [r for r in rows if users[r[0]] >= min_count]
+        items = np.bincount([r[1] for r in rows], minlength=log.n_items)
+        if all(items[r[1]] >= min_count for r in rows):
+            break
+    named = sorted(
+        ((log.user_ids[u], log.item_ids[i], t) for u, i, t in rows),
+        key=lambda r: (_item_key(r[0]), r[2], _item_key(r[1])),
+    )
+    by_user: dict[str, list[tuple[str, int]]] = {}
+    for user, item, stamp in named:
+        by_user.setdefault(user, []).append((item, stamp))
+    val = {u: seq[-2][0] for u, seq in by_user.items()}
+    test = {u: seq[-1][0] for u, seq in by_user.items()}
+
+    def build(cut: int) -> Interactions:
+        kept = [(u, i, t) for u, seq in by_user.items() for i, t in seq[: len(seq) - cut]]
+        return Interactions.from_records([r[0] for r in kept], [r[1] for r in kept], None, [r[2] for r in kept])
+
+    return LooSplit(train=build(2), train_val=build(1), val=val, test=test, raw=len(log), kept=len(named))
+
+
+def _query(log: Interactions, user: str) -> UserQuery:
+    return UserQuery(user_id=user, history=[HistoryEntry(item_id=h.item_id, timestamp=h.timestamp) for h in
+                                            log.history(user)])  # fmt: skip
+
+
+def rank_metrics(ranked: Sequence[str], target: str, ks: Iterable[int] = (10, 20)) -> dict[str, float]:
+    out: dict[str, float] = {}
+    position = ranked.index(target) + 1 if target in ranked else None
+    for k in ks:
+        hit = position is not None and position <= k
+        out[f"ndcg@{k}"] = 1.0 / math.log2(position + 1) if hit and position else 0.0
+        out[f"recall@{k}"] = 1.0 if hit else 0.0
+    return out
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
+
+
+def score_source(source: LogItemSource, log: Interactions, targets: dict[str, str], k: int = 20) -> dict[str, float]:
+    """NDCG/Recall@10/20 of one log-learned source ranking the whole (filtered) catalog, history masked."""
+    rows = []
+    ids = log.item_ids
+    for user, target in targets.items():
+        scores = source.scores([h.item_id for h in log.history(user)])
+        top = np.argsort(-scores, kind="stable")[:k]
+        rows.append(rank_metrics([ids[int(j)] for j in top if scores[int(j)] > 0], target))
+    return mean_metrics(rows)
+
+
+def transition_grid(quick: bool) -> list[TransitionConfig]:
+    windows = (1, 3) if quick else (1, 2, 3, 4, 5)
+    gap = (0.5,) if quick else (0.5, 0.8, 1.0)
+    norms = ("none", "sqrt") if quick else ("none", "source", "sqrt")
+    hist = (0.7,) if quick else (0.5, 0.7, 0.9)
+    back = (0.0,) if quick else (0.0, 0.3)
+    return [TransitionConfig(window=w, gap_decay=g, normalize=n, history_decay=h, backward=b)  # type: ignore[arg-type]
+            for w, g, n, h, b in itertools.product(windows, gap, norms, hist, back)
+            if not (w == 1 and g != gap[0])]  # fmt: skip
+
+
+def tune(name: str, configs: list[Any], make: Callable[[Interactions, Any], LogItemSource], split: LooSplit,
+         ) -> tuple[Any, list[dict[str, Any]], dict[str, float]]:  # fmt: skip
+    """Each config on validation; the best (NDCG@10) once on test."""
+    results = []
+    for config in tqdm(configs, desc=f"{name} grid", unit="cfg"):
+        metrics = score_source(make(split.train, config), split.train, split.val)
+        results.append({"config": config.model_dump(), **metrics})
+    best = max(range(len(configs)), key=lambda i: (results[i]["ndcg@10"], results[i]["recall@10"]))
+    chosen = configs[best]
+    test = score_source(make(split.train_val, chosen), split.train_val, split.test)
+    return chosen, results, test
+
+
+def source_lists(sources: list[CandidateSource], log: Interactions, targets: dict[str, str], k: int,
+                 allowed: frozenset[str]) -> list[dict[str, list[tuple[str, float]]]]:  # fmt: skip
+    """Per user (in ``targets`` order): every source's ranked list, history excluded, catalog = ``allowed``."""
+    out = []
+    for user in tqdm(targets, desc="sources", unit="user"):
+        query = _query(log, user)
+        request = SourceRequest(query=query, k=k, allowed=allowed, exclude=frozenset(query.excluded_ids()))
+        out.append({s.name: s.retrieve(request) for s in sources})
+    return out
+
+
+def fused_metrics(lists: list[dict[str, list[tuple[str, float]]]], targets: dict[str, str],
+                  weights: dict[str, float]) -> dict[str, float]:  # fmt: skip
+    rows = []
+    for rankings, target in zip(lists, targets.values(), strict=True):
+        fused = rrf_fuse(rankings, weights=weights, rrf_k=60, n=20)
+        rows.append(rank_metrics([c.item_id for c in fused], target))
+    return mean_metrics(rows)
+
+
+def weight_grid(quick: bool) -> list[dict[str, float]]:
+    levels = (0.0, 1.0) if quick else (0.0, 0.25, 0.5, 1.0)
+    out = []
+    for item2item, collab, pop, ease in itertools.product(levels, levels, (0.0, 0.25, 0.5), levels):
+        out.append({"semantic": 1.0, "item2item": item2item, "collab": collab, "popularity": pop,
+                    "transition": 1.0, "ease": ease})  # fmt: skip
+    return out
+
+
+def sources_for(log: Interactions, collection: Any, transition: TransitionConfig, ease: EaseConfig) -> list[Any]:
+    sources: list[Any] = [CollaborativeSource(log), PopularitySource(log), TransitionSource(log, transition),
+                          EaseSource(log, ease)]  # fmt: skip
+    if collection is not None:
+        sources.insert(0, ItemToItemSource(collection))
+    return sources
+
+
+def tune_fusion(split: LooSplit, collection: Any, transition: TransitionConfig, ease: EaseConfig, quick: bool,
+                ) -> dict[str, Any]:  # fmt: skip
+    allowed = frozenset(split.train_val.item_ids)
+    val_lists = source_lists(sources_for(split.train, collection, transition, ease), split.train, split.val, 100,
+                             allowed)  # fmt: skip
+    grid = weight_grid(quick)
+    scored = [(w, fused_metrics(val_lists, split.val, w)) for w in tqdm(grid, desc="fusion grid", unit="cfg")]
+    best, best_val = max(scored, key=lambda p: (p[1]["ndcg@10"], p[1]["recall@20"]))
+    old_val = fused_metrics(val_lists, split.val, OLD_WEIGHTS | {"transition": 0.0, "ease": 0.0})
+    test_lists = source_lists(sources_for(split.train_val, collection, transition, ease), split.train_val,
+                              split.test, 100, allowed)  # fmt: skip
+    return {
+        "chosen": best,
+        "validation": {"old": old_val, "new": best_val},
+        "test": {
+            "old": fused_metrics(test_lists, split.test, OLD_WEIGHTS | {"transition": 0.0, "ease": 0.0}),
+            "new": fused_metrics(test_lists, split.test, best),
+        },
+        "grid_size": len(grid),
+    }
+
+
+def open_collection(store_path: Path, name: str) -> Any:
+    from retrieval.config import EmbedConfig, StoreConfig
+    from retrieval.embed import make_embedder
+    from retrieval.store import Store
+
+    store = Store(StoreConfig(path=store_path, collection=name))
+    return store.open_for(make_embedder(EmbedConfig(progress=False)), name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratings", type=Path, default=ML)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-fusion", action="store_true", help="skip the fusion weights (no collection needed)")
+    parser.add_argument("--store", type=Path, default=Path(".recagent/chroma"), help="Chroma folder (item2item)")
+    parser.add_argument("--collection", default="movies", help="ingested catalog of the same items (item2item)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    split = loo_split(read_interactions(args.ratings))
+    print(f"split: {split.raw} ratings -> {split.kept} after the 5-core filter; {split.train_val.n_users} users, "
+          f"{split.train_val.n_items} items")  # fmt: skip
+    t_conf, t_grid, t_test = tune("transition", transition_grid(args.quick),
+                                  lambda log, c: TransitionSource(log, c), split)  # fmt: skip
+    e_configs = [EaseConfig(l2=v) for v in ((100.0, 200.0) if args.quick else (50.0, 100.0, 200.0, 500.0))]
+    e_conf, e_grid, e_test = tune("ease", e_configs, lambda log, c: EaseSource(log, c), split)
+    out: dict[str, Any] = {
+        "split": {
+            "ratings": split.raw,
+            "kept": split.kept,
+            "users": split.train_val.n_users,
+            "items": split.train_val.n_items,
+        },
+        "transition": {"chosen": t_conf.model_dump(), "grid": t_grid, "test": t_test},
+        "ease": {"chosen": e_conf.model_dump(), "grid": e_grid, "test": e_test},
+    }
+    for name in ("transition", "ease"):
+        best = max(out[name]["grid"], key=lambda r: (r["ndcg@10"], r["recall@10"]))
+        print(f"{name}: chosen {out[name]['chosen']} | validation {best} | test {out[name]['test']}")
+    if not args.no_fusion:
+        collection = open_collection(args.store, args.collection)
+        out["fusion"] = tune_fusion(split, collection, t_conf, e_conf, args.quick)
+        print(f"fusion: {json.dumps(out['fusion'])}")
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"done in {out['seconds']} s; default weights today: {DEFAULT_SOURCE_WEIGHTS}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
