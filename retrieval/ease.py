@@ -30,7 +30,7 @@ class EaseConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    l2: float = Field(200.0, gt=0, description="L2 regularisation lambda added to the Gram matrix's diagonal.")
+    l2: float = Field(50.0, gt=0, description="L2 regularisation lambda added to the Gram matrix's diagonal.")
     max_items: int = Field(
         12_000,
         ge=2,

@@ -55,8 +55,9 @@ def learned_sources(
     config: LearnedSourcesConfig | None = None,
     cache_dir: Callable[[str], Path] | None = None,
 ) -> list[LogItemSource]:
-    """The log-learned sources whose fusion weight is > 0 (missing weight: off), fitted or read from the cache."""
-    wanted = [name for name in LEARNED_SOURCES if weights.get(name, 0.0) > 0]
+    """The log-learned sources whose fusion weight is > 0 (a source missing from ``weights`` weighs 1, as in
+    :func:`retrieval.candidates.rrf_fuse`), fitted or read from the cache."""
+    wanted = [name for name in LEARNED_SOURCES if weights.get(name, 1.0) > 0]
     if not wanted:
         return []
     fingerprint = log_fingerprint(interactions)

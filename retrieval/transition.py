@@ -28,10 +28,10 @@ class TransitionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    window: int = Field(3, ge=1, le=50, description="Pairs up to this many steps apart count.")
-    gap_decay: float = Field(0.5, gt=0, le=1, description="A pair g steps apart counts gap_decay**(g-1).")
-    backward: float = Field(0.0, ge=0, le=1, description="Weight of the reverse pair (b before a); 0 = directed.")
-    normalize: Literal["none", "source", "sqrt"] = Field("sqrt", description="Normalisation of the counts.")
+    window: int = Field(5, ge=1, le=50, description="Pairs up to this many steps apart count.")
+    gap_decay: float = Field(1.0, gt=0, le=1, description="A pair g steps apart counts gap_decay**(g-1).")
+    backward: float = Field(0.3, ge=0, le=1, description="Weight of the reverse pair (b before a); 0 = directed.")
+    normalize: Literal["none", "source", "sqrt"] = Field("source", description="Normalisation of the counts.")
     history_decay: float = Field(0.7, gt=0, le=1, description="Each step back in the history weighs this much less.")
     max_history: int = Field(20, ge=1, description="Most recent history items that score.")
 

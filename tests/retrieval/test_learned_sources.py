@@ -56,7 +56,7 @@ def _scores(source: TransitionSource | EaseSource, items: list[str]) -> dict[str
 
 def test_transition_counts_hand_checked() -> None:
     log = _log(TOY)
-    config = TransitionConfig(window=2, gap_decay=0.5, normalize="none", history_decay=0.5)
+    config = TransitionConfig(window=2, gap_decay=0.5, backward=0.0, normalize="none", history_decay=0.5)
     matrix = fit_transitions(log, config).toarray()
     ix = log.item_index
     expected = {("a", "b"): 2.0, ("b", "c"): 2.0, ("a", "c"): 0.5, ("b", "d"): 1.0, ("a", "d"): 0.5}
@@ -72,9 +72,9 @@ def test_transition_counts_hand_checked() -> None:
 def test_transition_normalisations_and_backward_pairs() -> None:
     log = _log(TOY)
     ix = log.item_index  # item counts: a 2, b 3, c 2, d 1
-    source = fit_transitions(log, TransitionConfig(window=1, normalize="source")).toarray()
+    source = fit_transitions(log, TransitionConfig(window=1, backward=0.0, normalize="source")).toarray()
     assert source[ix["a"], ix["b"]] == pytest.approx(2 / 2) and source[ix["b"], ix["c"]] == pytest.approx(2 / 3)
-    sqrt = fit_transitions(log, TransitionConfig(window=1, normalize="sqrt")).toarray()
+    sqrt = fit_transitions(log, TransitionConfig(window=1, backward=0.0, normalize="sqrt")).toarray()
     assert sqrt[ix["b"], ix["d"]] == pytest.approx(1 / np.sqrt(3 * 1))
     both = fit_transitions(log, TransitionConfig(window=1, normalize="none", backward=0.25)).toarray()
     assert both[ix["b"], ix["a"]] == pytest.approx(0.5) and both[ix["a"], ix["b"]] == pytest.approx(2.0)
@@ -197,6 +197,7 @@ def test_fit_cache_keeps_the_most_recent_entries(tmp_path: Path) -> None:
 def test_learned_sources_follow_the_weights(tmp_path: Path) -> None:
     log = _log(TOY)
     assert learned_sources(log, {"transition": 0.0, "ease": 0.0}) == []
+    assert [s.name for s in learned_sources(log, {"collab": 1.0})] == ["transition", "ease"]  # missing weighs 1
     built = learned_sources(log, {"transition": 1.0, "ease": 0.5}, LearnedSourcesConfig(),
                             cache_dir=lambda kind: tmp_path / kind)  # fmt: skip
     assert [s.name for s in built] == ["transition", "ease"]
