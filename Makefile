@@ -51,6 +51,7 @@ test-fast: setup system-deps
 bench: setup
 	$(PY) bench/llm_engine.py
 	$(PY) bench/retrieval.py
+	$(PY) bench/learned_sources.py
 	$(PY) bench/train_step.py
 
 lint: setup

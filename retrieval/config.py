@@ -18,16 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from retrieval.errors import ConfigError
 
 DEFAULT_COLLECTION = "movies"
+# Chosen on the validation part of the leave-one-out split of ml-latest-small (bench/tune_learned.py, see
+# docs/retrieval.md):
+# item2item : transition : ease = 1 : 4 : 1, collab and popularity 0 (they added nothing next to the log-learned
+# sources); semantic (no input there: no free-text need) keeps the weight of item2item, as before.
 DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
     "semantic": 1.0,
     "item2item": 1.0,
-    "collab": 1.0,
-    "popularity": 0.5,
+    "collab": 0.0,  # item-item cosine over the log (retrieval/candidates.py)
+    "popularity": 0.0,
     "profile": 0.0,  # LLM-written user profile -> semantic query (agent/profiles.py); 0 = off, no LLM call
     "generated": 0.0,  # LLM-proposed titles grounded to catalog items (agent/ground.py); 0 = off
     "comention": 2.0,  # items recommended with the liked ones in a fitted dialogue log (retrieval/dialogue_sources.py)
     "recommended_popularity": 0.5,  # what a fitted dialogue log's recommenders named most (cold openings)
-    "transition": 1.0,  # items following the user's recent items in the log (retrieval/transition.py)
+    "transition": 4.0,  # items following the user's recent items in the log (retrieval/transition.py)
     "ease": 1.0,  # EASE linear item-item model of the log (retrieval/ease.py)
 }
 SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_SOURCE_WEIGHTS)

@@ -173,7 +173,7 @@ def test_generator_excludes_seen_rejected_and_respects_constraints(
         history=history, need="space adventure", disliked=["260", "1196"], exclude=["1210"], constraints=constraints
     )
     rankings = generator.run_sources(query)
-    assert set(rankings) == {"semantic", "item2item", "collab", "popularity"}
+    assert set(rankings) == {"semantic", "item2item", "transition", "ease"}  # default weights: collab, popularity 0
     assert all(len(r) > 0 for r in rankings.values())
     candidates = generator.generate(query)
     assert len(candidates) == 30
@@ -188,7 +188,8 @@ def test_generator_excludes_seen_rejected_and_respects_constraints(
             assert rankings[name][hit.rank - 1] == (candidate.item_id, pytest.approx(hit.score))
     scores = [c.score for c in candidates]
     assert scores == sorted(scores, reverse=True)
-    seen_allowed = generator.generate(query.model_copy(update={"exclude_seen": False}))
+    popular = {name: 0.0 for name in generator.fusion.weights} | {"popularity": 1.0}  # popular items: seen by 414
+    seen_allowed = generator.generate(query.model_copy(update={"exclude_seen": False}), weights=popular)
     assert {h.item_id for h in history} & {c.item_id for c in seen_allowed}
 
 
