@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,13 @@ def measure_fit(kind: str, options: dict[str, Any], ratings: Path, repeats: int)
         queue = ctx.Queue()
         proc = ctx.Process(target=_fit_child, args=(kind, options, str(ratings), queue))
         proc.start()
-        runs.append(queue.get())
+        while True:
+            try:
+                runs.append(queue.get(timeout=1))
+                break
+            except Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(f"the {kind} fit process died (exit code {proc.exitcode})") from None
         proc.join()
     out = dict(runs[0])
     out["seconds"] = float(np.median([r["seconds"] for r in runs]))
@@ -167,17 +174,20 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="Chroma folder holding the ingested catalog (latency part)")
     parser.add_argument("--collection", default="movies")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each fit and of the latency loop")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    repeats = 1 if args.quick else 3
+    repeats = 1 if args.quick else args.repeats
     out: dict[str, Any] = {"machine": cpu_info(), "load": round(os.getloadavg()[0], 1), "fits": []}
     defaults = LearnedSourcesConfig()
     out["fits"].append(measure_fit("transition", defaults.transition.model_dump(), args.ratings, repeats))
+    print(out["fits"][-1], flush=True)
     sizes = (1000, 4000) if args.quick else (2000, 5000, 12_000)
     for size in sizes:
         out["fits"].append(measure_fit("ease", {"l2": defaults.ease.l2, "max_items": size}, args.ratings, repeats))
+        print(out["fits"][-1], flush=True)
     if args.store is not None:
-        out["users"], out["repeats"] = (50, 2) if args.quick else (200, 3)
+        out["users"], out["repeats"] = (50, 2) if args.quick else (200, repeats)
         out["latency"] = latency(args.store, args.collection, args.ratings, out["users"], out["repeats"])
     print(render(out))
     if args.json:

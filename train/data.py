@@ -24,6 +24,7 @@ from eval.provenance import DeterministicStore
 from retrieval.candidates import CandidateGenerator
 from retrieval.catalog import ColumnMapping
 from retrieval.embed import Embedder, make_embedder
+from retrieval.fitted import artifact_dir
 from retrieval.interactions import InteractionMapping
 from retrieval.store import ItemCollection, Store
 from train.config import DataConfig
@@ -137,7 +138,10 @@ def build_data(
     embedder = embedder or make_embedder(settings.embed_config(progress=False))
     coll = open_collection(settings, dataset, embedder, store=store, collection=collection)
     name = coll.name
-    generator = CandidateGenerator.default(coll, embedder, train_log, settings.fusion_config())
+    store_config = settings.store_config()
+    generator = CandidateGenerator.default(coll, embedder, train_log, settings.fusion_config(),
+                                           learned=settings.learned_sources,
+                                           cache_dir=lambda kind: artifact_dir(store_config, name, kind))  # fmt: skip
 
     def examples_of(user_list: list[str], count: int, desc: str) -> list[RankExample]:
         out: list[RankExample] = []
