@@ -79,6 +79,28 @@ def test_user_recommendations_exclude_seen_and_respect_k(settings: Settings, par
     assert ids == result.candidate_ids[:7]  # retrieval strategy keeps the fused order
 
 
+def test_log_learned_sources_are_used_cached_and_reported(settings: Settings, parts: dict[str, object]) -> None:
+    from rich.console import Console
+
+    from recagent.present import print_recommendation
+
+    user = _user_with_history(parts)
+    rec = recommender(settings, parts, None, rerank_strategy="retrieval", explain_mode="template")
+    result = rec.recommend(RecommendRequest(user_id=user, k=10))
+    assert {"transition", "ease"} <= set(result.sources) and "collab" not in result.sources  # default weights
+    assert any("transition" in i.sources or "ease" in i.sources for i in result.items)
+    artifacts = settings.store_config().path.parent / "artifacts" / rec.collection_name
+    assert list((artifacts / "ease").glob("*.npz")) and list((artifacts / "transition").glob("*.npz"))
+    again = recommender(settings, parts, None, rerank_strategy="retrieval", explain_mode="template")
+    assert {s.name: getattr(s, "origin", None) for s in again.generator.sources}["ease"] == "cache"
+    console = Console(record=True, width=200)
+    print_recommendation(result, console)
+    assert "sources: semantic, item2item, transition, ease" in console.export_text()
+    no_log = Recommender(settings.model_copy(update={"interactions": None, "rerank_strategy": "retrieval",
+                                                     "explain_mode": "template"}), embedder=parts["embedder"])  # type: ignore[arg-type]  # fmt: skip
+    assert "transition" not in no_log.recommend(RecommendRequest(query="space adventure", k=3)).sources
+
+
 def test_query_with_constraints_and_dislikes(settings: Settings, parts: dict[str, object]) -> None:
     rec = recommender(settings, parts, FakeEngine(), rerank_strategy="retrieval", explain_mode="template")
     first = rec.recommend(RecommendRequest(query="funny animated movie for kids", k=5))
