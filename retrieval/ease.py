@@ -2,10 +2,10 @@
 
 With ``X`` the binary users x items matrix, ``P = (X^T X + l2 I)^-1`` and ``B = I - P diag(1/diag(P))`` (so
 ``B_ij = -P_ij / P_jj`` off the diagonal and ``diag(B) = 0``); a user's scores are ``x_u B``. ``B`` is dense:
-``n^2`` floats, and the inversion holds about three ``n x n`` float64 matrices at once. Up to ``max_items``
-interacted items the model covers them all; above it, only the ``max_items`` most interacted items get a
-row/column and every other item scores 0 (and counts for nothing in the history). The memory and time of the fit
-are measured in docs/benchmarks.md (bench/learned_sources.py).
+``n^2`` floats, and the fit peaks at about 32 bytes per ``n^2`` (float64 Gram matrix, inverse, LAPACK's copy).
+Up to ``max_items`` interacted items the model covers them all; above it, only the ``max_items`` most interacted
+items get a row/column and every other item scores 0 (and counts for nothing in the history). The memory and time
+of the fit are measured in docs/benchmarks.md (bench/learned_sources.py).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class EaseConfig(BaseModel):
     max_items: int = Field(
         12_000,
         ge=2,
-        description="Most interacted items the dense model covers (peak memory ~ 3 * n^2 * 8 bytes: 12,000 -> "
-        "~3.5 GB); items beyond score 0.",
+        description="Most interacted items the dense model covers (measured peak memory ~32 bytes * n^2: 12,000 -> "
+        "~4.3 GiB; docs/benchmarks.md); items beyond score 0.",
     )
 
 
