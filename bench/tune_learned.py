@@ -5,10 +5,11 @@ of the leave-one-out split, then measure the chosen ones once on the test part.
     .venv/bin/python bench/tune_learned.py --quick               # a small grid, for a smoke test
     .venv/bin/python bench/tune_learned.py --no-fusion           # sources only (no Chroma collection needed)
 
-Split (LlamaRec's preprocessing): every rating is an interaction; 5-core filter repeated until stable; per user
-sorted by (timestamp, item id): test = last item, validation = second to last, train = the rest. Validation:
-models fitted on train, history = train. Test: fitted on train + validation, history = train + validation. The
-whole filtered catalog is ranked with the history masked. Prints a markdown report (docs/retrieval.md holds it).
+Split: the evaluator's ``--split loo`` (eval/loo.py, LlamaRec's preprocessing): every rating is an interaction;
+5-core filter repeated until stable; per user sorted by (timestamp, item id): test = last item, validation =
+second to last, train = the rest. Validation: models fitted on train, history = train. Test: fitted on train +
+validation, history = train + validation. The split's item universe is ranked with the history masked. Prints the
+chosen settings and metrics (docs/retrieval.md holds them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eval.datasets import load_dataset
+from eval.protocol import Protocol, Split, make_split
 from retrieval.candidates import (
     CandidateSource,
     CollaborativeSource,
@@ -40,10 +43,10 @@ from retrieval.candidates import (
 )
 from retrieval.config import DEFAULT_SOURCE_WEIGHTS
 from retrieval.ease import EaseConfig, EaseSource
-from retrieval.interactions import Interactions, read_interactions
+from retrieval.interactions import Interactions
 from retrieval.seqsource import LogItemSource
 from retrieval.transition import TransitionConfig, TransitionSource
-from retrieval.types import HistoryEntry, UserQuery
+from retrieval.types import UserQuery
 
 ML = ROOT / "data" / "movielens-latest-small"
 OLD_WEIGHTS = {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0.5}  # the fusion before issue 23
@@ -51,51 +54,30 @@ OLD_WEIGHTS = {"semantic": 1.0, "item2item": 1.0, "collab": 1.0, "popularity": 0
 
 @dataclass
 class LooSplit:
-    """fit logs and targets of the two parts: ``val`` fitted on ``train``, ``test`` on ``train_val``."""
+    """The evaluator's ``--split loo`` parts (eval/loo.py): sources for ``val`` are fitted on ``val.train``,
+    for ``test`` on ``test.train`` (the validation items included)."""
 
-    train: Interactions
-    train_val: Interactions
-    val: dict[str, str]
-    test: dict[str, str]
-    raw: int
-    kept: int
+    val: Split
+    test: Split
 
 
-def _item_key(item: str) -> tuple[int, Any]:
-    return (0, int(item)) if item.isdigit() else (1, item)
+def loo_split(path: Path) -> LooSplit:
+    dataset = load_dataset(path)
+    return LooSplit(val=make_split(dataset, Protocol(split="loo", part="validation")),
+                    test=make_split(dataset, Protocol(split="loo", part="test")))  # fmt: skip
 
 
-def loo_split(log: Interactions, min_count: int = 5) -> LooSplit:
-    """The leave-one-out split described in the module docstring (for this script only)."""
-    rows = list(zip(log.users.tolist(), log.items.tolist(), log.timestamps.tolist(), strict=True))
-    while True:
-        items = np.bincount([r[1] for r in rows], minlength=log.n_items)
-        rows = [r for r in rows if items[r[1]] >= min_count]
-        users = np.bincount([r[0] for r in rows], minlength=log.n_users)
-        rows = [r for r in rows if users[r[0]] >= min_count]
-        items = np.bincount([r[1] for r in rows], minlength=log.n_items)
-        if all(items[r[1]] >= min_count for r in rows):
-            break
-    named = sorted(
-        ((log.user_ids[u], log.item_ids[i], t) for u, i, t in rows),
-        key=lambda r: (_item_key(r[0]), r[2], _item_key(r[1])),
-    )
-    by_user: dict[str, list[tuple[str, int]]] = {}
-    for user, item, stamp in named:
-        by_user.setdefault(user, []).append((item, stamp))
-    val = {u: seq[-2][0] for u, seq in by_user.items()}
-    test = {u: seq[-1][0] for u, seq in by_user.items()}
-
-    def build(cut: int) -> Interactions:
-        kept = [(u, i, t) for u, seq in by_user.items() for i, t in seq[: len(seq) - cut]]
-        return Interactions.from_records([r[0] for r in kept], [r[1] for r in kept], None, [r[2] for r in kept])
-
-    return LooSplit(train=build(2), train_val=build(1), val=val, test=test, raw=len(log), kept=len(named))
+def _targets(split: Split) -> dict[str, str]:
+    return {str(c.user_id): next(iter(c.gold)) for c in split.cases}
 
 
-def _query(log: Interactions, user: str) -> UserQuery:
-    return UserQuery(user_id=user, history=[HistoryEntry(item_id=h.item_id, timestamp=h.timestamp) for h in
-                                            log.history(user)])  # fmt: skip
+def _sequences(split: Split) -> dict[str, list[str]]:
+    return {str(c.user_id): [h.item_id for h in c.history] for c in split.cases}
+
+
+def _train(split: Split) -> Interactions:
+    assert split.train is not None
+    return split.train
 
 
 def rank_metrics(ranked: Sequence[str], target: str, ks: Iterable[int] = (10, 20)) -> dict[str, float]:
@@ -112,12 +94,13 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
 
 
-def score_source(source: LogItemSource, log: Interactions, targets: dict[str, str], k: int = 20) -> dict[str, float]:
+def score_source(source: LogItemSource, split: Split, k: int = 20) -> dict[str, float]:
     """NDCG/Recall@10/20 of one log-learned source ranking the whole (filtered) catalog, history masked."""
     rows = []
-    ids = log.item_ids
-    for user, target in targets.items():
-        scores = source.scores([h.item_id for h in log.history(user)])
+    ids = source.interactions.item_ids
+    sequences = _sequences(split)
+    for user, target in _targets(split).items():
+        scores = source.scores(sequences[user])
         top = np.argsort(-scores, kind="stable")[:k]
         rows.append(rank_metrics([ids[int(j)] for j in top if scores[int(j)] > 0], target))
     return mean_metrics(rows)
@@ -139,29 +122,28 @@ def tune(name: str, configs: list[Any], make: Callable[[Interactions, Any], LogI
     """Each config on validation; the best (NDCG@10) once on test."""
     results = []
     for config in tqdm(configs, desc=f"{name} grid", unit="cfg"):
-        metrics = score_source(make(split.train, config), split.train, split.val)
+        metrics = score_source(make(_train(split.val), config), split.val)
         results.append({"config": config.model_dump(), **metrics})
     best = max(range(len(configs)), key=lambda i: (results[i]["ndcg@10"], results[i]["recall@10"]))
     chosen = configs[best]
-    test = score_source(make(split.train_val, chosen), split.train_val, split.test)
+    test = score_source(make(_train(split.test), chosen), split.test)
     return chosen, results, test
 
 
-def source_lists(sources: list[CandidateSource], log: Interactions, targets: dict[str, str], k: int,
-                 allowed: frozenset[str]) -> list[dict[str, list[tuple[str, float]]]]:  # fmt: skip
-    """Per user (in ``targets`` order): every source's ranked list, history excluded, catalog = ``allowed``."""
+def source_lists(sources: list[CandidateSource], split: Split, k: int) -> list[dict[str, list[tuple[str, float]]]]:
+    """Per case: every source's ranked list, history excluded, catalog = the split's item universe."""
     out = []
-    for user in tqdm(targets, desc="sources", unit="user"):
-        query = _query(log, user)
-        request = SourceRequest(query=query, k=k, allowed=allowed, exclude=frozenset(query.excluded_ids()))
+    for case in tqdm(split.cases, desc="sources", unit="user"):
+        query = UserQuery(user_id=case.user_id, history=case.history)
+        request = SourceRequest(query=query, k=k, allowed=split.items, exclude=frozenset(query.excluded_ids()))
         out.append({s.name: s.retrieve(request) for s in sources})
     return out
 
 
-def fused_metrics(lists: list[dict[str, list[tuple[str, float]]]], targets: dict[str, str],
+def fused_metrics(lists: list[dict[str, list[tuple[str, float]]]], split: Split,
                   weights: dict[str, float]) -> dict[str, float]:  # fmt: skip
     rows = []
-    for rankings, target in zip(lists, targets.values(), strict=True):
+    for rankings, target in zip(lists, _targets(split).values(), strict=True):
         fused = rrf_fuse(rankings, weights=weights, rrf_k=60, n=20)
         rows.append(rank_metrics([c.item_id for c in fused], target))
     return mean_metrics(rows)
@@ -186,22 +168,16 @@ def sources_for(log: Interactions, collection: Any, transition: TransitionConfig
 
 def tune_fusion(split: LooSplit, collection: Any, transition: TransitionConfig, ease: EaseConfig, quick: bool,
                 ) -> dict[str, Any]:  # fmt: skip
-    allowed = frozenset(split.train_val.item_ids)
-    val_lists = source_lists(sources_for(split.train, collection, transition, ease), split.train, split.val, 100,
-                             allowed)  # fmt: skip
+    old = OLD_WEIGHTS | {"transition": 0.0, "ease": 0.0}
+    val_lists = source_lists(sources_for(_train(split.val), collection, transition, ease), split.val, 100)
     grid = weight_grid(quick)
     scored = [(w, fused_metrics(val_lists, split.val, w)) for w in tqdm(grid, desc="fusion grid", unit="cfg")]
     best, best_val = max(scored, key=lambda p: (p[1]["ndcg@10"], p[1]["recall@20"]))
-    old_val = fused_metrics(val_lists, split.val, OLD_WEIGHTS | {"transition": 0.0, "ease": 0.0})
-    test_lists = source_lists(sources_for(split.train_val, collection, transition, ease), split.train_val,
-                              split.test, 100, allowed)  # fmt: skip
+    test_lists = source_lists(sources_for(_train(split.test), collection, transition, ease), split.test, 100)
     return {
         "chosen": best,
-        "validation": {"old": old_val, "new": best_val},
-        "test": {
-            "old": fused_metrics(test_lists, split.test, OLD_WEIGHTS | {"transition": 0.0, "ease": 0.0}),
-            "new": fused_metrics(test_lists, split.test, best),
-        },
+        "validation": {"old": fused_metrics(val_lists, split.val, old), "new": best_val},
+        "test": {"old": fused_metrics(test_lists, split.test, old), "new": fused_metrics(test_lists, split.test, best)},
         "grid_size": len(grid),
     }
 
@@ -225,20 +201,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
-    split = loo_split(read_interactions(args.ratings))
-    print(f"split: {split.raw} ratings -> {split.kept} after the 5-core filter; {split.train_val.n_users} users, "
-          f"{split.train_val.n_items} items")  # fmt: skip
+    split = loo_split(args.ratings)
+    notes = split.test.notes or {}
+    print(f"split (eval --split loo): {notes}")
     t_conf, t_grid, t_test = tune("transition", transition_grid(args.quick),
                                   lambda log, c: TransitionSource(log, c), split)  # fmt: skip
     e_configs = [EaseConfig(l2=v) for v in ((100.0, 200.0) if args.quick else (50.0, 100.0, 200.0, 500.0))]
     e_conf, e_grid, e_test = tune("ease", e_configs, lambda log, c: EaseSource(log, c), split)
     out: dict[str, Any] = {
-        "split": {
-            "ratings": split.raw,
-            "kept": split.kept,
-            "users": split.train_val.n_users,
-            "items": split.train_val.n_items,
-        },
+        "split": notes,
         "transition": {"chosen": t_conf.model_dump(), "grid": t_grid, "test": t_test},
         "ease": {"chosen": e_conf.model_dump(), "grid": e_grid, "test": e_test},
     }
