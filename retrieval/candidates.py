@@ -345,6 +345,16 @@ class CandidateGenerator:
         """Forget cached id sets (call after the collection changed)."""
         self._allowed_cache.clear()
 
+    def _request(self, query: UserQuery, k: int | None = None) -> SourceRequest:
+        where = query.constraints.to_where()
+        return SourceRequest(
+            query=query,
+            k=k or query.k_per_source or self.fusion.k,
+            where=where,
+            allowed=self.allowed_ids(where),
+            exclude=frozenset(query.excluded_ids()),
+        )
+
     def run_sources(
         self,
         query: UserQuery,
@@ -356,14 +366,7 @@ class CandidateGenerator:
         LLM proposals grounded to catalog ids), filtered like a source's own (exclusions, constraints, catalog);
         ``weights`` overrides the fusion weights for this call."""
         weights = self.fusion.weights if weights is None else weights
-        where = query.constraints.to_where()
-        request = SourceRequest(
-            query=query,
-            k=query.k_per_source or self.fusion.k,
-            where=where,
-            allowed=self.allowed_ids(where),
-            exclude=frozenset(query.excluded_ids()),
-        )
+        request = self._request(query)
         out: dict[str, Scored] = {}
         for source in self.sources:
             if weights.get(source.name, 1.0) == 0:
@@ -383,13 +386,32 @@ class CandidateGenerator:
         weights: Mapping[str, float] | None = None,
     ) -> list[Candidate]:
         """Fused candidates: no seen (when ``exclude_seen``), disliked, excluded or constraint-violating item.
-        ``extra`` and ``weights`` as in :meth:`run_sources`."""
+        ``extra`` and ``weights`` as in :meth:`run_sources`.
+
+        When the fused list is shorter than asked (a cold user: no history for the log-learned sources, no request
+        text) and the popularity source exists but is weighted 0, the list is filled up with the most popular
+        remaining items, ranked after every fused one (their only hit is ``popularity``): the fusion weights decide
+        the order of what the sources found, never whether a cold user gets an answer."""
         weights = self.fusion.weights if weights is None else weights
         rankings = self.run_sources(query, extra=extra, weights=weights)
-        return rrf_fuse(
-            rankings,
-            weights=weights,
-            rrf_k=self.fusion.rrf_k,
-            n=query.n or self.fusion.n,
-            exclude=query.excluded_ids(),
-        )
+        n = query.n or self.fusion.n
+        fused = rrf_fuse(rankings, weights=weights, rrf_k=self.fusion.rrf_k, n=n, exclude=query.excluded_ids())
+        if len(fused) < n and weights.get("popularity", 1.0) == 0:
+            fused += self._popularity_fill(query, fused, n)
+        return fused
+
+    def _popularity_fill(self, query: UserQuery, fused: list[Candidate], n: int) -> list[Candidate]:
+        source = next((s for s in self.sources if s.name == "popularity"), None)
+        if source is None:
+            return []
+        have = {c.item_id for c in fused}
+        ranked = source.retrieve(self._request(query, k=n + len(have)))
+        out: list[Candidate] = []
+        for rank, (item_id, score) in enumerate(ranked, start=1):
+            if item_id not in have and len(fused) + len(out) < n:
+                out.append(
+                    Candidate(
+                        item_id=item_id, score=0.0, sources={"popularity": SourceHit(rank=rank, score=_finite(score))}
+                    )
+                )
+        return out

@@ -210,6 +210,23 @@ def test_generator_weights_and_catalog_restriction(
     assert rankings["popularity"] == [("1", 1.0)]  # 'not-in-catalog' is not in the collection
 
 
+def test_cold_user_gets_popular_items_after_the_fused_ones(
+    loaded: ItemCollection, fake_embedder: FakeEmbedder, sample: tuple[list[Item], Interactions]
+) -> None:
+    _, log = sample
+    generator = CandidateGenerator.default(loaded, fake_embedder, log, FusionConfig(k=40, n=10))
+    assert generator.fusion.weights["popularity"] == 0  # the default: popularity only fills
+    cold = generator.generate(UserQuery())  # no history, no text: no source has anything
+    counts = log.popularity()
+    top = [log.item_ids[i] for i in np.argsort(-counts, kind="stable")[:10]]
+    assert [c.item_id for c in cold] == top and all(set(c.sources) == {"popularity"} for c in cold)
+    half = generator.generate(UserQuery(need="space adventure", k_per_source=4))  # 4 fused, 6 filled after them
+    assert len(half) == 10 and all(c.score > 0 for c in half[:4]) and all(c.score == 0 for c in half[4:])
+    assert len({c.item_id for c in half}) == 10
+    warm = generator.generate(UserQuery(need="space adventure"))  # enough fused candidates: no filling
+    assert all("popularity" not in c.sources for c in warm)
+
+
 @pytest.mark.slow
 def test_semantic_with_real_embedder(tmp_path: Path, ml_sample: Path, real_embedder: object) -> None:
     from retrieval.embed import SentenceTransformerEmbedder
