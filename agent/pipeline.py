@@ -257,7 +257,8 @@ class Recommender:
 
     @cached_property
     def generator(self) -> CandidateGenerator:
-        store_config = self.settings.store_config()
+        store_config, name = self.settings.store_config(), self.collection_name
+        sequential = self.settings.sequential_model or artifact_dir(store_config, name, "sequential")
         generator = CandidateGenerator.default(
             self.collection,
             self.embedder,
@@ -265,6 +266,8 @@ class Recommender:
             self.settings.fusion_config(),
             learned=self.settings.learned_sources,
             cache_dir=lambda kind: artifact_dir(store_config, self.collection_name, kind),
+            sequential_dir=sequential,
+            sequential_required=self.settings.sequential_model is not None,
         )
         if self.dialogue_model is not None:
             generator.sources += dialogue_sources(self.dialogue_model)

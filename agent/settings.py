@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     interactions: Path | None = Field(
         None, description="Interaction log (MovieLens ratings file/folder or CSV user,item[,rating][,timestamp])."
     )
+    sequential_model: Path | None = Field(
+        None,
+        description="Folder of a trained sequential model (`recagent train sequential`); default: the collection's "
+        "artifact folder (<chroma>/../artifacts/<collection>/sequential). Used when it exists and was trained on "
+        "the served interaction log.",
+    )
 
     # ranking
     rerank_strategy: Literal["retrieval", "listwise", "options", "pointwise", "learned"] = Field(

@@ -95,6 +95,12 @@ def run_cmd(
     part: str = typer.Option(
         "test", "--part", help="test (held-out targets) or validation (cut again from the train part; tune here)."
     ),
+    sequential_model: Path | None = typer.Option(
+        None,
+        "--sequential-model",
+        help="Folder of a sequential model (`recagent train sequential --out DIR`) for the `sequential` source; it "
+        "must have been trained on this dataset's log (its leave-one-out train part fits --split loo).",
+    ),
     user_ids: Path | None = typer.Option(
         None, "--user-ids", help="File of user ids, one per line (e.g. a training run's val_users.txt)."
     ),
@@ -110,6 +116,8 @@ def run_cmd(
     from recagent.mapping_opts import catalog_mapping, log_mapping
 
     settings = ctx.find_root().obj.settings
+    if sequential_model is not None:
+        settings = settings.model_copy(update={"sequential_model": sequential_model})
     registry = PromptRegistry(prompts_dir) if prompts_dir else PromptRegistry()
     arms = [parse_variant(v, registry) for v in variant]  # checked before the data is even read
     figures = load_published(published).model_dump() if published is not None else None

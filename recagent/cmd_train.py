@@ -1,6 +1,7 @@
 """`recagent train ranker` (LoRA fine-tuning of the option-logit ranker), `recagent train ranker-ltr` (the learned
-LightGBM ranker over the fused candidates) and `recagent train embedder` (sentence-transformers fine-tuning of the
-catalog embedder). Thin wiring of :mod:`train` only."""
+LightGBM ranker over the fused candidates), `recagent train embedder` (sentence-transformers fine-tuning of the
+catalog embedder) and `recagent train sequential` (the next-item model of the `sequential` candidate source). Thin
+wiring of :mod:`train` only."""
 
 from __future__ import annotations
 
@@ -345,6 +346,92 @@ def embedder_cmd(
     typer.echo(
         f"model: {result.out} (embedder id {m['embedder_id']}); steps {m['steps']['done']} "
         f"({m['steps']['stopped']}); wall {cost['wall_seconds']} s, {cost['pairs_per_second']} pairs/s"
+    )
+
+
+@app.command("sequential")
+def sequential_cmd(
+    ctx: typer.Context,
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
+    interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Model folder (default: the collection's artifact folder, where the pipeline looks)."
+    ),
+    collection: str | None = typer.Option(None, "--collection", help="Collection served (default: the setting)."),
+    max_len: int = typer.Option(50, "--max-len", help="Most recent items the model reads."),
+    dim: int = typer.Option(64, "--dim", help="Embedding and hidden size."),
+    blocks: int = typer.Option(2, "--blocks", help="Self-attention blocks."),
+    heads: int = typer.Option(2, "--heads", help="Attention heads (must divide --dim)."),
+    dropout: float = typer.Option(0.2, "--dropout", help="Dropout rate."),
+    loss: str = typer.Option("ce", "--loss", help="ce (softmax over all items) or bce (one sampled negative)."),
+    min_count: int = typer.Option(5, "--min-count", help="k-core threshold of the leave-one-out split."),
+    epochs: int = typer.Option(200, "--epochs", help="Most passes over the training windows."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Windows per optimizer step."),
+    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
+    patience: int = typer.Option(5, "--patience", help="Early stop after N validations without gain."),
+    eval_every: int = typer.Option(1, "--eval-every", help="Validate and checkpoint every N epochs."),
+    train_seed: int = typer.Option(0, "--train-seed", help="Seed of weights, data order, dropout, negatives."),
+    threads: int = typer.Option(2, "--threads", help="torch threads."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in OUT."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier model in OUT."),
+) -> None:
+    """Train the sequential (SASRec-style) next-item model on the TRAIN part of the leave-one-out split (k-core,
+    per user by time: last item = test, second to last = validation), early-stopped on validation NDCG@10. The
+    pipeline uses it as the `sequential` candidate source when it sits in the collection's artifact folder (or
+    RECAGENT_SEQUENTIAL_MODEL=OUT) and the served log is the one it learned from."""
+    from agent.errors import ConfigError
+    from retrieval.sequential import default_model_dir
+    from train.data import load_data
+    from train.sequential import SeqTrainConfig, fit_sequential, heldout_metrics
+
+    settings = ctx.find_root().obj.settings
+    cfg = SeqTrainConfig.model_validate(
+        dict(
+            model=dict(max_len=max_len, dim=dim, blocks=blocks, heads=heads, dropout=dropout),
+            loss=loss,
+            min_count=min_count,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            patience=patience,
+            eval_every=eval_every,
+            seed=train_seed,
+            threads=threads,
+        )
+    )
+    if resume and force:
+        raise ConfigError("--resume and --force exclude each other", hint="--resume continues OUT, --force replaces it")
+    name = collection or settings.collection
+    target = out or default_model_dir(settings.store_config(), name)
+    dataset = load_data(catalog, interactions)
+    assert dataset.interactions is not None
+    provenance = {
+        "catalog": str(catalog),
+        "interactions": str(interactions),
+        "collection": name,
+        "files": {str(f): _sha(f) for f in dataset.files},
+    }
+    result, split = fit_sequential(dataset.interactions, target, cfg, provenance=provenance, resume=resume, force=force)
+    m = result.manifest
+    c = m["split"]
+    typer.echo(
+        f"leave-one-out: {c['interactions_read']} interactions read, {c['interactions_kept']} kept by the "
+        f"{cfg.min_count}-core ({c['users']} users, {c['items']} items); {c['train_interactions']} train"
+    )
+    if not m["complete"]:
+        typer.echo(f"interrupted after epoch {m['epochs']['done']}: continue with --resume")
+        return
+    best, cost = m["best"], m["cost"]
+    test = heldout_metrics(result.out, split)
+    typer.echo(
+        f"best epoch {best['epoch']}: validation NDCG@10 {best['ndcg@10']:.4f} Recall@10 {best['recall@10']:.4f}; "
+        f"test NDCG@10 {test['ndcg@10']:.4f} Recall@10 {test['recall@10']:.4f}"
+    )
+    typer.echo(
+        f"{m['epochs']['stopped']}; {cost['train_seconds']} s ({cost['seconds_per_epoch']} s/epoch, "
+        f"{cost['torch_threads']} threads); model: {result.out}"
     )
 
 

@@ -306,11 +306,15 @@ class CandidateGenerator:
         *,
         learned: LearnedSourcesConfig | None = None,
         cache_dir: Callable[[str], Path] | None = None,
+        sequential_dir: Path | None = None,
+        sequential_required: bool = False,
     ) -> CandidateGenerator:
         """semantic + item2item + profile (weight 0 by default), and, when an interaction log is given, collab +
         popularity + the log-learned sources (transition, ease: retrieval/learned.py) whose fusion weight is > 0,
-        their fitted state cached in ``cache_dir(kind)``. Candidates of the "generated" source come from the caller
-        (``generate(extra=...)``)."""
+        their fitted state cached in ``cache_dir(kind)``; plus the sequential model in ``sequential_dir`` when that
+        folder holds one trained on the log (refused when trained on another log; skipped when its fusion weight is
+        0; ``sequential_required``: a folder without a model is an error, not an absent source). Candidates of the
+        "generated" source come from the caller (``generate(extra=...)``)."""
         from retrieval.learned import learned_sources  # its sources import this module
 
         fusion = fusion or FusionConfig()
@@ -322,6 +326,12 @@ class CandidateGenerator:
         if interactions is not None:
             sources += [CollaborativeSource(interactions), PopularitySource(interactions)]
             sources += learned_sources(interactions, fusion.weights, learned, cache_dir)
+        if sequential_dir is not None and fusion.weights.get("sequential", 1.0) != 0:
+            from retrieval.sequential import open_sequential
+
+            sequential = open_sequential(sequential_dir, interactions, required=sequential_required)
+            if sequential is not None:
+                sources.append(sequential)
         return cls(collection, sources, fusion)
 
     @property

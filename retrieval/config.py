@@ -33,6 +33,7 @@ DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
     "recommended_popularity": 0.5,  # what a fitted dialogue log's recommenders named most (cold openings)
     "transition": 4.0,  # items following the user's recent items in the log (retrieval/transition.py)
     "ease": 1.0,  # EASE linear item-item model of the log (retrieval/ease.py)
+    "sequential": 1.0,  # trained next-item model (retrieval/sequential.py); absent when none is trained
 }
 SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_SOURCE_WEIGHTS)
 """The candidate sources recagent knows (fusion weight names)."""
