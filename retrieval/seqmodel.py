@@ -66,7 +66,7 @@ class SeqModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_len: int = Field(200, ge=2, le=4096, description="Most recent items the model reads (longer histories cut).")
+    max_len: int = Field(50, ge=2, le=4096, description="Most recent items the model reads (longer histories cut).")
     dim: int = Field(64, ge=8, le=1024, description="Embedding and hidden size.")
     blocks: int = Field(2, ge=1, le=12, description="Self-attention blocks.")
     heads: int = Field(2, ge=1, le=16, description="Attention heads (must divide dim).")
