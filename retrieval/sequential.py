@@ -38,10 +38,13 @@ class SequentialSource:
         self.token = {item_id: index + 1 for index, item_id in enumerate(saved.item_ids)}
 
     def history_tokens(self, request: SourceRequest) -> list[int]:
-        """The user's known items in time order (ties by item id), then items liked in the conversation."""
+        """The user's known items in time order (ties by item id; the given order when no entry has a time), then
+        items liked in the conversation."""
         query = request.query
+        timed = any(h.timestamp for h in query.history)
         ordered = sorted(
-            enumerate(query.history), key=lambda p: (p[1].timestamp or 0, item_sort_key(p[1].item_id), p[0])
+            enumerate(query.history),
+            key=lambda p: (p[1].timestamp or 0, item_sort_key(p[1].item_id), p[0]) if timed else (0, (0, 0, ""), p[0]),
         )
         ids = [h.item_id for _, h in ordered] + [i for i in query.liked if i not in {h.item_id for h in query.history}]
         return [self.token[i] for i in ids if i in self.token]

@@ -48,6 +48,9 @@ class LooSplit:
 
 
 def _row_key(log: Interactions, row: int) -> tuple[int, tuple[int, int, str], int]:
+    """Sequence order of a row: (timestamp, item id, file order); file order alone when the log has no times."""
+    if not log.timestamps.any():
+        return 0, (0, 0, ""), row
     return int(log.timestamps[row]), item_sort_key(log.item_ids[int(log.items[row])]), row
 
 

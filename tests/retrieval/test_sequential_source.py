@@ -60,6 +60,8 @@ def test_masks_seen_items_and_returns_at_most_k(cyclic_model: tuple[Path, Intera
         history=[HistoryEntry(item_id=i, timestamp=10 + n) for n, i in reversed(list(enumerate(seen)))]
     )
     assert source.retrieve(SourceRequest(query=shuffled, k=3)) == out
+    untimed = UserQuery(history=[HistoryEntry(item_id=i) for i in seen])  # no times: the given order
+    assert source.retrieve(SourceRequest(query=untimed, k=3)) == out
 
 
 def test_a_model_of_another_log_is_refused(cyclic_model: tuple[Path, Interactions], tmp_path: Path) -> None:

@@ -45,6 +45,15 @@ def test_loo_split_by_hand() -> None:
     assert [h.item_id for h in with_val.history("d")] == ["5", "9", "1", "2"]
 
 
+def test_loo_split_without_timestamps_keeps_file_order() -> None:
+    users = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    items = ["9", "3", "7", "1", "3", "9", "1", "7", "1", "3", "9", "7"]
+    split = loo_split(Interactions.from_records(users, items), min_count=3)
+    parts = zip(split.train, split.val, split.test, strict=True)
+    named = [[split.item_ids[t - 1] for t in [*seq, v, x]] for seq, v, x in parts]
+    assert named == [["9", "3", "7", "1"], ["3", "9", "1", "7"], ["1", "3", "9", "7"]]
+
+
 def test_training_windows_cover_every_label() -> None:
     windows = training_windows([[1, 2, 3, 4, 5, 6, 7]], 3)
     assert windows == [[4, 5, 6, 7], [1, 2, 3, 4]]
