@@ -133,8 +133,9 @@ class Settings(BaseSettings):
     fusion_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS),
         description="Reciprocal-rank-fusion weight per candidate source (0 disables a source): semantic, item2item, "
-        "collab, popularity, the log-learned transition and ease (used when an interaction log is given), and the LLM "
-        "sources profile and generated (0 by default: no LLM call).",
+        "collab, popularity, the log-learned transition and ease (used when an interaction log is given), the LLM "
+        "sources profile and generated (0 by default: no LLM call), and sequential (used when a model is trained for "
+        "the collection).",
     )
     fusion_k: int = Field(100, ge=1, description="Candidates asked from each source.")
     fusion_rrf_k: int = Field(60, ge=0, description="RRF constant.")

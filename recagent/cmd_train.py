@@ -380,7 +380,7 @@ def sequential_cmd(
     per user by time: last item = test, second to last = validation), early-stopped on validation NDCG@10. The
     pipeline uses it as the `sequential` candidate source when it sits in the collection's artifact folder (or
     RECAGENT_SEQUENTIAL_MODEL=OUT) and the served log is the one it learned from."""
-    from agent.errors import ConfigError
+    from agent.errors import ConfigError, InputError
     from retrieval.sequential import default_model_dir
     from train.data import load_data
     from train.sequential import SeqTrainConfig, fit_sequential, heldout_metrics
@@ -406,7 +406,8 @@ def sequential_cmd(
     name = collection or settings.collection
     target = out or default_model_dir(settings.store_config(), name)
     dataset = load_data(catalog, interactions)
-    assert dataset.interactions is not None
+    if dataset.interactions is None:
+        raise InputError(f"{interactions} holds no interaction log", hint="give a ratings file (user, item, time)")
     provenance = {
         "catalog": str(catalog),
         "interactions": str(interactions),
