@@ -25,7 +25,7 @@ from retrieval_helpers import FakeEmbedder
 def cyclic_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Interactions]:
     log = cyclic_log()
     out = tmp_path_factory.mktemp("seq") / "model"
-    cfg = SeqTrainConfig(model=TINY, epochs=40, batch_size=16, lr=1e-2, patience=40, threads=1)
+    cfg = SeqTrainConfig(model=TINY, epochs=15, batch_size=16, lr=1e-2, patience=40, threads=1)
     fit_sequential(log, out, cfg, progress=False)
     return out, log
 

@@ -73,7 +73,7 @@ def test_metrics_by_hand() -> None:
 
 def test_learns_a_deterministic_sequence(tmp_path: Path) -> None:
     split = loo_split(cyclic_log(), min_count=5)
-    cfg = SeqTrainConfig(model=TINY, epochs=40, batch_size=16, lr=1e-2, patience=40, threads=1)
+    cfg = SeqTrainConfig(model=TINY, epochs=15, batch_size=16, lr=1e-2, patience=40, threads=1)
     result = train_on_split(split, tmp_path / "m", cfg, progress=False)
     saved = load_model(tmp_path / "m")
     histories = [[*t, v] for t, v in zip(split.train, split.val, strict=True)]
