@@ -253,12 +253,11 @@ def fit_sequential(
     if force and not resume and out.exists():
         for name in (MODEL_FILE, ITEMS_FILE, MANIFEST, CHECKPOINT):
             (out / name).unlink(missing_ok=True)
-    train_log = split.train_log(log)
     serves = {
         "log": log_fingerprint(log),
-        "k_core": log_fingerprint(log.subset(split.kept)),
-        "train": log_fingerprint(train_log),
-        "train_and_validation": log_fingerprint(split.train_log(log, with_validation=True)),
+        "k_core": log_fingerprint(split.core),
+        "train": log_fingerprint(split.train_log()),
+        "train_and_validation": log_fingerprint(split.train_log(with_validation=True)),
     }
     info = {"train_fingerprint": serves["train"], "serves": serves, **(provenance or {})}
     result = train_on_split(split, out, cfg, log_info=info, resume=resume, progress=progress)

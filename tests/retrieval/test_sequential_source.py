@@ -95,7 +95,7 @@ def test_generator_uses_the_collections_model(tmp_path: Path, ml_sample: Path) -
     assert 0 < len(rankings["sequential"]) <= 20
     assert not {h.item_id for h in query.history} & {i for i, _ in rankings["sequential"]}
     assert any("sequential" in c.sources for c in generator.generate(query))
-    served_for_test = split.train_log(log, with_validation=True)  # the evaluator's loo train log
+    served_for_test = split.train_log(with_validation=True)  # the evaluator's loo train log
     assert "sequential" in CandidateGenerator.default(
         collection, embedder, served_for_test, sequential_dir=folder
     ).run_sources(query)

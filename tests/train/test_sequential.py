@@ -38,10 +38,10 @@ def test_loo_split_by_hand() -> None:
     assert [split.item_ids[t - 1] for t in split.val] == ["10", "10", "2"]
     assert [split.item_ids[t - 1] for t in split.test] == ["5", "5", "10"]
     assert split.counts["interactions_read"] == 19 and split.counts["interactions_kept"] == 15
-    train_log = split.train_log(log)
+    train_log = split.train_log()
     assert [h.item_id for h in train_log.history("a")] == ["1", "2", "9"]  # "10" (same time as "9") left out
     assert train_log.history("c") == []
-    with_val = split.train_log(log, with_validation=True)
+    with_val = split.train_log(with_validation=True)
     assert [h.item_id for h in with_val.history("d")] == ["5", "9", "1", "2"]
 
 
@@ -115,7 +115,7 @@ def test_fit_records_the_logs_it_serves(tmp_path: Path) -> None:
     result, split = fit_sequential(log, tmp_path / "m", cfg, progress=False)
     serves = result.manifest["log"]["serves"]
     assert serves["log"] == log_fingerprint(log)
-    assert serves["train"] == log_fingerprint(split.train_log(log)) == result.manifest["log"]["train_fingerprint"]
+    assert serves["train"] == log_fingerprint(split.train_log()) == result.manifest["log"]["train_fingerprint"]
     assert len(set(serves.values())) == 3  # the log is its own k-core here
     assert result.manifest["split"]["users"] == 12 and result.manifest["cost"]["torch_threads"] == 1
 
