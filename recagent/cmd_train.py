@@ -354,6 +354,11 @@ def sequential_cmd(
     ctx: typer.Context,
     catalog: Path = typer.Option(..., "--catalog", help="Catalog file or folder (e.g. a MovieLens folder)."),
     interactions: Path = typer.Option(..., "--interactions", help="Interaction log (ratings.csv, u.data, CSV)."),
+    mapping: MappingFile = None,
+    id_col: IdCol = None,
+    title_col: TitleCol = None,
+    text_cols: TextCols = None,
+    interactions_mapping: LogMappingFile = None,
     out: Path | None = typer.Option(
         None, "--out", help="Model folder (default: the collection's artifact folder, where the pipeline looks)."
     ),
@@ -381,6 +386,7 @@ def sequential_cmd(
     pipeline uses it as the `sequential` candidate source when it sits in the collection's artifact folder (or
     RECAGENT_SEQUENTIAL_MODEL=OUT) and the served log is the one it learned from."""
     from agent.errors import ConfigError, InputError
+    from recagent.mapping_opts import catalog_mapping, log_mapping
     from retrieval.sequential import default_model_dir
     from train.data import load_data
     from train.sequential import SeqTrainConfig, fit_sequential, heldout_metrics
@@ -405,7 +411,12 @@ def sequential_cmd(
         raise ConfigError("--resume and --force exclude each other", hint="--resume continues OUT, --force replaces it")
     name = collection or settings.collection
     target = out or default_model_dir(settings.store_config(), name)
-    dataset = load_data(catalog, interactions)
+    dataset = load_data(
+        catalog,
+        interactions,
+        mapping=catalog_mapping(mapping, id_col=id_col, title_col=title_col, text_cols=text_cols),
+        log_mapping=log_mapping(interactions_mapping),
+    )
     if dataset.interactions is None:
         raise InputError(f"{interactions} holds no interaction log", hint="give a ratings file (user, item, time)")
     provenance = {
