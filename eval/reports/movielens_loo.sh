@@ -3,8 +3,8 @@
 #
 #   make report-loo                      (or: bash eval/reports/movielens_loo.sh)
 #
-# Every arm that exists, all 610 users of the 5-core split, paired CIs against the fused retrieval order, and
-# LlamaRec's published rows (labelled as published, not re-run). Retrieval-only arms: no LLM engine is started.
+# Every arm, all 610 users of the 5-core split, paired CIs against the default fused retrieval order, and LlamaRec's
+# published rows (labelled as published, not re-run). Only the `default` arm starts the LLM engine (LLM=0 skips it).
 # An interrupted run continues where it stopped (--resume); after changing the arms, give another OUT.
 # Environment: PY (python with recagent importable, default .venv/bin/python), OUT (run folder), DOCS (where the
 # report is copied, default docs/eval), DATA (the dataset folder), EXTRA (more `eval run` options, e.g. --users 50).
@@ -15,23 +15,45 @@ OUT=${OUT:-eval-out/movielens-loo}
 DOCS=${DOCS:-docs/eval}
 DATA=${DATA:-data/movielens-latest-small}
 
-# "X alone" arms turn every other source off: when a source lands, add `,fusion.NAME=0` to ONLY and its line below
-# (a later key wins: "NAME:$ONLY,fusion.NAME=1" keeps NAME on).
+# The learned models are trained by this script on the split's own parts (skipped when OUT already holds them):
+# the sequential model on the train part (early stopping on the validation items), the learned ranker on the
+# validation targets; every pipeline arm then sees the sequential model (RECAGENT_SEQUENTIAL_MODEL) unless it turns
+# the source off.
+SEQ="$OUT/sequential"
+LTR="$OUT/ltr"
+mkdir -p "$OUT"
+t0=$(date +%s)
+[ -f "$SEQ/manifest.json" ] || "$PY" -m recagent train sequential --catalog "$DATA" --interactions "$DATA/ratings.csv" \
+  --out "$SEQ" --epochs 30 --threads 1 --force
+t1=$(date +%s)
+export RECAGENT_SEQUENTIAL_MODEL="$SEQ"
+[ -f "$LTR/manifest.json" ] || "$PY" -m recagent train ranker-ltr --catalog "$DATA" --interactions "$DATA" \
+  --split loo --out "$LTR" --force
+t2=$(date +%s)
+
+# "X alone" arms turn every other source off (a later key wins: "NAME:$ONLY,fusion.NAME=1" keeps NAME on).
 ONLY="strategy=retrieval,explain=none,fusion.semantic=0,fusion.item2item=0,fusion.collab=0,fusion.popularity=0"
+ONLY="$ONLY,fusion.transition=0,fusion.ease=0,fusion.sequential=0"
+BEFORE="strategy=retrieval,explain=none,fusion.transition=0,fusion.ease=0,fusion.sequential=0,fusion.collab=1"
+BEFORE="$BEFORE,fusion.popularity=0.5"
 ARMS=(
   --baseline popularity
   --baseline itemknn
+  --baseline ease                           # EASE alone over the whole catalog (train log)
+  --baseline transition                     # the transition counts alone over the whole catalog
   --baseline embedding                      # semantic + item-to-item sources, fused order
-  --baseline retrieval                      # today's fusion (the reference arm)
-  # one line per learned source or ranker once it exists, e.g.:
-  # --variant "transition:$ONLY,fusion.transition=1"
-  # --variant "ease:$ONLY,fusion.ease=1"
-  # --variant "sequential:$ONLY,fusion.sequential=1"
-  # --variant "rrf:strategy=retrieval,explain=none"          (the new default fusion of every source)
-  # --variant "learned:strategy=learned,explain=none"         (the learned ranker over the fused candidates)
+  --baseline retrieval                      # the default fusion of every source (the reference arm)
+  --variant "fusion-before:$BEFORE"         # the fusion before the log-learned sources (semantic, item2item, collab, popularity)
+  --variant "sequential:$ONLY,fusion.sequential=1"
+  --variant "rrf-no-seq:strategy=retrieval,explain=none,fusion.sequential=0"
+  --variant "learned:strategy=learned,explain=none,ltr_model=$LTR"
+  --variant "learned100:strategy=learned,explain=none,candidates=100,ltr_model=$LTR"
 )
+if [ "${LLM:-1}" = 1 ]; then
+  ARMS+=(--variant "default:explain=none")   # the default pipeline: option-logit LLM blend (weight 0.2) on the fused 20
+fi
 
-started=$(date +%s)
+started=$t0
 # shellcheck disable=SC2086
 "$PY" -m recagent eval run "$DATA" --split loo "${ARMS[@]}" --reference retrieval \
   --published eval/reports/llamarec-ml-latest-small.json --out "$OUT" --resume ${EXTRA:-}
@@ -41,7 +63,8 @@ mkdir -p "$DOCS"
   echo
   echo "Produced by \`bash eval/reports/movielens_loo.sh\` (\`make report-loo\`) in $(( $(date +%s) - started )) s" \
        "(this invocation) on $(nproc) CPU cores; \"retrieval recall\" is the share of test items among an arm's fused candidates" \
-       "(the fused 20 by default)."
+       "(the fused 20 by default). Training inside it: sequential model $(( t1 - t0 )) s, learned ranker $(( t2 - t1 )) s" \
+       "(0 s: reused from \`$OUT\`)."
 } > "$DOCS/movielens-loo.md"
 cp "$OUT/report.html" "$DOCS/movielens-loo.html"
 echo "written: $DOCS/movielens-loo.md, $DOCS/movielens-loo.html (run folder: $OUT)"
