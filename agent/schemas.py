@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,9 +35,10 @@ __all__ = [
 ]
 
 Strategy = Literal["retrieval", "listwise", "options", "pointwise", "learned"]
-STRATEGIES: tuple[str, ...] = ("retrieval", "listwise", "options", "pointwise", "learned")
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+"""Every ``RerankConfig.strategy`` value: ``retrieval`` and the names of ``agent.rerank.registry``."""
 LLM_STRATEGIES: tuple[str, ...] = ("listwise", "options", "pointwise")
-"""Strategies that ask the LLM to rank (``retrieval`` and ``learned`` never do)."""
+"""Strategies that ask the LLM to rank (``retrieval`` and ``learned`` never do; the registry's ``uses_engine``)."""
 JustificationSource = Literal["llm", "listwise", "template"]
 
 

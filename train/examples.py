@@ -14,7 +14,7 @@ retrieval did not put among them is skipped (at inference such a case cannot be 
 does), and further earlier positives are tried, up to ``tries`` per wanted example. The label spread then follows
 where retrieval puts the held-out items, so the model learns what it must add to the retrieval order.
 
-Prompts are rendered by :func:`render_messages` exactly as :func:`agent.rerank.options.run_options` renders a
+Prompts are rendered by :func:`render_messages` exactly as :meth:`agent.rerank.options.OptionsStrategy.render` renders a
 window at inference (same template, variables and :class:`~agent.schemas.UserContext` helpers; a test checks the
 two agree token for token).
 """

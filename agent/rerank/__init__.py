@@ -10,12 +10,17 @@ windows, calibration), ``pointwise`` (Yes/No per candidate), ``learned`` (the Li
 see ``learned``). Every LLM strategy blends its score with the
 retrieval rank (``llm_weight``), then applies the optional popularity penalty and MMR; see the modules
 ``blend``, ``listwise``, ``options``, ``pointwise`` and ``calibration`` for the design notes.
+
+Every strategy but ``retrieval`` is a :class:`~agent.rerank.strategy.RankingStrategy` registered by name in
+:mod:`agent.rerank.registry` (its docstring says how to add one); :mod:`agent.rerank.core` runs them.
 """
 
 from __future__ import annotations
 
 from agent.rerank.calibration import PriorCache
 from agent.rerank.core import rank, rank_many
+from agent.rerank.registry import STRATEGY_CLASSES
+from agent.rerank.strategy import PromptStrategy, RankingStrategy, RankRequest
 from agent.schemas import (
     STRATEGIES,
     CandidateItem,
@@ -28,10 +33,14 @@ from agent.schemas import (
 
 __all__ = [
     "STRATEGIES",
+    "STRATEGY_CLASSES",
     "CandidateItem",
     "PriorCache",
+    "PromptStrategy",
+    "RankRequest",
     "RankedItem",
     "RankingContext",
+    "RankingStrategy",
     "RerankConfig",
     "RerankResult",
     "UserContext",

@@ -1,6 +1,6 @@
 """The one ranking entry point: :func:`rank` for one user, :func:`rank_many` for a batch (one engine call per
-stage for all users). Stages: calibrate (options, only for priors not cached) -> rank (one call per strategy
-kind) -> blend (+ popularity penalty, MMR) -> explain (first ask, one re-ask).
+stage for all users). Stages: rank (one batch per strategy, see :mod:`agent.rerank.strategy`; options calibrates
+first) -> blend (+ popularity penalty, MMR) -> explain (first ask, one re-ask).
 
 Fallback policy: whenever a user's ranking stage fails (engine error, timeout, invalid or empty output), that
 user gets the fused retrieval order with template justifications and ``fallback_reason`` set; other users of
@@ -17,12 +17,8 @@ from agent.explain import ExplainRequest, Justification, explain_many
 from agent.llm.base import LLMEngine
 from agent.rerank.blend import blend_scores, mmr_order, popularity_shares, rank_normalize
 from agent.rerank.job import Job
-from agent.rerank.learned import learned_order
-from agent.rerank.listwise import run_listwise
-from agent.rerank.options import calibrate_jobs, run_options
-from agent.rerank.pointwise import run_pointwise
+from agent.rerank.registry import RETRIEVAL, STRATEGY_CLASSES, create_strategy, strategy_class
 from agent.schemas import (
-    LLM_STRATEGIES,
     CandidateItem,
     RankedItem,
     RankingContext,
@@ -38,12 +34,16 @@ __all__ = ["rank", "rank_many"]
 def _check_templates(registry: PromptRegistry, jobs: Sequence[Job]) -> None:
     """A template name that does not exist is a configuration error: fail loudly, before any engine call."""
     for job in jobs:
-        names = [job.config.template_for(job.strategy)] if job.strategy in LLM_STRATEGIES else []
+        wanted: list[tuple[str, str]] = []
+        if job.strategy != RETRIEVAL:
+            strategy = strategy_class(job.strategy)
+            name = strategy.template(job.config)
+            if name is not None:
+                wanted.append((name, strategy.task()))
         if job.config.explain == "llm":
-            names.append(job.config.explain_template)
-        for name in names:
+            wanted.append((job.config.explain_template, "explain"))
+        for name, task in wanted:
             template = registry.get(name)
-            task = "explain" if name == job.config.explain_template else f"rank_{job.strategy}"
             if template.task != task:
                 raise PromptError(
                     f"template {name!r} implements task {template.task!r}, not {task!r}",
@@ -54,10 +54,9 @@ def _check_templates(registry: PromptRegistry, jobs: Sequence[Job]) -> None:
 def _order(job: Job) -> tuple[list[int], list[float]]:
     """Top-k candidate positions and the final score of every candidate."""
     n, cfg = job.n, job.config
-    if job.strategy == "learned":
-        learned = learned_order(job.ctx.learned_scores, n, job.k)
-        if learned is not None:
-            return learned
+    own = strategy_class(job.strategy).final_order(job) if job.strategy != RETRIEVAL else None
+    if own is not None:
+        return own
     if job.llm_scores is None:
         return list(range(job.k)), rank_normalize([float(i + 1) for i in range(n)])
     final = blend_scores(job.llm_scores, n, cfg.llm_weight)
@@ -82,7 +81,7 @@ def _result(job: Job, top: list[int], final: list[float], notes: list[Justificat
     for rank, (i, just) in enumerate(zip(top, notes, strict=True), start=1):
         cand = job.cands[i]
         flags = list(just.flags)
-        if job.strategy == "listwise" and job.uses_llm_ranking and i not in job.listed:
+        if job.uses_llm_ranking and strategy_class(job.strategy).lists_items and i not in job.listed:
             flags.insert(0, "appended_missing")
         note = just.note
         if job.fallback_reason is not None:
@@ -133,6 +132,24 @@ def _result(job: Job, top: list[int], final: list[float], notes: list[Justificat
     )
 
 
+def _run_strategies(engine: LLMEngine | None, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
+    """The ranking stage: each strategy scores its jobs in one batch, in registry order."""
+    ranking = [j for j in jobs if j.strategy != RETRIEVAL and j.n > 1]
+    for job in jobs:
+        if job.strategy != RETRIEVAL and job.n == 1 and strategy_class(job.strategy).uses_engine:
+            job.llm_scores, job.listed = [0.0], {0}  # nothing to compare: no engine call
+    for name in STRATEGY_CLASSES:
+        group = [j for j in ranking if j.strategy == name]
+        if not group:
+            continue
+        strategy = create_strategy(name)
+        if strategy.uses_engine and engine is None:
+            for job in group:
+                job.fail("engine_error: no LLM engine is configured")
+            continue
+        strategy.run(engine, registry, group)
+
+
 def rank_many(
     engine: LLMEngine | None, registry: PromptRegistry, requests: Sequence[RankingContext]
 ) -> list[RerankResult]:
@@ -145,28 +162,13 @@ def rank_many(
     started = time.perf_counter()
     jobs = [Job.build(i, ctx) for i, ctx in enumerate(requests)]
     _check_templates(registry, jobs)
-    for job in jobs:
-        if job.strategy == "learned" and job.n > 1 and learned_order(job.ctx.learned_scores, job.n, job.k) is None:
-            job.fail("no_model: no learned-ranker scores were given")
-    ranking = [j for j in jobs if j.strategy in LLM_STRATEGIES and j.n > 1]
-    for job in jobs:
-        if job.strategy in LLM_STRATEGIES and job.n == 1:
-            job.llm_scores, job.listed = [0.0], {0}  # nothing to compare: no engine call
-    if ranking and engine is None:
-        for job in ranking:
-            job.fail("engine_error: no LLM engine is configured")
-    elif ranking and engine is not None:
-        options = [j for j in ranking if j.strategy == "options"]
-        priors = calibrate_jobs(engine, registry, options) if any(j.config.calibrate for j in options) else {}
-        run_options(engine, registry, options, priors)
-        run_listwise(engine, registry, [j for j in ranking if j.strategy == "listwise"])
-        run_pointwise(engine, registry, [j for j in ranking if j.strategy == "pointwise"])
+    _run_strategies(engine, registry, jobs)
     orders = [_order(job) for job in jobs]
     explain_reqs: list[ExplainRequest] = []
     for job, (top, _) in zip(jobs, orders, strict=True):
         cfg = _explain_config(job)
         for i in top:
-            draft = job.drafts.get(i) if job.strategy == "listwise" and job.uses_llm_ranking else None
+            draft = job.drafts.get(i) if job.uses_llm_ranking else None  # drafts: strategies that justify
             explain_reqs.append(ExplainRequest(job.ctx.user, job.cands[i], job.cands, draft, cfg))
     notes, explain_ms = explain_many(engine, registry, explain_reqs)
     total_ms = (time.perf_counter() - started) * 1000

@@ -20,11 +20,24 @@ from typing import Any
 import numpy as np
 
 from agent.errors import ConfigError, InputError
+from agent.llm.base import LLMEngine
 from agent.rerank.blend import rank_normalize
+from agent.rerank.job import Job
+from agent.rerank.strategy import RankingStrategy
+from agent.schemas import RerankConfig
+from prompts import PromptRegistry
 from retrieval.ltr_features import FeatureBuilder, feature_matrix
 from retrieval.types import Candidate, HistoryEntry, Item
 
-__all__ = ["MANIFEST_FILE", "MODEL_FILE", "LearnedModel", "LearnedRanker", "StaleModelError", "learned_order"]
+__all__ = [
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "LearnedModel",
+    "LearnedRanker",
+    "LearnedStrategy",
+    "StaleModelError",
+    "learned_order",
+]
 
 MODEL_FILE = "model.txt"
 MANIFEST_FILE = "manifest.json"
@@ -118,3 +131,24 @@ def learned_order(scores: Sequence[float] | None, n: int, k: int) -> tuple[list[
     for place, score in zip(order, rank_normalize([float(r + 1) for r in range(n)]), strict=True):
         final[place] = score
     return order[:k], final
+
+
+class LearnedStrategy(RankingStrategy):
+    """The ``learned`` strategy: no prompt, no engine; the order is the model's (``RankingContext.learned_scores``,
+    given by the pipeline), and a job without scores goes to fallback."""
+
+    name = "learned"
+    uses_engine = False
+
+    @classmethod
+    def template(cls, config: RerankConfig) -> str | None:
+        return None
+
+    @classmethod
+    def final_order(cls, job: Job) -> tuple[list[int], list[float]] | None:
+        return learned_order(job.ctx.learned_scores, job.n, job.k)
+
+    def run(self, engine: LLMEngine | None, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            if self.final_order(job) is None:
+                job.fail("no_model: no learned-ranker scores were given")

@@ -10,8 +10,8 @@ the remaining points equally; the LLM score is the mean over orders of ``points 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -19,9 +19,10 @@ from agent.explain import instruction_text, quotes_prompt
 from agent.llm.base import Generation, LLMEngine
 from agent.llm.batching import CallFailure, call_batch, loads_lenient
 from agent.rerank.job import Job
-from prompts import PromptError, PromptRegistry, listwise_schema
+from agent.rerank.strategy import PromptStrategy, RankRequest
+from prompts import PromptRegistry, listwise_schema
 
-__all__ = ["borda_vector", "listwise_max_tokens", "parse_ranking", "run_listwise"]
+__all__ = ["ListwiseStrategy", "borda_vector", "listwise_max_tokens", "parse_ranking"]
 
 ENTRY_TOKENS = 90  # '{"id":"..","justification":"<= 200 chars"}' on a ~4 chars/token tokenizer, with slack
 
@@ -69,78 +70,60 @@ def borda_vector(n: int, listed: Sequence[int]) -> list[float]:
     return [p / n for p in points]
 
 
-def run_listwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
-    """One generate call for every order of every job; sets each job's scores or its fallback."""
-    entries: list[tuple[Job, list[int]]] = []
-    messages: list[list[dict[str, str]]] = []
-    schemas: list[dict[str, object]] = []
-    for job in jobs:
+class ListwiseStrategy(PromptStrategy):
+    """One generate call for every order of every job; each request's ``unit`` is its order (a permutation)."""
+
+    name = "listwise"
+    lists_items = True
+
+    def __init__(self) -> None:
+        self.borda: dict[int, list[list[float]]] = {}  # job index -> one Borda vector per usable order
+
+    def render(self, registry: PromptRegistry, job: Job) -> list[RankRequest]:
         cfg = job.config
-        mine: list[tuple[list[int], list[dict[str, str]], dict[str, object]]] = []
-        try:
-            for perm in job.orders():
-                shown = [job.cands[i] for i in perm]
-                rendered = registry.render(
-                    cfg.listwise_template,
-                    {
-                        "history": job.ctx.user.prompt_history(cfg.history_limit),
-                        "need": job.ctx.user.prompt_need(),
-                        "candidates": [c.prompt_vars(include_text=cfg.include_text) for c in shown],
-                        "k": job.k,
-                    },
-                    allow_extra=True,
-                )
-                job.add_version(rendered.version_id)
-                mine.append((perm, rendered.chat_messages(), listwise_schema([c.id for c in shown], job.k)))
-        except PromptError as exc:
-            job.fail(f"prompt_error: {exc.message}")
-            continue
-        for perm, msgs, schema in mine:
-            entries.append((job, perm))
-            messages.append(msgs)
-            schemas.append(schema)
-    if not entries:
-        return
-    first = entries[0][0].config
-    max_tokens = max(j.config.max_tokens or listwise_max_tokens(j.k, [c.id for c in j.cands]) for j, _ in entries)
-    timeouts = [j.config.timeout_s for j, _ in entries if j.config.timeout_s is not None]
-    started = time.perf_counter()
-    outcome = call_batch(
-        engine,
-        len(entries),
-        lambda idx: engine.generate(
-            [messages[i] for i in idx],
-            json_schema=[schemas[i] for i in idx],
-            max_tokens=max_tokens,
-            temperature=first.temperature,
-            seed=first.seed,
-        ),
-        timeout=min(timeouts) if timeouts else None,
-    )
-    elapsed = (time.perf_counter() - started) * 1000
-    vectors: dict[int, list[list[float]]] = {}
-    for (job, perm), msgs, result in zip(entries, messages, outcome.results, strict=True):
-        job.timings["rank"] = elapsed
-        raw = getattr(result.error, "raw", None) if isinstance(result, CallFailure) else None
-        if isinstance(result, CallFailure) and result.reason == "invalid_output" and isinstance(raw, str):
-            parsed = parse_ranking(raw)  # complete JSON the strict parser refused: usable
-            if parsed is None:
-                job.took(result)
-                continue
-            job.llm_calls += 1
-            job.raw.append(raw)
-        elif isinstance(result, CallFailure):
-            job.took(result)
-            continue
-        else:
-            job.took(result)
-            parsed = parse_ranking(result)
+        mine = []
+        for perm in job.orders():
+            shown = [job.cands[i] for i in perm]
+            rendered = registry.render(
+                cfg.listwise_template,
+                {
+                    "history": job.ctx.user.prompt_history(cfg.history_limit),
+                    "need": job.ctx.user.prompt_need(),
+                    "candidates": [c.prompt_vars(include_text=cfg.include_text) for c in shown],
+                    "k": job.k,
+                },
+                allow_extra=True,
+            )
+            job.add_version(rendered.version_id)
+            mine.append(RankRequest(job, perm, rendered.chat_messages(), listwise_schema([c.id for c in shown], job.k)))
+        return mine
+
+    def call(self, engine: LLMEngine, requests: Sequence[RankRequest], timeout: float | None) -> Sequence[Any]:
+        first = requests[0].job.config
+        max_tokens = max(
+            r.job.config.max_tokens or listwise_max_tokens(r.job.k, [c.id for c in r.job.cands]) for r in requests
+        )
+        outcome = call_batch(
+            engine,
+            len(requests),
+            lambda idx: engine.generate(
+                [requests[i].messages for i in idx],
+                json_schema=[requests[i].schema for i in idx],
+                max_tokens=max_tokens,
+                temperature=first.temperature,
+                seed=first.seed,
+            ),
+            timeout=timeout,
+        )
+        return outcome.results
+
+    def parse(self, request: RankRequest, result: Generation | CallFailure) -> None:
+        job, perm = request.job, request.unit
+        parsed = _read_result(job, result)
         if parsed is None:
-            job.parse_failures += 1
-            job.reasons.append("invalid_output")
-            continue
+            return
         position = {job.cands[i].id: i for i in perm}
-        instructions = instruction_text(msgs)
+        instructions = instruction_text(request.messages)
         listed: list[int] = []
         for item_id, justification in parsed:
             i = position.get(item_id)
@@ -155,9 +138,31 @@ def run_listwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job
                     job.drafts[i] = justification.strip()
         if not listed:
             job.reasons.append("empty")
-            continue
+            return
         job.listed.update(listed)
-        vectors.setdefault(job.index, []).append(borda_vector(job.n, listed))
-    for job in {id(j): j for j, _ in entries}.values():
-        if job.fallback_reason is None:
-            job.conclude(vectors.get(job.index, []))
+        self.borda.setdefault(job.index, []).append(borda_vector(job.n, listed))
+
+    def vectors(self, job: Job) -> list[list[float]]:
+        return self.borda.get(job.index, [])
+
+
+def _read_result(job: Job, result: Generation | CallFailure) -> list[tuple[str, str]] | None:
+    """Account one result on the job and read its ranking; None when there is nothing to rank by."""
+    raw = getattr(result.error, "raw", None) if isinstance(result, CallFailure) else None
+    if isinstance(result, CallFailure) and result.reason == "invalid_output" and isinstance(raw, str):
+        parsed = parse_ranking(raw)  # complete JSON the strict parser refused: usable
+        if parsed is None:
+            job.took(result)
+            return None
+        job.llm_calls += 1
+        job.raw.append(raw)
+    elif isinstance(result, CallFailure):
+        job.took(result)
+        return None
+    else:
+        job.took(result)
+        parsed = parse_ranking(result)
+    if parsed is None:
+        job.parse_failures += 1
+        job.reasons.append("invalid_output")
+    return parsed

@@ -18,14 +18,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from agent.llm.base import LLMEngine, OptionScores, log_softmax_subset
 from agent.llm.batching import CallFailure, call_batch
 from agent.rerank.calibration import PriorCache, PriorKey, content_free_requests, engine_key, prior_from_scores
 from agent.rerank.job import Job
-from prompts import PromptError, PromptRegistry, option_label
+from agent.rerank.strategy import PromptStrategy, RankRequest
+from prompts import PromptRegistry, option_label
 
-__all__ = ["calibrate_jobs", "run_options", "split_windows", "window_lift"]
+__all__ = ["OptionsStrategy", "calibrate_jobs", "split_windows", "window_lift"]
 
 MAX_LABELS = 26
 
@@ -110,71 +112,74 @@ def calibrate_jobs(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[J
     return priors
 
 
-def run_options(
-    engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job], priors: dict[PriorKey, list[float]]
-) -> None:
-    """One score_options call for every window of every order of every job."""
-    key_of = engine_key(engine)
-    entries: list[tuple[Job, int, list[int], list[float] | None]] = []
-    requests: list[list[dict[str, str]]] = []
-    for job in jobs:
+class OptionsStrategy(PromptStrategy):
+    """One ``score_options`` call for every window of every order of every job."""
+
+    name = "options"
+
+    def __init__(self) -> None:
+        self.priors: dict[PriorKey, list[float]] = {}
+        self.key_of = ""
+        self.orders: dict[int, dict[int, list[float]]] = {}  # job index -> order -> score vector
+        self.broken: set[tuple[int, int]] = set()  # (job index, order) with a failed window
+
+    def prepare(self, engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
+        self.key_of = engine_key(engine)
+        if any(j.config.calibrate for j in jobs):
+            self.priors = calibrate_jobs(engine, registry, jobs)
+
+    def render(self, registry: PromptRegistry, job: Job) -> list[RankRequest]:
         cfg = job.config
         mine = []
-        try:
-            for o, window in _windows(job):
-                rendered = registry.render(
-                    cfg.options_template,
-                    {
-                        "history": job.ctx.user.prompt_history(cfg.history_limit),
-                        "need": job.ctx.user.prompt_need(),
-                        "candidates": [job.cands[i].prompt_vars(include_text=cfg.include_text) for i in window],
-                    },
-                    allow_extra=True,
-                )
-                job.add_version(rendered.version_id)
-                prior = priors.get((key_of, rendered.version_id, len(window))) if cfg.calibrate else None
-                mine.append((o, window, prior, rendered.chat_messages()))
-        except PromptError as exc:
-            job.fail(f"prompt_error: {exc.message}")
-            continue
+        for o, window in _windows(job):
+            rendered = registry.render(
+                cfg.options_template,
+                {
+                    "history": job.ctx.user.prompt_history(cfg.history_limit),
+                    "need": job.ctx.user.prompt_need(),
+                    "candidates": [job.cands[i].prompt_vars(include_text=cfg.include_text) for i in window],
+                },
+                allow_extra=True,
+            )
+            job.add_version(rendered.version_id)
+            prior = self.priors.get((self.key_of, rendered.version_id, len(window))) if cfg.calibrate else None
+            mine.append((o, window, prior, rendered.chat_messages()))
         job.calibrated = bool(mine) and all(p is not None for _, _, p, _ in mine)
-        for o, window, prior, msgs in mine:
-            entries.append((job, o, window, prior if job.calibrated else None))
-            requests.append(msgs)
-    if not entries:
-        return
-    width = min(MAX_LABELS, max(len(w) for _, _, w, _ in entries))
-    timeouts = [j.config.timeout_s for j, *_ in entries if j.config.timeout_s is not None]
-    started = time.perf_counter()
-    outcome = call_batch(
-        engine,
-        len(requests),
-        lambda idx: engine.score_options([requests[i] for i in idx], labels(width)),
-        timeout=min(timeouts) if timeouts else None,
-    )
-    elapsed = (time.perf_counter() - started) * 1000
-    vectors: dict[int, dict[int, list[float]]] = {}
-    broken: set[tuple[int, int]] = set()
-    for (job, o, window, prior), result in zip(entries, outcome.results, strict=True):
-        job.timings["rank"] = elapsed
+        return [
+            RankRequest(job, (o, window, prior if job.calibrated else None), msgs) for o, window, prior, msgs in mine
+        ]
+
+    def call(self, engine: LLMEngine, requests: Sequence[RankRequest], timeout: float | None) -> Sequence[Any]:
+        width = min(MAX_LABELS, max(len(r.unit[1]) for r in requests))
+        prompts = [r.messages for r in requests]
+        outcome = call_batch(
+            engine,
+            len(prompts),
+            lambda idx: engine.score_options([prompts[i] for i in idx], labels(width)),
+            timeout=timeout,
+        )
+        return outcome.results
+
+    def parse(self, request: RankRequest, result: OptionScores | CallFailure) -> None:
+        job, (o, window, prior) = request.job, request.unit
         if isinstance(result, CallFailure):
             job.llm_calls += 1
             job.reasons.append(result.reason)
-            broken.add((job.index, o))
-            continue
+            self.broken.add((job.index, o))
+            return
         if not any(math.isfinite(result.logprobs.get(lab, -math.inf)) for lab in labels(len(window))):
             job.llm_calls += 1
             job.reasons.append("empty")  # no label has any probability: nothing to rank by
-            broken.add((job.index, o))
-            continue
+            self.broken.add((job.index, o))
+            return
         job.took_scores(
             {"order": o, "window": [job.cands[i].id for i in window], "logprobs": result.logprobs}, result.prompt_tokens
         )
         lifts = window_lift(result.logprobs, len(window), prior)
-        vec = vectors.setdefault(job.index, {}).setdefault(o, [0.0] * job.n)
+        vec = self.orders.setdefault(job.index, {}).setdefault(o, [0.0] * job.n)
         for i, lift in zip(window, lifts, strict=True):
             vec[i] = lift
-    for job in {id(j): j for j, *_ in entries}.values():
-        if job.fallback_reason is None:
-            orders = vectors.get(job.index, {})
-            job.conclude([vec for o, vec in sorted(orders.items()) if (job.index, o) not in broken])
+
+    def vectors(self, job: Job) -> list[list[float]]:
+        orders = self.orders.get(job.index, {})
+        return [vec for o, vec in sorted(orders.items()) if (job.index, o) not in self.broken]

@@ -12,7 +12,6 @@ works (so steady state costs one call).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,10 +19,11 @@ from agent.llm.base import LLMEngine, OptionScores
 from agent.llm.batching import CallFailure, Outcome, call_batch, is_label_error
 from agent.rerank.calibration import engine_key
 from agent.rerank.job import Job
+from agent.rerank.strategy import PromptStrategy, RankRequest
 from agent.schemas import CandidateItem
-from prompts import PromptError, PromptRegistry, RenderedPrompt
+from prompts import PromptRegistry, RenderedPrompt
 
-__all__ = ["YES_NO_VARIANTS", "render_judgement", "run_pointwise", "yes_no_score"]
+__all__ = ["YES_NO_VARIANTS", "PointwiseStrategy", "render_judgement", "yes_no_score"]
 
 YES_NO_VARIANTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     ((" Yes", "Yes"), (" No", "No")),
@@ -90,45 +90,43 @@ def render_judgement(
     return registry.render(template, variables, allow_extra=True)
 
 
-def run_pointwise(engine: LLMEngine, registry: PromptRegistry, jobs: Sequence[Job]) -> None:
-    """One score_options call for every candidate of every job (more only while probing the Yes/No tokens)."""
-    entries: list[tuple[Job, int]] = []
-    requests: list[list[dict[str, str]]] = []
-    for job in jobs:
+class PointwiseStrategy(PromptStrategy):
+    """One score_options call for every candidate of every job (more only while probing the Yes/No tokens); each
+    request's ``unit`` is its candidate's position."""
+
+    name = "pointwise"
+
+    def __init__(self) -> None:
+        self.scores: dict[int, list[float]] = {}  # job index -> Yes/No score per candidate
+        self.failed: set[int] = set()  # jobs with a failed judgement
+        self.yes_no: tuple[tuple[str, ...], tuple[str, ...]] = YES_NO_VARIANTS[0]
+
+    def render(self, registry: PromptRegistry, job: Job) -> list[RankRequest]:
         cfg = job.config
         history, need = job.ctx.user.prompt_history(cfg.history_limit), job.ctx.user.prompt_need()
-        try:
-            mine = []
-            for i, cand in enumerate(job.cands):
-                rendered = render_judgement(
-                    registry, cfg.pointwise_template, history, need, cand, include_text=cfg.include_text
-                )
-                job.add_version(rendered.version_id)
-                mine.append((i, rendered.chat_messages()))
-        except PromptError as exc:
-            job.fail(f"prompt_error: {exc.message}")
-            continue
-        for i, msgs in mine:
-            entries.append((job, i))
-            requests.append(msgs)
-    if not entries:
-        return
-    timeouts = [j.config.timeout_s for j, _ in entries if j.config.timeout_s is not None]
-    started = time.perf_counter()
-    outcome, (yes, no) = _score(engine, requests, min(timeouts) if timeouts else None)
-    elapsed = (time.perf_counter() - started) * 1000
-    scores: dict[int, list[float]] = {}
-    failed: set[int] = set()
-    for (job, i), result in zip(entries, outcome.results, strict=True):
-        job.timings["rank"] = elapsed
+        mine = []
+        for i, cand in enumerate(job.cands):
+            rendered = render_judgement(
+                registry, cfg.pointwise_template, history, need, cand, include_text=cfg.include_text
+            )
+            job.add_version(rendered.version_id)
+            mine.append(RankRequest(job, i, rendered.chat_messages()))
+        return mine
+
+    def call(self, engine: LLMEngine, requests: Sequence[RankRequest], timeout: float | None) -> Sequence[Any]:
+        outcome, self.yes_no = _score(engine, [r.messages for r in requests], timeout)
+        return outcome.results
+
+    def parse(self, request: RankRequest, result: OptionScores | CallFailure) -> None:
+        job, i = request.job, request.unit
         if isinstance(result, CallFailure):
             job.llm_calls += 1
             job.reasons.append(result.reason)
-            failed.add(job.index)
-            continue
+            self.failed.add(job.index)
+            return
         job.took_scores({"candidate": job.cands[i].id, "logprobs": result.logprobs}, result.prompt_tokens)
-        scores.setdefault(job.index, [0.0] * job.n)[i] = yes_no_score(result.logprobs, yes, no)
-    for job in {id(j): j for j, _ in entries}.values():
-        if job.fallback_reason is None:
-            # a user's candidates are judged against each other: one failed judgement sends the user to fallback
-            job.conclude([] if job.index in failed else [scores[job.index]])
+        self.scores.setdefault(job.index, [0.0] * job.n)[i] = yes_no_score(result.logprobs, *self.yes_no)
+
+    def vectors(self, job: Job) -> list[list[float]]:
+        # a user's candidates are judged against each other: one failed judgement sends the user to fallback
+        return [] if job.index in self.failed else [self.scores[job.index]]
