@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import retrieval.embed as embed_module
+import retrieval.embed_onnx as embed_onnx
 from retrieval.config import EmbedConfig
 from retrieval.embed import (
     DEFAULT_MODEL_ID,
@@ -107,9 +108,9 @@ def test_export_failures_are_backend_errors(tmp_path: Path, monkeypatch: pytest.
         pass
 
     with pytest.raises(EmbedBackendError, match=r"Transformer \+ Pooling \+ Dense") as err:
-        embed_module._onnx_layout([Transformer(), Pooling(), Dense()], "org/model")
+        embed_onnx._onnx_layout([Transformer(), Pooling(), Dense()], "org/model")
     assert "'torch'" in err.value.hint
-    assert embed_module._onnx_layout([Transformer(), Pooling()], "m")[1:] == ("mean", False)
+    assert embed_onnx._onnx_layout([Transformer(), Pooling()], "m")[1:] == ("mean", False)
 
     class FakeModel:
         def encode(self, texts: list[str], **kwargs: object) -> np.ndarray:
@@ -120,7 +121,7 @@ def test_export_failures_are_backend_errors(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setitem(sys.modules, "onnx", types.ModuleType("onnx"))  # whether or not it is installed
     monkeypatch.setattr(SentenceTransformerEmbedder, "_load_sentence_transformer", lambda self, device: FakeModel())
-    monkeypatch.setattr(embed_module, "_export_fp32", broken_export)
+    monkeypatch.setattr(embed_onnx, "_export_fp32", broken_export)
     embedder = make_embedder(EmbedConfig(backend="onnx", cache_dir=tmp_path, progress=False))
     with pytest.raises(EmbedBackendError, match=r"cannot export .*RuntimeError: exporter exploded") as err:
         embedder.embed(["a text"])
