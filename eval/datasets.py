@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError
 from eval.dialogues import CutReport, is_dialogue_file, iter_dialogue_turns
-from retrieval.catalog import ColumnMapping, read_catalog
+from retrieval.catalog import read_catalog
 from retrieval.config import StoreConfig
 from retrieval.interactions import InteractionMapping, Interactions, read_interactions
+from retrieval.mapping import ColumnMapping
 from retrieval.types import HistoryEntry, Item
 
 __all__ = [

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from retrieval.catalog import ColumnMapping
     from retrieval.interactions import InteractionMapping
+    from retrieval.mapping import ColumnMapping
 
 __all__ = ["catalog_mapping", "log_mapping", "parse_meta", "split_cols"]
 
@@ -77,7 +77,7 @@ def catalog_mapping(
     encoding: str | None = None,
 ) -> ColumnMapping | None:
     """The catalog mapping the options describe (file, then options on top), or None when none is given."""
-    from retrieval.catalog import load_mapping, mapping_from
+    from retrieval.mapping import load_mapping, mapping_from
 
     texts, metadata = split_cols(text_cols), parse_meta(meta or []) or None
     options = (id_col, title_col, texts, metadata, list_sep, delimiter, encoding)

@@ -1,4 +1,5 @@
-"""Catalog readers: MovieLens (latest-small, 100k, 1m) and any CSV / JSONL / JSON file with a column mapping.
+"""Catalog readers: any CSV / JSONL / JSON file with a column mapping (:mod:`retrieval.mapping`), MovieLens
+(latest-small, 100k, 1m; :mod:`retrieval.movielens`) through the same entry point, :func:`read_catalog`.
 
 Every reader returns :class:`Catalog` (cleaned :class:`Item` s and an :class:`IngestReport`) where
 ``rows_read == accepted + rejected``. ``strict=True`` turns any rejection or fix into a :class:`CatalogError`.
@@ -15,112 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from retrieval.config import CleanConfig
 from retrieval.errors import CatalogError
+from retrieval.mapping import RESERVED_KEYS, ColumnMapping, FieldType
 from retrieval.rowcheck import drop_non_finite, row_problem
-from retrieval.textio import (
-    csv_rows,
-    decode,
-    large_csv_fields,
-    missing_columns_error,
-    read_bytes,
-    read_mapping_table,
-    sniff_delimiter,
-)
+from retrieval.textio import csv_rows, decode, large_csv_fields, missing_columns_error, read_bytes, sniff_delimiter
 from retrieval.types import IngestReport, Item, MetaValue
 
-FieldType = Literal["int", "float", "str", "list", "bool"]
 Format = Literal["auto", "movielens", "movielens-latest", "movielens-100k", "movielens-1m", "csv", "jsonl", "json"]
-RESERVED_KEYS = frozenset({"title", "id", "document"})
-ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-]  # fmt: skip
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:\s*[-–]\s*\d{0,4})?\)\s*$")
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
-
-
-class ColumnMapping(BaseModel):
-    """Which columns (CSV) or keys (JSON) hold the id, the title, the free texts and the typed metadata.
-
-    With neither ``text`` nor ``metadata`` given, every other column becomes a text field.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(default="id", min_length=1)
-    title: str = Field(default="title", min_length=1)
-    text: list[str] = Field(default_factory=list)
-    metadata: dict[str, FieldType] = Field(default_factory=dict)
-    list_sep: str = Field(default="|", min_length=1)
-    delimiter: str | None = Field(default=None, description="CSV delimiter; None sniffs , ; TAB | from the header.")
-    encoding: str = Field(default="auto", description="auto (UTF-8, falling back to cp1252 per line) or a codec name.")
-    year_from_title: bool = Field(default=False, description="Parse 'Title (1995)' into metadata year.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ColumnMapping:
-        if self.id == self.title:
-            raise ValueError("id and title must be different columns")
-        both = set(self.text) & set(self.metadata)
-        if both:
-            raise ValueError(f"column(s) {sorted(both)} are both text and metadata")
-        for key in [*self.text, *self.metadata]:
-            if key in RESERVED_KEYS or key.startswith(("rc_", "#", "$")) or not key.strip():
-                raise ValueError(f"field name {key!r} is reserved (title, id, document, rc_*, #*, $*)")
-        if self.delimiter is not None and len(self.delimiter) != 1:
-            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
-        return self
-
-    def columns(self) -> list[str]:
-        return list(dict.fromkeys([self.id, self.title, *self.text, *self.metadata]))
-
-
-def mapping_from(
-    base: ColumnMapping | None = None,
-    *,
-    id_col: str | None = None,
-    title_col: str | None = None,
-    text_cols: list[str] | None = None,
-    metadata: dict[str, FieldType] | None = None,
-    list_sep: str | None = None,
-    delimiter: str | None = None,
-    encoding: str | None = None,
-) -> ColumnMapping:
-    """``base`` (or the default mapping) with command-line options layered on top; CatalogError if invalid."""
-    data = (base or ColumnMapping()).model_dump()
-    overrides = {
-        "id": id_col,
-        "title": title_col,
-        "text": text_cols,
-        "metadata": metadata,
-        "list_sep": list_sep,
-        "delimiter": delimiter,
-        "encoding": encoding,
-    }
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return _validate_mapping(data, "the command-line mapping options")
-
-
-def load_mapping(path: str | Path) -> ColumnMapping:
-    """Read a :class:`ColumnMapping` from a TOML or JSON file (top level or a ``[mapping]`` table; an
-    ``[interactions]`` table beside it is the log's mapping, see :func:`retrieval.interactions.load_log_mapping`)."""
-    data = read_mapping_table(path, "mapping", skip=("interactions",))
-    return _validate_mapping(data, f"mapping file {path}")
-
-
-def _validate_mapping(data: dict[str, Any], where: str) -> ColumnMapping:
-    try:
-        return ColumnMapping.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'mapping'}: {e['msg']}" for e in exc.errors())
-        raise CatalogError(
-            f"invalid column mapping in {where}: {problems}",
-            hint="keys: id, title, text (list), metadata ({column = int|float|str|list|bool}), list_sep, "
-            "delimiter, encoding, year_from_title; see docs/retrieval.md",
-        ) from exc
 
 
 @dataclass
@@ -392,146 +298,6 @@ def _clean_records(
     return _finish(cleaner, strict, path, started)
 
 
-# --- MovieLens -------------------------------------------------------------------------------------------------
-
-MOVIELENS_MAPPING = ColumnMapping(
-    id="movieId", title="title", metadata={"genres": "list"}, list_sep="|", year_from_title=True
-)
-
-
-def read_movielens(
-    path: str | Path,
-    *,
-    variant: str = "auto",
-    strict: bool = False,
-    limit: int | None = None,
-    clean: CleanConfig | None = None,
-) -> Catalog:
-    """Read a MovieLens folder (or its movies file): latest(-small) CSV with tags, ml-100k ``u.item``, ml-1m."""
-    path, clean, started = Path(path), clean or CleanConfig(), time.perf_counter()
-    if variant in ("auto", "movielens"):
-        variant = _movielens_variant(path)
-    folder = path if path.is_dir() else path.parent
-    if variant == "movielens-latest":
-        movies = path if path.is_file() else folder / "movies.csv"
-        catalog = read_csv(movies, MOVIELENS_MAPPING, strict=False, limit=limit, clean=clean, fmt=variant)
-        _merge_tags(catalog, folder / "tags.csv", clean)
-    elif variant == "movielens-100k":
-        catalog = _read_ml_fixed(path if path.is_file() else folder / "u.item", "|", variant, limit, clean)
-    elif variant == "movielens-1m":
-        catalog = _read_ml_fixed(path if path.is_file() else folder / "movies.dat", "::", variant, limit, clean)
-    else:
-        raise CatalogError(f"unknown MovieLens variant {variant!r}", hint="use auto, latest, 100k or 1m")
-    for item in catalog.items:
-        genres = item.metadata.get("genres")
-        if isinstance(genres, list) and "(no genres listed)" in genres:
-            rest = [g for g in genres if g != "(no genres listed)"]
-            if rest:
-                item.metadata["genres"] = rest
-            else:
-                del item.metadata["genres"]
-    cleaner = _Cleaner(MOVIELENS_MAPPING, clean, catalog.report)
-    cleaner.items = {item.id: item for item in catalog.items}
-    return _finish(cleaner, strict, path, started)
-
-
-def _movielens_variant(path: Path) -> str:
-    names = {p.name for p in path.iterdir()} if path.is_dir() else {path.name}
-    if "movies.csv" in names:
-        return "movielens-latest"
-    if "u.item" in names:
-        return "movielens-100k"
-    if "movies.dat" in names:
-        return "movielens-1m"
-    raise CatalogError(
-        f"{path} is not a MovieLens folder (no movies.csv, u.item or movies.dat)",
-        hint="give the unzipped MovieLens folder, or use --format csv/jsonl with a column mapping",
-    )
-
-
-def _read_ml_fixed(path: Path, sep: str, variant: str, limit: int | None, clean: CleanConfig) -> Catalog:
-    """ml-100k ``u.item`` (pipe, genre flags) and ml-1m ``movies.dat`` (``::``), both latin-1 without header."""
-    started = time.perf_counter()
-    report = IngestReport(source=str(path), format=variant)
-    text = decode(read_bytes(path), path, "latin-1", report)
-    genre_names = ML100K_GENRES
-    genre_file = path.parent / "u.genre"
-    if variant == "movielens-100k" and genre_file.is_file():
-        pairs = [ln.rsplit("|", 1) for ln in genre_file.read_text(encoding="latin-1").splitlines() if "|" in ln]
-        names = {int(i): n for n, i in pairs if i.strip().isdigit()}
-        if names and sorted(names) == list(range(len(names))):
-            genre_names = [names[i] for i in range(len(names))]
-    cleaner = _Cleaner(MOVIELENS_MAPPING, clean, report)
-    fields = ["movieId", "title", "genres"]
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if limit is not None and report.rows_read >= limit:
-            report.note("limit_reached", f"stopped after {limit} rows (--limit)")
-            break
-        parts = line.split(sep)
-        if variant == "movielens-100k":
-            flags = parts[5:]
-            if len(parts) < 6 or len(flags) != len(genre_names) or any(f not in ("0", "1") for f in flags):
-                report.rows_read += 1
-                report.reject("wrong_column_count", f"line {number}: {len(parts)} fields, expected "
-                              f"{5 + len(genre_names)} with 0/1 genre flags")  # fmt: skip
-                continue
-            genres = "|".join(g for g, f in zip(genre_names, flags, strict=True) if f == "1")
-            record = {"movieId": parts[0], "title": parts[1], "genres": genres}
-        else:
-            if len(parts) != 3:
-                report.rows_read += 1
-                report.reject("wrong_column_count", f"line {number}: {len(parts)} fields, expected 3")
-                continue
-            record = dict(zip(fields, parts, strict=True))
-        cleaner.add(record, f"line {number}", [], {"genres": "list"})
-    report.seconds = round(time.perf_counter() - started, 3)
-    return Catalog(items=list(cleaner.items.values()), report=report)
-
-
-def _merge_tags(catalog: Catalog, tags_file: Path, clean: CleanConfig) -> None:
-    """Add the ``max_tags`` most frequent tags of each movie (case-insensitive) as metadata ``tags``."""
-    if not tags_file.is_file() or clean.max_tags == 0:
-        return
-    report = catalog.report
-    scratch = IngestReport(source=str(tags_file), format="tags")
-    text = decode(read_bytes(tags_file), tags_file, "auto", scratch)
-    counts: dict[str, Counter[str]] = {}
-    display: dict[str, str] = {}
-    rows = skipped = 0
-    header: list[str] | None = None
-    with large_csv_fields():
-        for line, row in csv_rows(text, ","):
-            if header is None:
-                header = [h.strip() for h in row]
-                if "movieId" not in header or "tag" not in header:
-                    report.note("tags_ignored", f"{tags_file.name}: no movieId/tag columns")
-                    return
-                i_movie, i_tag = header.index("movieId"), header.index("tag")
-                continue
-            rows += 1
-            if len(row) != len(header) or not row[i_tag].strip():
-                skipped += 1
-                if skipped <= 3:
-                    report.note("tag_rows_skipped", f"{tags_file.name} line {line}: malformed or empty tag")
-                continue
-            tag = " ".join(row[i_tag].split())
-            key = tag.lower()
-            display.setdefault(key, tag)
-            counts.setdefault(row[i_movie].strip(), Counter())[key] += 1
-    by_id = {item.id: item for item in catalog.items}
-    unknown = [m for m in counts if m not in by_id]
-    if unknown:
-        report.note("tags_for_unknown_movies", f"{len(unknown)} movie id(s) in tags.csv not in the catalog")
-    for movie_id, counter in counts.items():
-        item = by_id.get(movie_id)
-        if item is not None:
-            top = [display[k] for k, _ in counter.most_common(clean.max_tags)]
-            item.metadata["tags"] = top
-    report.note("tags_merged", f"{rows} tag rows for {len(counts) - len(unknown)} movies ({scratch.encoding})")
-
-
 # --- entry point -----------------------------------------------------------------------------------------------
 
 
@@ -539,7 +305,9 @@ def detect_format(path: str | Path) -> str:
     """movielens-latest / movielens-100k / movielens-1m / csv / jsonl / json, from the path (and a header peek)."""
     path = Path(path)
     if path.is_dir():
-        return _movielens_variant(path)
+        from retrieval.movielens import movielens_variant
+
+        return movielens_variant(path)
     if not path.exists():
         raise CatalogError(f"{path} does not exist", hint="check the path (relative paths start in the current folder)")
     name, suffix = path.name.lower(), path.suffix.lower()
@@ -584,6 +352,8 @@ def read_catalog(
                 "a column mapping was given for a MovieLens catalog",
                 hint="drop --mapping/--id-col/--title-col/--text-cols, or pass --format csv to use them",
             )
+        from retrieval.movielens import read_movielens
+
         return read_movielens(path, variant=fmt, strict=strict, limit=limit, clean=clean)
     if path.is_dir():
         raise CatalogError(f"{path} is a folder", hint="give the catalog file for --format csv/jsonl/json")

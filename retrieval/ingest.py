@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retrieval.catalog import ColumnMapping, read_catalog
+from retrieval.catalog import read_catalog
 from retrieval.config import CleanConfig, EmbedConfig, StoreConfig, validate_collection_name
 from retrieval.embed import Embedder, make_embedder
 from retrieval.errors import InputError
+from retrieval.mapping import ColumnMapping
 from retrieval.store import Store
 from retrieval.types import IngestReport, ReasonCount
 

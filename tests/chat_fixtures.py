@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from agent.settings import Settings, load_settings
-from retrieval.catalog import ColumnMapping
 from retrieval.ingest import ingest
+from retrieval.mapping import ColumnMapping
 from retrieval.types import Item
 
 BOOKS_COLLECTION = "chat-books"

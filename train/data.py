@@ -22,10 +22,10 @@ from eval.datasets import EvalDataset, file_sha256, load_interaction_dataset
 from eval.protocol import Split, make_split
 from eval.provenance import DeterministicStore
 from retrieval.candidates import CandidateGenerator
-from retrieval.catalog import ColumnMapping
 from retrieval.embed import Embedder, make_embedder
 from retrieval.fitted import artifact_dir
 from retrieval.interactions import InteractionMapping
+from retrieval.mapping import ColumnMapping
 from retrieval.store import ItemCollection, Store
 from train.config import DataConfig
 from train.examples import RankExample, describe_examples, target_positions, user_examples

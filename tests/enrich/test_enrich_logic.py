@@ -270,7 +270,7 @@ def test_reingest_keeps_enrichment_of_unchanged_items_and_says_when_it_drops_it(
     rows[0]["title"] = "Heat (1995) Director's Cut"  # m1 changes
     path = tmp_path / "movies.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    from retrieval.catalog import ColumnMapping
+    from retrieval.mapping import ColumnMapping
 
     mapping = ColumnMapping(metadata={"genres": "list", "year": "int"})
     report = ingest(path, store_config=settings.store_config(), embed_config=settings.embed_config(progress=False),

@@ -103,7 +103,7 @@ def test_books_run_through_the_mapping_alone(eval_settings: Settings, books: Pat
 
 
 def test_an_ingested_collection_stands_in_for_the_catalog(eval_settings: Settings, books: Path, tmp_path: Path) -> None:
-    from retrieval.catalog import load_mapping
+    from retrieval.mapping import load_mapping
 
     ingest(books / "books.csv", store_config=eval_settings.store_config(),
            embed_config=eval_settings.embed_config(progress=False), mapping=load_mapping(books / "books.toml"),
@@ -122,7 +122,7 @@ def test_an_ingested_collection_stands_in_for_the_catalog(eval_settings: Setting
 
 
 def test_train_commands_read_the_same_mapping(books: Path) -> None:
-    from retrieval.catalog import load_mapping
+    from retrieval.mapping import load_mapping
 
     data = load_data(books / "books.csv", books / "ratings.csv", mapping=load_mapping(books / "books.toml"),
                      log_mapping=load_log_mapping(books / "books.toml"))  # fmt: skip

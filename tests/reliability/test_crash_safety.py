@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from agent.settings import load_settings
-from retrieval.catalog import ColumnMapping, read_catalog
+from retrieval.catalog import read_catalog
+from retrieval.mapping import ColumnMapping
 from retrieval.store import Store
 
 from reliability_kit import (

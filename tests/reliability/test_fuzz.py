@@ -16,8 +16,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retrieval.catalog import load_mapping, read_catalog
+from retrieval.catalog import read_catalog
 from retrieval.errors import RecagentError
+from retrieval.mapping import load_mapping
 from retrieval.rowcheck import has_surrogate, is_non_finite
 
 from fakes import FakeEngine

@@ -11,16 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retrieval.catalog import (
-    ColumnMapping,
-    detect_format,
-    item_document,
-    load_mapping,
-    mapping_from,
-    read_catalog,
-)
+from retrieval.catalog import detect_format, item_document, read_catalog
 from retrieval.config import CleanConfig
 from retrieval.errors import CatalogError
+from retrieval.mapping import ColumnMapping, load_mapping, mapping_from
 from retrieval.types import Item
 
 
