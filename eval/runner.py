@@ -31,13 +31,13 @@ from eval.datasets import EvalCase, EvalDataset, file_sha256
 from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
 from eval.protocol import Protocol, Split, make_split
 from eval.provenance import DeterministicStore, git_commit
+from eval.standins import FixedCandidates, SharedRetrieval
 from eval.universe import restricted_collection
 from eval.variants import BASELINES, LOG_BASELINES, EvalSettings, Variant, variant_settings
 from prompts import PromptRegistry
 from retrieval.config import SOURCE_NAMES
 from retrieval.embed import Embedder, make_embedder
 from retrieval.store import Store
-from retrieval.types import Candidate, SourceHit, UserQuery
 
 log = logging.getLogger(__name__)
 
@@ -84,63 +84,6 @@ def applicable_baselines(dataset: EvalDataset) -> list[str]:
     if dataset.kind == "interactions":
         return list(BASELINES)
     return [b for b in BASELINES if b not in LOG_BASELINES]
-
-
-class _FixedCandidates:
-    """Stands in for the Recommender's candidate generator under the sampled protocol: returns the case's sampled
-    set (looked up by the query's user id), in the given order, with a rank-based score."""
-
-    def __init__(self, candidates: dict[str, list[str]]) -> None:
-        self.candidates = candidates
-
-    def generate(self, query: UserQuery) -> list[Candidate]:
-        ids = self.candidates[str(query.user_id)]
-        n = len(ids)
-        return [Candidate(item_id=i, score=(n - r) / n, sources={"sampled": SourceHit(rank=r + 1, score=(n - r) / n)})
-                for r, i in enumerate(ids)]  # fmt: skip
-
-
-# settings that only change what happens after candidate generation (ranking, explanations, serving, chat)
-_RANKING_ONLY_PREFIXES = ("rerank_", "explain_", "llm_", "chat_", "server_", "session_", "enrich_", "profile_",
-                          "ground_", "max_", "ltr_")  # fmt: skip
-_RANKING_ONLY_FIELDS = {"k", "debug"}
-
-
-class _SharedRetrieval:
-    """Candidate lists shared by the arms of a run: arms whose retrieval settings are equal (e.g. ``opt-pure``,
-    ``default`` and the ``retrieval`` baseline differ only after retrieval) get the same candidates for the same
-    query, computed once. A call with LLM candidate sources (``extra`` / ``weights``) is not shared."""
-
-    def __init__(self) -> None:
-        self.lists: dict[tuple[str, str], list[Candidate]] = {}
-
-    @staticmethod
-    def fingerprint(settings: Settings, collection: str) -> str:
-        kept = {k: v for k, v in settings.model_dump(mode="json").items()
-                if k not in _RANKING_ONLY_FIELDS and not k.startswith(_RANKING_ONLY_PREFIXES)}  # fmt: skip
-        return json.dumps({"settings": kept, "collection": collection}, sort_keys=True, default=str)
-
-    def wrap(self, generator: Any, fingerprint: str) -> _MemoGenerator:
-        return _MemoGenerator(self, generator, fingerprint)
-
-
-class _MemoGenerator:
-    """A Recommender's candidate generator behind :class:`_SharedRetrieval`."""
-
-    def __init__(self, shared: _SharedRetrieval, inner: Any, fingerprint: str) -> None:
-        self.shared, self.inner, self.fingerprint = shared, inner, fingerprint
-
-    def generate(self, query: UserQuery, **kwargs: Any) -> list[Candidate]:
-        if any(v is not None for v in kwargs.values()):
-            return list(self.inner.generate(query, **kwargs))
-        key = (self.fingerprint, query.model_dump_json())
-        found = self.shared.lists.get(key)
-        if found is None:
-            found = self.shared.lists[key] = list(self.inner.generate(query))
-        return [c.model_copy(deep=True) for c in found]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -199,7 +142,7 @@ class _Runner:
                                      learned=settings.learned_sources)  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
         self.cache = LLMCache(cache_path)
-        self.shared = _SharedRetrieval()
+        self.shared = SharedRetrieval()
 
     # -- parts -------------------------------------------------------------------------------------------------
     @property
@@ -278,9 +221,9 @@ class _Runner:
         # dialogue_sources=False: a collection's fitted dialogue log may hold the very dialogues scored here;
         # `recagent eval folds` fits those sources per fold instead
         if self.split.candidates is not None and "candidates" not in RecommendRequest.model_fields:
-            rec.generator = _FixedCandidates(self._candidates_by_user())  # type: ignore[assignment]
+            rec.generator = FixedCandidates(self._candidates_by_user())  # type: ignore[assignment]
         elif self.split.candidates is None:
-            fingerprint = _SharedRetrieval.fingerprint(vs, rec.collection_name)
+            fingerprint = SharedRetrieval.fingerprint(vs, rec.collection_name)
             rec.generator = self.shared.wrap(rec.generator, fingerprint)  # type: ignore[assignment]
         return rec
 
@@ -493,12 +436,40 @@ def run_eval(
 
     Everything that can be checked (dataset, split, variant settings, prompts, output folder) is checked before
     the first LLM call; errors are InputError/ConfigError with a hint.
+
+    Stages: check the arms -> the output folder -> the split (``_Runner``) -> the cases file (resume) -> run every
+    arm over the cases -> collect the records -> provenance and report files.
     """
     from eval.report import write_outputs
 
     registry = registry or PromptRegistry()
-    out = Path(out)
     arms = list(variants) + _baseline_arms(baselines, dataset)
+    _check_arms(settings, arms, registry)
+    cache_path = Path(cache_path) if cache_path else Path(out) / CACHE_FILE
+    out = _output_folder(Path(out), cache_path, replay)
+    cases_path = out / CASES_FILE
+    runner = _Runner(settings, dataset, protocol, arms, out, engine=engine, embedder=embedder, store=store,
+                     registry=registry, collection=collection, replay=replay, cache_path=cache_path,
+                     batch_size=batch_size, progress=progress)  # fmt: skip
+    config = {"dataset": dataset.name, "files": {f.name: file_sha256(f) for f in dataset.files if f.is_file()},
+              "protocol": _config_protocol(protocol), "arms": [a.describe() for a in arms],
+              "cases": [c.case_id for c in runner.split.cases]}  # fmt: skip
+    done = _start_cases_file(out, config, resume=resume, replay=replay)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    runner.run(cases_path, done)
+    ordered = _collect_records(cases_path, arms, runner.split.cases)
+    provenance = _provenance(settings, dataset, protocol, arms, registry)
+    provenance["replay"] = replay
+    provenance["split_notes"] = runner.split.notes or {}
+    provenance["llm_cache"] = {"path": str(cache_path), "hits": runner.cache.hits, "misses": runner.cache.misses}
+    results = write_outputs(out, ordered, arms, runner.split, dataset, protocol, provenance, reference=reference,
+                            published=published)  # fmt: skip
+    runner.cache.close()
+    return EvalRun(out=out, records=ordered, results=results, split=runner.split, arms=arms)
+
+
+def _check_arms(settings: Settings, arms: list[Variant], registry: PromptRegistry) -> None:
+    """Stage 1: at least one arm, unique names, valid settings and ranking overrides, known prompt templates."""
     if not arms:
         raise ConfigError("nothing to evaluate", hint="give --variant NAME:strategy=... and/or --baselines")
     names = [a.name for a in arms]
@@ -512,19 +483,21 @@ def run_eval(
                 raise ConfigError(
                     f"variant {arm.name}: unknown prompt {template!r}", hint="see `recagent prompts list`"
                 )
-    cache_path = Path(cache_path) if cache_path else out / CACHE_FILE
-    if replay:
-        if not cache_path.is_file():
-            raise InputError(f"replay: no LLM cache at {cache_path}", hint="run without --replay first (same --out)")
-        out = out / REPLAY_DIR
+
+
+def _output_folder(out: Path, cache_path: Path, replay: bool) -> Path:
+    """Stage 2: the folder the run writes (``out/replay`` for a replay, which needs the LLM cache)."""
+    if not replay:
+        return out
+    if not cache_path.is_file():
+        raise InputError(f"replay: no LLM cache at {cache_path}", hint="run without --replay first (same --out)")
+    return out / REPLAY_DIR
+
+
+def _start_cases_file(out: Path, config: dict[str, Any], *, resume: bool, replay: bool) -> set[tuple[str, str]]:
+    """Stage 3: the (arm, case) pairs already done. ``resume`` continues a run started with the same config (a
+    partial last line is dropped); otherwise an existing evaluation is refused, or cleared for a replay."""
     cases_path = out / CASES_FILE
-    runner = _Runner(settings, dataset, protocol, arms, out, engine=engine, embedder=embedder, store=store,
-                     registry=registry, collection=collection, replay=replay, cache_path=cache_path,
-                     batch_size=batch_size, progress=progress)  # fmt: skip
-    config = {"dataset": dataset.name, "files": {f.name: file_sha256(f) for f in dataset.files if f.is_file()},
-              "protocol": _config_protocol(protocol), "arms": [a.describe() for a in arms],
-              "cases": [c.case_id for c in runner.split.cases]}  # fmt: skip
-    done: set[tuple[str, str]] = set()
     if resume:
         previous = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
         if previous is not None and previous != config:
@@ -536,31 +509,26 @@ def run_eval(
         kept = _read_records(cases_path)
         if cases_path.exists():  # drop a partial last line (interrupted write) before appending
             cases_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-        done = {(r["variant"], r["case_id"]) for r in kept}
-    elif cases_path.exists() and cases_path.stat().st_size:
+        return {(r["variant"], r["case_id"]) for r in kept}
+    if cases_path.exists() and cases_path.stat().st_size:
         if replay:
             cases_path.unlink()
         else:
             raise ConfigError(
                 f"{out} already holds an evaluation", hint="add --resume to continue it, or use another --out"
             )
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-    runner.run(cases_path, done)
-    wanted = {(a.name, c.case_id) for a in arms for c in runner.split.cases}
+    return set()
+
+
+def _collect_records(cases_path: Path, arms: list[Variant], cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
+    """Stage 5: this run's records (one per arm and case, the last written wins), in arm then case order."""
+    wanted = {(a.name, c.case_id) for a in arms for c in cases}
     records: dict[tuple[str, str], dict[str, Any]] = {}
     for r in _read_records(cases_path):
         if (r["variant"], r["case_id"]) in wanted:
             records[(r["variant"], r["case_id"])] = r
-    order = {(a.name, c.case_id): n for n, (a, c) in enumerate((a, c) for a in arms for c in runner.split.cases)}
-    ordered = sorted(records.values(), key=lambda r: order[(r["variant"], r["case_id"])])
-    provenance = _provenance(settings, dataset, protocol, arms, registry)
-    provenance["replay"] = replay
-    provenance["split_notes"] = runner.split.notes or {}
-    provenance["llm_cache"] = {"path": str(cache_path), "hits": runner.cache.hits, "misses": runner.cache.misses}
-    results = write_outputs(out, ordered, arms, runner.split, dataset, protocol, provenance, reference=reference,
-                            published=published)  # fmt: skip
-    runner.cache.close()
-    return EvalRun(out=out, records=ordered, results=results, split=runner.split, arms=arms)
+    order = {(a.name, c.case_id): n for n, (a, c) in enumerate((a, c) for a in arms for c in cases)}
+    return sorted(records.values(), key=lambda r: order[(r["variant"], r["case_id"])])
 
 
 def sample_seed_cases(cases: Sequence[EvalCase], n: int, seed: int) -> list[EvalCase]:
