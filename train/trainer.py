@@ -275,21 +275,59 @@ def train_ranker(
     total = cfg.max_steps or cfg.epochs * per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(loop.optimizer, _schedule(total, cfg.warmup_ratio))
     if state is None:
-        state = {"identity": identity, "step": 0, "examples": 0, "train_seconds": 0.0, "wall_seconds": 0.0,
-                 "loss_curve": [], "val_curve": [], "best_step": 0, "best_score": None, "bad_evals": 0,
-                 "finished": False, "stopped": None}  # fmt: skip
-        metrics = loop.validate(enc_val)
-        state["val_curve"].append({"step": 0, **metrics})
-        state["best_score"] = metrics["ndcg@10"]
-        _save_adapter(loop.model, out / BEST)
+        state = _first_state(loop, enc_val, identity, out)
     else:
         loop.load_checkpoint(scheduler)
-    save_every = cfg.save_every or cfg.eval_every
     bar = tqdm(total=total, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
+    interrupted = _train_steps(loop, scheduler, state, enc_train, enc_val, cfg, total, per_epoch, out, bar, stop_after)
+    bar.close()
+    if interrupted:
+        return TrainResult(out, {}, interrupted=True)
+    state["finished"] = True
+    state["stopped"] = state["stopped"] or f"reached {total} steps"
+    loop.save_checkpoint(scheduler, state)
+    _keep_adapter(loop, cfg, out)
+    if merge:
+        merge_adapter(settings, model_path, out, out / "merged")
+    counts = {"train": len(train), "val": len(val), "train_prompts": len(enc_train), "val_prompts": len(enc_val)}
+    manifest = _manifest(settings, model_path, data_cfg, cfg, state, total, per_epoch, counts, provenance or {},
+                         registry, merged=merge, wall=time.perf_counter() - started,
+                         runtime={"device": loop.device, "dtype": loop.dtype})  # fmt: skip
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return TrainResult(out, manifest)
+
+
+def _first_state(loop: _Loop, enc_val: list[Encoded], identity: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The state of a new run: validated once before any step (step 0), whose adapter is the first best."""
+    state: dict[str, Any] = {"identity": identity, "step": 0, "examples": 0, "train_seconds": 0.0,
+                             "wall_seconds": 0.0, "loss_curve": [], "val_curve": [], "best_step": 0,
+                             "best_score": None, "bad_evals": 0, "finished": False, "stopped": None}  # fmt: skip
+    metrics = loop.validate(enc_val)
+    state["val_curve"].append({"step": 0, **metrics})
+    state["best_score"] = metrics["ndcg@10"]
+    _save_adapter(loop.model, out / BEST)
+    return state
+
+
+def _train_steps(
+    loop: _Loop,
+    scheduler: Any,
+    state: dict[str, Any],
+    enc_train: list[Encoded],
+    enc_val: list[Encoded],
+    cfg: TrainConfig,
+    total: int,
+    per_epoch: int,
+    out: Path,
+    bar: Any,
+    stop_after: int | None,
+) -> bool:
+    """Optimizer steps from ``state["step"]`` to ``total`` (or an early stop), validating and checkpointing on the
+    way; True when ``stop_after`` interrupted the run."""
+    save_every = cfg.save_every or cfg.eval_every
     session_start = time.perf_counter()
     wall_before = state["wall_seconds"]
-    interrupted = False
     while state["step"] < total and state["stopped"] is None:
         epoch, skip = divmod(state["step"], per_epoch)
         for groups in _epoch_steps(len(enc_train), cfg, epoch)[skip:]:
@@ -302,15 +340,7 @@ def train_ranker(
             state["loss_curve"].append([state["step"], round(loss, 5)])
             step = state["step"]
             if step % cfg.eval_every == 0 or step == total:
-                metrics = loop.validate(enc_val)
-                state["val_curve"].append({"step": step, **metrics})
-                if metrics["ndcg@10"] > state["best_score"] + cfg.min_delta:
-                    state.update(best_score=metrics["ndcg@10"], best_step=step, bad_evals=0)
-                    _save_adapter(loop.model, out / BEST)
-                else:
-                    state["bad_evals"] += 1
-                    if state["bad_evals"] >= cfg.patience:
-                        state["stopped"] = f"early stop: no better validation NDCG@10 in {cfg.patience} validations"
+                _validate(loop, state, enc_val, cfg, step, out)
             ex_s = state["examples"] / max(state["train_seconds"], 1e-9)
             val_now = state["val_curve"][-1]["ndcg@10"]
             bar.set_postfix_str(f"loss {loss:.3f} val ndcg {val_now:.3f} {ex_s:.2f} ex/s")
@@ -320,30 +350,33 @@ def train_ranker(
             if step % save_every == 0 or done or (stop_after is not None and step >= stop_after):
                 loop.save_checkpoint(scheduler, state)
             if stop_after is not None and step >= stop_after and not done:
-                interrupted = True
-                break
+                return True
             if done:
                 break
-        if interrupted:
-            break
-    bar.close()
-    if interrupted:
-        return TrainResult(out, {}, interrupted=True)
-    state["finished"] = True
-    state["stopped"] = state["stopped"] or f"reached {total} steps"
-    loop.save_checkpoint(scheduler, state)
+    return False
+
+
+def _validate(
+    loop: _Loop, state: dict[str, Any], enc_val: list[Encoded], cfg: TrainConfig, step: int, out: Path
+) -> None:
+    """One validation: a better NDCG@10 saves the best adapter, ``patience`` validations without one stop early."""
+    metrics = loop.validate(enc_val)
+    state["val_curve"].append({"step": step, **metrics})
+    if metrics["ndcg@10"] > state["best_score"] + cfg.min_delta:
+        state.update(best_score=metrics["ndcg@10"], best_step=step, bad_evals=0)
+        _save_adapter(loop.model, out / BEST)
+    else:
+        state["bad_evals"] += 1
+        if state["bad_evals"] >= cfg.patience:
+            state["stopped"] = f"early stop: no better validation NDCG@10 in {cfg.patience} validations"
+
+
+def _keep_adapter(loop: _Loop, cfg: TrainConfig, out: Path) -> None:
+    """The adapter the run keeps (best or last) copied to the top of ``out``."""
     if cfg.keep == "last":
         _save_adapter(loop.model, out / "last")
     for f in (out / (BEST if cfg.keep == "best" else "last")).iterdir():
         shutil.copy2(f, out / f.name)
-    if merge:
-        merge_adapter(settings, model_path, out, out / "merged")
-    counts = {"train": len(train), "val": len(val), "train_prompts": len(enc_train), "val_prompts": len(enc_val)}
-    manifest = _manifest(settings, model_path, data_cfg, cfg, state, total, per_epoch, counts, provenance or {},
-                         registry, merged=merge, wall=time.perf_counter() - started,
-                         runtime={"device": loop.device, "dtype": loop.dtype})  # fmt: skip
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    return TrainResult(out, manifest)
 
 
 def merge_adapter(settings: Settings, model_path: str, adapter: Path, target: Path) -> Path:
