@@ -237,6 +237,9 @@ def _parse_time(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
+MOVIELENS_LOG = InteractionMapping(user="userId", item="movieId", rating="rating", timestamp="timestamp")
+
+
 def _movielens_ratings(path: Path) -> tuple[Path, str, list[str] | None, str]:
     """(file, delimiter, fixed header or None, encoding) of a MovieLens ratings file or folder."""
     files = [path] if path.is_file() else [path / n for n in ("ratings.csv", "u.data", "ratings.dat")]
@@ -269,94 +272,122 @@ def read_interactions(
         is_ml = path.is_dir() or path.name in ("ratings.csv", "u.data", "ratings.dat")
         fmt = "movielens" if is_ml and mapping is None else "csv"
     report = IngestReport(source=str(path), format=fmt)
-    if fmt == "movielens":
-        file, delimiter, header, encoding = _movielens_ratings(path)
-        report.source = str(file)
-        mapping = InteractionMapping(user="userId", item="movieId", rating="rating", timestamp="timestamp")
-    elif fmt == "csv":
-        file, header, mapping = path, None, mapping or InteractionMapping()
-        encoding, delimiter = mapping.encoding, mapping.delimiter or ""
-    else:
-        raise CatalogError(f"unknown interactions format {format!r}", hint="use auto, movielens or csv")
+    file, delimiter, header, encoding, mapping = _log_source(path, format, fmt, mapping, report)
     text = decode(read_bytes(file), file, encoding, report)
     if header is None and not delimiter:
         delimiter = sniff_delimiter(text)
-    lines = _split(text, delimiter, header is not None)
     cols: dict[str, int] = {}
-    u_raw: list[str] = []
-    i_raw: list[str] = []
-    r_raw: list[float | None] = []
-    t_raw: list[int | None] = []
+    users: list[str] = []
+    item_ids: list[str] = []
+    ratings: list[float | None] = []
+    stamps: list[int | None] = []
     width = 0
-    for number, row in lines:
+    for number, row in _split(text, delimiter, header is not None):
         if not any(c.strip() for c in row):
             continue
         if not cols:
             names = header or [c.strip() for c in row]
-            rating_col = mapping.rating or ("rating" if "rating" in names else None)
-            time_col = mapping.timestamp or ("timestamp" if "timestamp" in names else None)
-            wanted = [c for c in (mapping.user, mapping.item, rating_col, time_col) if c]
-            missing = [c for c in wanted if c not in names]
-            if missing:
-                raise missing_columns_error(file, missing, names, delimiter, fix=LOG_MAPPING_FIX)
-            cols = {"user": names.index(mapping.user), "item": names.index(mapping.item)}
-            if rating_col:
-                cols["rating"] = names.index(rating_col)
-            if time_col:
-                cols["time"] = names.index(time_col)
-            width = len(names)
+            cols, width = _columns(names, mapping, file, delimiter), len(names)
             if header is None:
                 continue
         if limit is not None and report.rows_read >= limit:
             report.note("limit_reached", f"stopped after {limit} rows (--limit)")
             break
         report.rows_read += 1
-        where = f"line {number}"
-        if len(row) != width:
-            report.reject("wrong_column_count", f"{where}: {len(row)} fields, expected {width}")
-            continue
-        user, item = row[cols["user"]].strip(), row[cols["item"]].strip()
-        if not user or not item:
-            report.reject("missing_user_or_item", f"{where}: user={user!r} item={item!r}")
-            continue
-        if items is not None and item not in items:
-            report.reject("unknown_item", f"{where}: item {item!r} is not in the catalog")
-            continue
-        rating: float | None = None
-        if "rating" in cols and row[cols["rating"]].strip():
-            try:
-                rating = float(row[cols["rating"]])
-                if not math.isfinite(rating):
-                    raise ValueError
-            except ValueError:
-                report.reject("invalid_rating", f"{where}: {row[cols['rating']][:30]!r}")
-                continue
-        stamp: int | None = None
-        if "time" in cols and row[cols["time"]].strip():
-            try:
-                stamp = _parse_time(row[cols["time"]])
-            except (ValueError, OverflowError):
-                report.reject("invalid_timestamp", f"{where}: {row[cols['time']][:30]!r}")
-                continue
-        u_raw.append(user)
-        i_raw.append(item)
-        r_raw.append(rating)
-        t_raw.append(stamp)
-        report.accepted += 1
-    if not cols:
+        parsed = _parse_row(row, cols, width, f"line {number}", items, report)
+        if parsed is not None:
+            users.append(parsed[0])
+            item_ids.append(parsed[1])
+            ratings.append(parsed[2])
+            stamps.append(parsed[3])
+            report.accepted += 1
+    _check_read(file, report, strict, has_header=bool(cols), accepted=len(users))
+    return Interactions.from_records(users, item_ids, ratings, stamps, report=report)
+
+
+def _log_source(
+    path: Path, format: str, fmt: str, mapping: InteractionMapping | None, report: IngestReport
+) -> tuple[Path, str, list[str] | None, str, InteractionMapping]:
+    """(file, delimiter or "" to sniff, fixed header or None, encoding, mapping) of a log in format ``fmt``."""
+    if fmt == "movielens":
+        file, delimiter, header, encoding = _movielens_ratings(path)
+        report.source = str(file)
+        return file, delimiter, header, encoding, MOVIELENS_LOG
+    if fmt == "csv":
+        mapping = mapping or InteractionMapping()
+        return path, mapping.delimiter or "", None, mapping.encoding, mapping
+    raise CatalogError(f"unknown interactions format {format!r}", hint="use auto, movielens or csv")
+
+
+def _columns(names: list[str], mapping: InteractionMapping, file: Path, delimiter: str) -> dict[str, int]:
+    """Positions of the user, item and (when present) rating and time columns in the header ``names``."""
+    rating_col = mapping.rating or ("rating" if "rating" in names else None)
+    time_col = mapping.timestamp or ("timestamp" if "timestamp" in names else None)
+    wanted = [c for c in (mapping.user, mapping.item, rating_col, time_col) if c]
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise missing_columns_error(file, missing, names, delimiter, fix=LOG_MAPPING_FIX)
+    cols = {"user": names.index(mapping.user), "item": names.index(mapping.item)}
+    if rating_col:
+        cols["rating"] = names.index(rating_col)
+    if time_col:
+        cols["time"] = names.index(time_col)
+    return cols
+
+
+def _parse_row(
+    row: list[str],
+    cols: dict[str, int],
+    width: int,
+    where: str,
+    items: Collection[str] | None,
+    report: IngestReport,
+) -> tuple[str, str, float | None, int | None] | None:
+    """(user, item, rating, timestamp) of one data row, or None with the reason counted in ``report``."""
+    if len(row) != width:
+        report.reject("wrong_column_count", f"{where}: {len(row)} fields, expected {width}")
+        return None
+    user, item = row[cols["user"]].strip(), row[cols["item"]].strip()
+    if not user or not item:
+        report.reject("missing_user_or_item", f"{where}: user={user!r} item={item!r}")
+        return None
+    if items is not None and item not in items:
+        report.reject("unknown_item", f"{where}: item {item!r} is not in the catalog")
+        return None
+    rating: float | None = None
+    if "rating" in cols and row[cols["rating"]].strip():
+        try:
+            rating = float(row[cols["rating"]])
+            if not math.isfinite(rating):
+                raise ValueError
+        except ValueError:
+            report.reject("invalid_rating", f"{where}: {row[cols['rating']][:30]!r}")
+            return None
+    stamp: int | None = None
+    if "time" in cols and row[cols["time"]].strip():
+        try:
+            stamp = _parse_time(row[cols["time"]])
+        except (ValueError, OverflowError):
+            report.reject("invalid_timestamp", f"{where}: {row[cols['time']][:30]!r}")
+            return None
+    return user, item, rating, stamp
+
+
+def _check_read(file: Path, report: IngestReport, strict: bool, *, has_header: bool, accepted: int) -> None:
+    """A log with no header, a ``strict`` read with problems, or no usable row is refused with the reasons."""
+    if not has_header:
         raise CatalogError(f"{file} has no rows", hint="give a file with a header and interaction rows")
     if strict and report.problems():
         raise CatalogError(
             f"{file}: --strict refuses {report.rejected} rejected row(s): " + " | ".join(report.problems()),
             hint="fix the file, or drop --strict to keep the clean rows",
         )
-    if not u_raw:
+    if not accepted:
         raise CatalogError(
             f"{file}: no usable interaction among {report.rows_read} row(s): "
             + ("; ".join(report.problems()) or "no data rows"),
             hint="check the file and its user/item column mapping",
         )
-    return Interactions.from_records(u_raw, i_raw, r_raw, t_raw, report=report)
 
 
 def _split(text: str, delimiter: str, fixed: bool) -> Any:
