@@ -272,26 +272,8 @@ def load_turns(
                 f"{turns} line {number}: a turn needs lists 'context' and 'rec'",
                 hint="each line: {dialog_id, turn_id, context: [utterances], rec: [gold movie names]}",
             )
-        gold: dict[str, int] = {}
-        for gold_name in rec:
-            report.gold_total += 1
-            item_id, how = index.match(str(gold_name))
-            if item_id is None:
-                report.unmatched += 1
-                if len(report.unmatched_examples) < 10:
-                    report.unmatched_examples.append(str(gold_name))
-                continue
-            report.matched_exact += how == "exact"
-            report.matched_normalised += how == "normalised"
-            gold[item_id] = 1
-        mentions = [str(e) for e in row.get("entity") or [] if _YEAR.search(str(e))]
-        liked: list[str] = []
-        for mention in mentions:
-            report.context_mentions += 1
-            item_id, _ = index.match(mention)
-            if item_id is not None and item_id not in gold:
-                report.context_matched += 1
-                liked.append(item_id)
+        gold = _match_gold(rec, index, report)
+        liked = _match_mentions(row.get("entity") or [], index, gold, report)
         if not gold:
             report.turns_without_gold += 1
             continue
@@ -326,6 +308,35 @@ def load_turns(
         files=[turns, catalog],
         notes={"catalog_items": len(items)},
     )
+
+
+def _match_gold(rec: list[Any], index: TitleIndex, report: MatchReport) -> dict[str, int]:
+    """The catalog ids of a turn's gold names (relevance 1); unmatched names are counted, the first ten kept."""
+    gold: dict[str, int] = {}
+    for gold_name in rec:
+        report.gold_total += 1
+        item_id, how = index.match(str(gold_name))
+        if item_id is None:
+            report.unmatched += 1
+            if len(report.unmatched_examples) < 10:
+                report.unmatched_examples.append(str(gold_name))
+            continue
+        report.matched_exact += how == "exact"
+        report.matched_normalised += how == "normalised"
+        gold[item_id] = 1
+    return gold
+
+
+def _match_mentions(entities: list[Any], index: TitleIndex, gold: dict[str, int], report: MatchReport) -> list[str]:
+    """The catalog ids of the movies a turn's context mentions ('Name (Year)'), gold items left out."""
+    liked: list[str] = []
+    for mention in [str(e) for e in entities if _YEAR.search(str(e))]:
+        report.context_mentions += 1
+        item_id, _ = index.match(mention)
+        if item_id is not None and item_id not in gold:
+            report.context_matched += 1
+            liked.append(item_id)
+    return liked
 
 
 def _jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
