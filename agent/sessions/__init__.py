@@ -12,34 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.errors import InputError
-from agent.sessions.models import (
-    SCHEMA_VERSION,
-    AttributePref,
-    Preferences,
-    SessionConflictError,
-    SessionLimitError,
-    SessionNotFoundError,
-    SessionState,
-    SessionStore,
-    SessionStoreError,
-    Turn,
-)
+from agent.sessions import models
+from agent.sessions.models import *  # noqa: F403 (the public names of the models, listed in models.__all__)
 from agent.settings import Settings
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "AttributePref",
-    "Preferences",
-    "SessionConflictError",
-    "SessionLimitError",
-    "SessionNotFoundError",
-    "SessionState",
-    "SessionStore",
-    "SessionStoreError",
-    "Turn",
-    "open_session_store",
-    "sqlite_path",
-]
+__all__ = [*models.__all__, "open_session_store", "sqlite_path"]
 
 
 def sqlite_path(settings: Settings) -> Path | None:
@@ -59,7 +36,7 @@ def sqlite_path(settings: Settings) -> Path | None:
     return Path(url).expanduser()
 
 
-def open_session_store(settings: Settings) -> SessionStore:
+def open_session_store(settings: Settings) -> models.SessionStore:
     """SQLite (default) or PostgreSQL when ``settings.session_db_url`` starts with ``postgresql://``."""
     path = sqlite_path(settings)
     if path is None:
