@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.llm.base import Generation, LLMEngine
-from agent.llm.batching import CallFailure, call_batch, loads_lenient
+from agent.llm.batching import CallFailure, call_batch, json_value
 from agent.schemas import CandidateItem, Citation, JustificationSource, RerankConfig, UserContext
 from prompts import PromptRegistry, clean_data, explain_schema
 
@@ -331,12 +331,9 @@ def item_prompt_vars(item: CandidateItem) -> dict[str, Any]:
 
 
 def _parse(gen: Generation | str) -> _ExplainOutput | None:
-    value = gen.parsed if isinstance(gen, Generation) else None
+    value = json_value(gen)
     if value is None:
-        try:
-            value = loads_lenient(gen.text if isinstance(gen, Generation) else gen)
-        except ValueError:
-            return None
+        return None
     try:
         return _ExplainOutput.model_validate(value)
     except ValidationError:

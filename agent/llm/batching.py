@@ -24,6 +24,7 @@ from agent.errors import (
     RecagentError,
     StructuredOutputError,
 )
+from agent.llm.base import Generation
 
 __all__ = [
     "CallFailure",
@@ -32,6 +33,7 @@ __all__ = [
     "failure_reason",
     "generate_batch",
     "is_label_error",
+    "json_value",
     "loads_lenient",
 ]
 
@@ -208,3 +210,15 @@ def loads_lenient(text: str) -> Any:
     """``json.loads`` that accepts raw control characters inside strings (a constrained decoder lets a model
     emit them; Python's strict parser refuses them). Raises ValueError when the text is not JSON."""
     return json.loads(text, strict=False)
+
+
+def json_value(output: Generation | str) -> Any:
+    """The JSON value of an output: the engine's parsed value, else the lenient parse of its text (or of a raw
+    string the engine's strict parser refused); None when it is not JSON."""
+    value = output.parsed if isinstance(output, Generation) else None
+    if value is None:
+        try:
+            value = loads_lenient(output.text if isinstance(output, Generation) else output)
+        except ValueError:
+            return None
+    return value

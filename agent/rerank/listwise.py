@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.explain import instruction_text, quotes_prompt
 from agent.llm.base import Generation, LLMEngine
-from agent.llm.batching import CallFailure, call_batch, loads_lenient
+from agent.llm.batching import CallFailure, call_batch, json_value
 from agent.rerank.job import Job
 from agent.rerank.strategy import PromptStrategy, RankRequest
 from prompts import PromptRegistry, listwise_schema
@@ -46,12 +46,9 @@ def listwise_max_tokens(k: int, ids: Sequence[str]) -> int:
 def parse_ranking(gen: Generation | str) -> list[tuple[str, str]] | None:
     """``[(id, justification)]`` as the model wrote it, or None when the output is not a ranking. A string is
     the raw text of an output the engine's strict JSON parser refused (raw control characters are accepted)."""
-    value = gen.parsed if isinstance(gen, Generation) else None
+    value = json_value(gen)
     if value is None:
-        try:
-            value = loads_lenient(gen.text if isinstance(gen, Generation) else gen)
-        except ValueError:
-            return None
+        return None
     if isinstance(value, dict) and isinstance(value.get("ranking"), list):
         # accept bare id strings too (a looser schema variant)
         value = {"ranking": [{"id": e} if isinstance(e, str) else e for e in value["ranking"]]}
