@@ -11,8 +11,12 @@ Adding a strategy (e.g. a learned ranker):
    scores otherwise (set ``uses_engine = False`` if it needs no LLM engine, and override ``template`` to return
    None if it renders no prompt);
 2. one entry in :data:`STRATEGY_CLASSES` below;
-3. the name in ``agent.schemas.Strategy`` (the validated config value; ``STRATEGIES`` follows it) and in
-   ``Settings.rerank_strategy``.
+3. the name in ``agent.schemas.Strategy`` (the validated config value; ``STRATEGIES`` follows it), in
+   ``Settings.rerank_strategy``, and in ``agent.schemas.LLM_STRATEGIES`` if it calls the engine (the evaluator starts
+   an engine for those; a test checks that list against ``uses_engine``).
+
+``learned`` (:mod:`agent.rerank.learned`) is the example of a strategy without the LLM: it orders the job itself
+(``final_order``) from the scores the pipeline computed.
 
 Nothing in :mod:`agent.rerank.core` branches on strategy names: it groups jobs by name and runs each group's
 strategy, in the order of :data:`STRATEGY_CLASSES`.

@@ -13,6 +13,7 @@ from agent.rerank import STRATEGIES, RankingContext, RerankConfig, rank, rank_ma
 from agent.rerank.job import Job
 from agent.rerank.registry import RETRIEVAL, STRATEGY_CLASSES
 from agent.rerank.strategy import PromptStrategy, RankingStrategy, RankRequest
+from agent.schemas import LLM_STRATEGIES
 from prompts import PromptError, PromptRegistry
 
 from fakes import FakeEngine, make_candidates, make_user
@@ -22,8 +23,12 @@ def test_every_configurable_strategy_is_registered_under_its_name() -> None:
     assert set(STRATEGY_CLASSES) == set(STRATEGIES) - {RETRIEVAL}
     for name, cls in STRATEGY_CLASSES.items():
         assert issubclass(cls, RankingStrategy) and cls.name == name
-        assert cls.task() == f"rank_{name}"
-        assert cls.template(RerankConfig()) == RerankConfig().template_for(name)
+        if cls.uses_engine:
+            assert cls.task() == f"rank_{name}"
+            assert cls.template(RerankConfig()) == RerankConfig().template_for(name)
+        else:
+            assert cls.template(RerankConfig()) is None
+    assert {n for n, cls in STRATEGY_CLASSES.items() if cls.uses_engine} == set(LLM_STRATEGIES)
 
 
 class ReverseWithoutLLM(RankingStrategy):
