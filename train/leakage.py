@@ -72,13 +72,11 @@ def find_leaks(examples: Iterable[RankExample], forbidden: Mapping[str, set[str]
 def assert_no_leakage(examples: Iterable[RankExample], forbidden: Mapping[str, set[str]]) -> int:
     """Raise :class:`LeakageError` when an example holds a test pair; returns the number of examples checked."""
     checked = list(examples)
-    leaks = find_leaks(checked, forbidden)
-    if leaks:
-        shown = ", ".join(f"user {u} item {i} ({role})" for u, i, role in leaks[:5])
-        raise LeakageError(
-            f"{len(leaks)} test-split interactions reach the training examples: {shown}",
-            hint="build examples from the split's train log only, and drop the user's test items from the options",
-        )
+    _refuse(
+        find_leaks(checked, forbidden),
+        "the training examples",
+        "build examples from the split's train log only, and drop the user's test items from the options",
+    )
     return len(checked)
 
 
@@ -100,14 +98,12 @@ def assert_no_pair_leakage(pairs: Iterable[UserPair], forbidden: Mapping[str, se
     """Raise :class:`LeakageError` when a co-interaction pair holds a test interaction of its user; returns the
     number of pairs checked."""
     checked = list(pairs)
-    leaks = find_pair_leaks(checked, forbidden)
-    if leaks:
-        shown = ", ".join(f"user {u} item {i} ({role})" for u, i, role in leaks[:5])
-        raise LeakageError(
-            f"{len(leaks)} test-split interactions reach the embedder's training pairs: {shown}",
-            hint="cut pairs from the split's train log only (train.embed_pairs.build_pairs does), with the "
-            "evaluator's --split/--min-rating/--min-history/--users/--seed",
-        )
+    _refuse(
+        find_pair_leaks(checked, forbidden),
+        "the embedder's training pairs",
+        "cut pairs from the split's train log only (train.embed_pairs.build_pairs does), with the "
+        "evaluator's --split/--min-rating/--min-history/--users/--seed",
+    )
     return len(checked)
 
 
@@ -145,12 +141,17 @@ def assert_no_group_leakage(groups: Iterable[RankGroup], forbidden: Mapping[str,
     """Raise :class:`LeakageError` when a learned-ranker group holds a test interaction of its user; returns the
     number of groups checked."""
     checked = list(groups)
-    leaks = find_group_leaks(checked, forbidden)
+    _refuse(
+        find_group_leaks(checked, forbidden),
+        "the learned ranker's training groups",
+        "build the groups from the validation part only (train.ltr_data does), with the evaluator's "
+        "--split/--min-rating/--min-history/--users/--seed",
+    )
+    return len(checked)
+
+
+def _refuse(leaks: list[tuple[str, str, str]], where: str, hint: str) -> None:
+    """Raise :class:`LeakageError` naming the first leaks (user, item, role) when there are any."""
     if leaks:
         shown = ", ".join(f"user {u} item {i} ({role})" for u, i, role in leaks[:5])
-        raise LeakageError(
-            f"{len(leaks)} test-split interactions reach the learned ranker's training groups: {shown}",
-            hint="build the groups from the validation part only (train.ltr_data does), with the evaluator's "
-            "--split/--min-rating/--min-history/--users/--seed",
-        )
-    return len(checked)
+        raise LeakageError(f"{len(leaks)} test-split interactions reach {where}: {shown}", hint=hint)
