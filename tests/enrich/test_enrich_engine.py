@@ -156,7 +156,7 @@ def test_cli_bad_input_is_a_message(tmp_path: Path) -> None:
     assert "does not exist" in out.stderr and "how to fix" in out.stderr and "Traceback" not in out.stderr
     bad = subprocess.run([*cmd, "recommend", "--query", "x", "--source", "profile=lots"], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=120)  # fmt: skip
-    assert bad.returncode == 2 and "NAME=WEIGHT" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "SOURCE=WEIGHT" in bad.stderr and "Traceback" not in bad.stderr
     limit = subprocess.run([*cmd, "enrich", "--limit", "0"], capture_output=True, text=True, env=env, cwd=ROOT,
                            timeout=120)  # fmt: skip
     assert limit.returncode == 2 and "Traceback" not in limit.stderr
