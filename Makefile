@@ -70,6 +70,10 @@ clean:
 report-loo: setup  ## the leave-one-out report: docs/eval/movielens-loo.md (+ .html); see eval/reports/movielens_loo.sh
 	PY=$(PY) bash eval/reports/movielens_loo.sh
 
+.PHONY: report-text
+report-text: setup  ## the justification report: docs/eval/justifications.md (+ .html); see eval/reports/justifications.sh
+	PY=$(PY) bash eval/reports/justifications.sh
+
 # docs/eval/redial-folds.md: the conversation sources on ReDial dev, 5 folds by dialogue, iEvaLM-CRS protocol
 # (retrieval only, no LLM; ~25 min the first time on 2 cores: the catalog is embedded once, then ~5 min)
 REDIAL ?= ../shared/data/redial-dev

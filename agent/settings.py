@@ -256,6 +256,13 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Longest a request may wait for its batch result before a 503."
     )
 
+    # The evaluator's judge arm (eval/judge.py; `eval run --judge-url/--judge-model`): off unless both are set
+    judge_server_url: str | None = Field(
+        None, description="OpenAI-compatible server of a judge model that scores justifications in `eval run`."
+    )
+    judge_model: str | None = Field(None, description="Model name the judge server serves (with judge_server_url).")
+    judge_api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key sent to the judge server.")
+
     @field_validator("fusion_weights", mode="before")
     @classmethod
     def _known_sources(cls, value: object) -> object:

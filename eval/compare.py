@@ -14,9 +14,12 @@ from typing import Any
 import numpy as np
 
 from agent.errors import InputError
+from eval.text_metrics import case_rates
 
 __all__ = [
     "bootstrap_ci",
+    "bootstrap_quantile_ci",
+    "bootstrap_ratio_ci",
     "compare_arms",
     "compare_runs",
     "paired",
@@ -38,6 +41,36 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
     return (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
+
+
+def bootstrap_ratio_ci(
+    nums: Sequence[float], dens: Sequence[float], *, n: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the pooled ratio sum(nums) / sum(dens), resampling cases (a case's numerator and
+    denominator kept together: the cluster bootstrap of a share of items). Resamples with a zero denominator are
+    dropped; NaN for no data."""
+    num, den = np.asarray(nums, dtype=np.float64), np.asarray(dens, dtype=np.float64)
+    if len(num) != len(den):
+        raise InputError(f"ratio samples differ in length ({len(num)} vs {len(den)})", hint="one pair per case")
+    if len(num) == 0 or den.sum() == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), size=(n, len(num)))
+    tops, bottoms = num[idx].sum(axis=1), den[idx].sum(axis=1)
+    ratios = tops[bottoms > 0] / bottoms[bottoms > 0]
+    return (float(np.quantile(ratios, alpha / 2)), float(np.quantile(ratios, 1 - alpha / 2)))
+
+
+def bootstrap_quantile_ci(
+    values: Sequence[float], q: float, *, n: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the ``q``-th percentile (e.g. 50 for the median); NaN for no values."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    stats = np.percentile(x[rng.integers(0, len(x), size=(n, len(x)))], q, axis=1)
+    return (float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2)))
 
 
 def paired_bootstrap_ci(
@@ -142,6 +175,8 @@ def _arm_metrics(records: list[dict[str, Any]], arm: str | None, run: Path) -> t
                 table.setdefault(metric, {})[r["case_id"]] = float(value)
             if r.get("retrieved") is not None:  # recall of the fused candidates (pipeline arms, full protocol)
                 table.setdefault("retrieval_recall", {})[r["case_id"]] = float(r["retrieved"])
+            for metric, value in case_rates(r.get("text")).items():  # justification rates (explain=llm arms)
+                table.setdefault(metric, {})[r["case_id"]] = value
     return arm, table
 
 

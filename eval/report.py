@@ -24,9 +24,15 @@ from eval.datasets import EvalDataset
 from eval.plots import report_figures
 from eval.protocol import Protocol, Split
 from eval.published import published_section
+from eval.text_report import render_text_section, sample_justifications, text_comparisons, text_latency, text_summary
 from eval.variants import Variant
 
 __all__ = ["render_markdown", "write_outputs"]
+
+NO_JUDGE = (
+    "no judge model configured: give `eval run --judge-url URL --judge-model NAME` (or "
+    "RECAGENT_JUDGE_SERVER_URL and RECAGENT_JUDGE_MODEL) to score the justifications with a capable model"
+)
 
 
 def _mean_ci(values: Sequence[float], seed: int) -> dict[str, float | None]:
@@ -77,6 +83,7 @@ def aggregate_arm(
         out["cost"] = {key: v for key, v in cost.items() if not key.startswith("latency")}
         out["models"] = sorted({str(r.get("model")) for r in records if r.get("model")})
         out["prompt_versions"] = sorted({v for r in records for v in r.get("prompt_versions") or []})
+        out["text"] = text_summary(records, seed)
     out["attribution"] = dict(sorted(Counter(r["attribution"] for r in records).items()))
     return out
 
@@ -92,6 +99,7 @@ def write_outputs(
     *,
     reference: str | None = None,
     published: dict[str, Any] | None = None,
+    judge: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate ``records`` (ordered by arm, then case) and write results.json, run.trec, qrels.trec,
     report.md and report.html (``published``: figures shown beside the arms, see :mod:`eval.published`).
@@ -107,6 +115,8 @@ def write_outputs(
         if arm.kind == "pipeline":
             cost = M.cost_summary(by_arm[arm.name])
             results["latency"][arm.name] = {key: v for key, v in cost.items() if key.startswith("latency")}
+            if results["arms"][arm.name].get("text"):
+                results["latency"][arm.name].update(text_latency(by_arm[arm.name], protocol.seed))
     names = [a.name for a in arms]
     ref = reference or ("retrieval" if "retrieval" in names else names[0])
     complete = [a for a in names if len(by_arm[a]) == len(split.cases)]
@@ -119,6 +129,7 @@ def write_outputs(
         comparisons = winner_table(per_arm, protocol.metric_names(), ref, seed=protocol.seed)
     results["reference"] = ref
     results["comparisons"] = comparisons
+    _add_text(results, by_arm, split, dataset, protocol, judge)
     if published:
         results["published"] = published
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
@@ -130,6 +141,28 @@ def write_outputs(
     page = markdown_to_html(markdown, title=f"recagent eval: {dataset.name}", figures=figures)
     (out / "report.html").write_text(page, encoding="utf-8")
     return results
+
+
+def _add_text(
+    results: dict[str, Any],
+    by_arm: dict[str, list[dict[str, Any]]],
+    split: Split,
+    dataset: EvalDataset,
+    protocol: Protocol,
+    judge: dict[str, Any] | None,
+) -> None:
+    """Justification comparisons, verbatim samples and the judge's summary, when some arm asked the LLM for
+    justifications (see :mod:`eval.text_report`)."""
+    if not any(a.get("text") for a in results["arms"].values()):
+        return
+    complete = {a: recs for a, recs in by_arm.items() if len(recs) == len(split.cases)}
+    results["text_comparisons"] = text_comparisons(complete, protocol.seed)
+    titles = {i: item.title for i, item in dataset.items.items()}
+    asked = [r for recs in by_arm.values() for r in recs if r.get("text")]
+    results["text_samples"] = sample_justifications(
+        asked, split.cases, titles, seed=protocol.seed, min_rating=protocol.min_rating
+    )
+    results["judge"] = judge if judge is not None else {"skipped": NO_JUDGE}
 
 
 def _write_trec(out: Path, records: list[dict[str, Any]], split: Split) -> None:
@@ -248,6 +281,7 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
                           _fmt(results["latency"].get(n, {}).get("latency_ms_p50"), 1),
                           _fmt(results["latency"].get(n, {}).get("latency_ms_p95"), 1)]
                          for n, a in pipeline.items()])  # fmt: skip
+    lines += render_text_section(results)
     kinds = ["hit", "not_retrieved", "demoted_by_ranker", "lost_to_fallback", "missed"]
     lines += [f"## Failure attribution (top {protocol.k})", ""]
     lines += _table(["arm", *kinds], [[n, *[str(a["attribution"].get(k, 0)) for k in kinds]] for n, a in arms.items()])

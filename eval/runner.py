@@ -28,10 +28,12 @@ from agent.settings import Settings
 from eval import metrics as M
 from eval.baselines import BaselineRanker
 from eval.datasets import EvalCase, EvalDataset, file_sha256
+from eval.judge import JUDGE_ENGINE_NAME, JudgeConfig, run_judge
 from eval.llm_cache import CacheMissError, CachingEngine, LLMCache
 from eval.protocol import Protocol, Split, make_split
 from eval.provenance import DeterministicStore, git_commit
 from eval.standins import FixedCandidates, SharedRetrieval
+from eval.text_metrics import ShownJustification, case_text
 from eval.universe import restricted_collection
 from eval.variants import BASELINES, LOG_BASELINES, EvalSettings, Variant, variant_settings
 from prompts import PromptRegistry
@@ -281,6 +283,7 @@ class _Runner:
         for case, res in zip(cases, results, strict=True):
             rr = res.rerank
             latency = res.timings_ms.get("retrieve", 0.0) + res.timings_ms.get("rank_batch", 0.0) / len(cases)
+            explain = sum(res.timings_ms.get(k, 0.0) for k in ("explain", "explain_retry")) / len(cases)
             extra = {
                 "candidate_ids": res.candidate_ids,
                 "llm_scores": [i.llm_score for i in res.items],
@@ -288,6 +291,9 @@ class _Runner:
                 "fallback_reason": res.fallback_reason,
                 "grounded": [i.grounded for i in res.items],
                 "justifications": [i.justification for i in res.items],
+                "justification_sources": [i.justification_source for i in res.items],
+                "grounding_notes": [i.grounding_note for i in res.items],
+                "text": self._case_text(case, res) if rec.settings.explain_mode == "llm" else None,
                 "flags": sorted({f for i in res.items for f in i.flags}),
                 "llm_calls": rr.llm_calls,
                 "parse_failures": rr.parse_failures,
@@ -304,10 +310,21 @@ class _Runner:
                 "prompt_versions": res.prompt_versions,
                 "model": res.model,
                 "latency_ms": round(latency, 1),
+                "explain_ms": round(explain, 1) if explain else None,  # this case's share of the batch's explain calls
                 "timings_ms": res.timings_ms,
             }
             out.append(self._record(arm, case, [(i.item_id, i.score) for i in res.items], extra))
         return out
+
+    def _case_text(self, case: EvalCase, res: Recommendation) -> dict[str, Any]:
+        """The case's text-metric counts (:func:`eval.text_metrics.case_text`): its liked titles are the history
+        entries without a rating or rated >= min_rating, and the items liked in the conversation."""
+        items = self.dataset.items
+        liked = [h.item_id for h in case.history if h.rating is None or h.rating >= self.protocol.min_rating]
+        titles = [items[i].title for i in dict.fromkeys([*liked, *case.liked]) if i in items]
+        shown = [ShownJustification(i.justification, i.justification_source, i.grounded, i.grounding_note, i.title)
+                 for i in res.items]  # fmt: skip
+        return case_text(shown, titles, case.query)
 
     def _baseline_records(self, arm: Variant, cases: list[EvalCase]) -> list[dict[str, Any]]:
         out = []
@@ -391,7 +408,7 @@ def _config_protocol(protocol: Protocol) -> dict[str, Any]:
 def _provenance(
     settings: Settings, dataset: EvalDataset, protocol: Protocol, arms: list[Variant], registry: PromptRegistry
 ) -> dict[str, Any]:
-    safe = settings.model_dump(mode="json", exclude={"llm_api_key"})
+    safe = settings.model_dump(mode="json", exclude={"llm_api_key", "judge_api_key"})
     return {
         "git_commit": git_commit(),
         "dataset": {
@@ -430,6 +447,8 @@ def run_eval(
     progress: bool = True,
     reference: str | None = None,
     published: dict[str, Any] | None = None,
+    judge: JudgeConfig | None = None,
+    judge_engine: LLMEngine | None = None,
 ) -> EvalRun:
     """Evaluate ``variants`` and ``baselines`` on the same cases; write cases.jsonl, results.json, report.md,
     report.html and run.trec under ``out`` (``out/replay`` with ``replay=True``, reading ``out/llm_cache.sqlite``).
@@ -461,11 +480,57 @@ def run_eval(
     provenance = _provenance(settings, dataset, protocol, arms, registry)
     provenance["replay"] = replay
     provenance["split_notes"] = runner.split.notes or {}
+    verdicts = _judge(runner, judge, judge_engine, ordered) if judge is not None else None
     provenance["llm_cache"] = {"path": str(cache_path), "hits": runner.cache.hits, "misses": runner.cache.misses}
     results = write_outputs(out, ordered, arms, runner.split, dataset, protocol, provenance, reference=reference,
-                            published=published)  # fmt: skip
+                            published=published, judge=verdicts)  # fmt: skip
     runner.cache.close()
     return EvalRun(out=out, records=ordered, results=results, split=runner.split, arms=arms)
+
+
+def _judge(
+    runner: _Runner, config: JudgeConfig, engine: LLMEngine | None, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The judge arm over the run's LLM-written justifications, through the run's LLM cache (engine name
+    ``@judge``): a replay scores from the cache and stops on a miss; otherwise ``engine`` (tests) or an engine
+    on the judge server, closed afterwards."""
+    cache, inner = runner.cache, None
+    if runner.replay:
+        identity = cache.engine(JUDGE_ENGINE_NAME)
+        if identity is None:
+            raise CacheMissError(
+                f"replay: the cache {cache.path} holds no judge answers",
+                hint="run without --replay and with the judge configured first, or drop --judge-url/--judge-model",
+            )
+        wrapped = CachingEngine(None, cache, identity=identity)
+    else:
+        if engine is None:
+            from agent.llm import create_engine
+
+            engine = inner = create_engine(config.engine_settings(runner.settings))
+        wrapped = CachingEngine(engine, cache)
+        cache.set_engine(JUDGE_ENGINE_NAME, wrapped.identity)
+    misses = cache.misses
+    try:
+        summary = run_judge(
+            wrapped,
+            config,
+            records,
+            runner.split.cases,
+            runner.dataset.items,
+            min_rating=runner.protocol.min_rating,
+            seed=runner.protocol.seed,
+            out=runner.out,
+        )
+    finally:
+        if inner is not None:
+            inner.close()
+    if runner.replay and cache.misses > misses:
+        raise CacheMissError(
+            f"replay: {cache.misses - misses} judge request(s) are not in {cache.path}",
+            hint="replay with the same judge settings (--judge-max) as the recorded run",
+        )
+    return summary
 
 
 def _check_arms(settings: Settings, arms: list[Variant], registry: PromptRegistry) -> None:

@@ -104,10 +104,18 @@ def run_cmd(
     user_ids: Path | None = typer.Option(
         None, "--user-ids", help="File of user ids, one per line (e.g. a training run's val_users.txt)."
     ),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="OpenAI-compatible server of a judge model that scores the LLM justifications."
+    ),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="The judge's model name (with --judge-url)."),
+    judge_max: int | None = typer.Option(
+        None, "--judge-max", help="Judge at most this many justifications (a seeded sample; default all)."
+    ),
 ) -> None:
     """Evaluate variants and baselines on identical cases; writes OUT/results.json, cases.jsonl, report.md/html,
     run.trec and the LLM cache (OUT/llm_cache.sqlite). With --replay the results go to OUT/replay/."""
     from eval.datasets import collection_items, load_dataset
+    from eval.judge import judge_config
     from eval.protocol import Protocol
     from eval.published import load_published
     from eval.runner import applicable_baselines, run_eval
@@ -121,6 +129,7 @@ def run_cmd(
     registry = PromptRegistry(prompts_dir) if prompts_dir else PromptRegistry()
     arms = [parse_variant(v, registry) for v in variant]  # checked before the data is even read
     figures = load_published(published).model_dump() if published is not None else None
+    judge = judge_config(settings, judge_url, judge_model, judge_max)
     protocol = Protocol.model_validate(
         {
             "split": split,
@@ -161,6 +170,7 @@ def run_cmd(
         batch_size=batch_size,
         reference=reference,
         published=figures,
+        judge=judge,
     )
     typer.echo((result.out / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"written: {result.out}/results.json, cases.jsonl, report.md, report.html, run.trec")
@@ -190,6 +200,21 @@ def compare_cmd(
             f"{r['metric']:<14} {r['mean_a']:>8.4f} {r['mean_b']:>8.4f} {r['diff']:>+8.4f}  {ci:<20} "
             f"{r['p_value']:>6.3f}  {r['winner']}"
         )
+
+
+@app.command("text-report")
+def text_report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Output folders of `eval run` (their results.json)."),
+    out: Path = typer.Option(..., "--out", help="Markdown file to write (an .html file is written beside it)."),
+    title: str = typer.Option("Justifications: what the LLM writes", "--title", help="Heading of the report."),
+    preamble: str = typer.Option("", "--preamble", help="Markdown placed under the heading (e.g. the command)."),
+) -> None:
+    """One report of the justification metrics of several runs (grounding, user link, distinctness, latency,
+    fallbacks, paired differences, judge, verbatim samples): OUT and OUT with .html."""
+    from eval.text_doc import text_report
+
+    written = text_report(runs, out, title=title, preamble=preamble)
+    typer.echo(f"written: {written}, {written.with_suffix('.html')}")
 
 
 @app.command("merge-cache")

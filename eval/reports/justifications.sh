@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The justification report: docs/eval/justifications.md (+ .html).
+#
+#   make report-text                     (or: bash eval/reports/justifications.sh)
+#
+# What the LLM writes for each recommended item, on the bundled MovieLens (USERS users, temporal split) and on ReDial
+# dev (TURNS turns; the request is the conversation): grounding rate, user-link rate, distinctness, length, fallbacks
+# by reason and latency, with 95% CIs and paired differences, plus 20 sample justifications per dataset printed
+# verbatim (drawn with the seed, good and bad alike). Definitions: eval/text_metrics.py, docs/evaluation.md.
+#
+# Arms: `today` (the configured explain prompt) and, when the checkout has the `prompt_format` setting, `chat`
+# (prompt_format=chat) and `fewshot` (prompt_format=fewshot). Every arm keeps the fused retrieval order
+# (strategy=retrieval), so all arms justify the same K items of the same cases and the comparisons are paired.
+# An interrupted run continues where it stopped (--resume); after changing the arms, give another OUT.
+# Environment: PY (python with recagent importable, default .venv/bin/python), OUT (run folders), DOCS (where the
+# report goes, default docs/eval), DATA (MovieLens folder), REDIAL (ReDial folder), USERS / TURNS (cases, default
+# 200 each), K (items justified per case, default 5), ARMS (extra `--variant` specs, space separated), EXTRA (more
+# `eval run` options, e.g. "--judge-url http://host:8000/v1 --judge-model NAME" for the judge arm), DATASETS
+# ("movielens redial" by default; one of them to run only that one).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-eval-out/justifications}
+DOCS=${DOCS:-docs/eval}
+DATA=${DATA:-data/movielens-latest-small}
+REDIAL=${REDIAL:-../shared/data/redial-dev}
+USERS=${USERS:-200}
+TURNS=${TURNS:-200}
+K=${K:-5}
+DATASETS=${DATASETS:-movielens redial}
+
+BASE="strategy=retrieval,explain=llm"
+VARIANTS=(--variant "today:$BASE")
+if "$PY" -c "import sys; from agent.settings import Settings; sys.exit('prompt_format' not in Settings.model_fields)"
+then
+  VARIANTS+=(--variant "chat:$BASE,prompt_format=chat" --variant "fewshot:$BASE,prompt_format=fewshot")
+  FORMATS="today's configured prompt vs prompt_format=chat and prompt_format=fewshot"
+else
+  FORMATS="today's prompt only: this checkout has no prompt_format setting, so the chat and few-shot arms were not run"
+fi
+for spec in ${ARMS:-}; do VARIANTS+=(--variant "$spec"); done
+
+mkdir -p "$OUT"
+RUNS=()
+for name in $DATASETS; do
+  case "$name" in
+    movielens) data="$DATA"; cases="$USERS" ;;
+    redial) data="$REDIAL"; cases="$TURNS" ;;
+    *) echo "unknown dataset $name (use movielens and/or redial)" >&2; exit 2 ;;
+  esac
+  t0=$(date +%s)
+  # shellcheck disable=SC2086
+  "$PY" -m recagent eval run "$data" --users "$cases" --k "$K" --seed 0 "${VARIANTS[@]}" --out "$OUT/$name" \
+    --resume ${EXTRA:-} > "$OUT/$name.log"
+  echo "$name: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/timings.txt"
+  RUNS+=("$OUT/$name")
+done
+
+PREAMBLE="Produced by \`bash eval/reports/justifications.sh\` (\`make report-text\`; USERS=$USERS TURNS=$TURNS K=$K) on \
+$(date -u +%Y-%m-%d), $(nproc) CPU cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; arms: $FORMATS. \
+Run times: $(tr '\n' ';' < "$OUT/timings.txt" | sed 's/;$//') (this and earlier invocations of the same OUT). \
+Every arm keeps the fused retrieval order, so the arms justify the same items."
+"$PY" -m recagent eval text-report "${RUNS[@]}" --out "$DOCS/justifications.md" \
+  --title "Justifications: what the LLM writes" --preamble "$PREAMBLE"
