@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agent.errors import ConfigError
 from agent.llm.base import Generation, LLMEngine
 from agent.llm.batching import CallFailure, call_batch, json_value
+from agent.network import redact_url
 from agent.settings import Settings
 from eval.compare import bootstrap_ci
 from eval.datasets import EvalCase
@@ -203,4 +204,10 @@ def _summary(rows: Sequence[Mapping[str, Any]], config: JudgeConfig, seed: int) 
             }
         arms[arm] = cell
     failed = sum("failure" in r for r in rows)
-    return {"url": config.url, "model": config.model, "judged": len(rows) - failed, "failed": failed, "arms": arms}
+    return {
+        "url": redact_url(config.url),
+        "model": config.model,
+        "judged": len(rows) - failed,
+        "failed": failed,
+        "arms": arms,
+    }

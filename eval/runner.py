@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from agent.errors import ConfigError, EngineUnavailableError, InputError, RecagentError
 from agent.llm.base import LLMEngine
+from agent.network import redact_url
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
 from agent.profiles import llm_sources_on
 from agent.schemas import LLM_STRATEGIES
@@ -409,6 +410,8 @@ def _provenance(
     settings: Settings, dataset: EvalDataset, protocol: Protocol, arms: list[Variant], registry: PromptRegistry
 ) -> dict[str, Any]:
     safe = settings.model_dump(mode="json", exclude={"llm_api_key", "judge_api_key"})
+    if safe.get("judge_server_url"):
+        safe["judge_server_url"] = redact_url(safe["judge_server_url"])
     return {
         "git_commit": git_commit(),
         "dataset": {

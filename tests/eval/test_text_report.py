@@ -9,6 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from typer.testing import CliRunner
+
+from agent.errors import InputError
 from agent.llm.base import LLMRequest
 from agent.settings import Settings
 from eval.compare import compare_runs
@@ -17,9 +20,11 @@ from eval.judge import JUDGE_SCHEMA, JudgeConfig
 from eval.protocol import Protocol
 from eval.runner import run_eval
 from eval.variants import parse_variant
+from recagent import cmd_eval
 from retrieval.embed import Embedder
 
 from fakes import FakeEngine, explained_title, kind_of, text_of
+from testkit import cli_app
 
 _HISTORY = re.compile(r"<<<HISTORY>>>\n(.*?)<<<END>>>", re.DOTALL)
 _FIELD = re.compile(r"^genres: (.*)$", re.MULTILINE)
@@ -137,6 +142,20 @@ def test_text_section_judge_off_then_on_and_replay(
     replayed = _run(eval_settings, eval_embedder, ml_sample, tmp_path / "on", engine=None, replay=True, judge=config)
     assert replayed.results["judge"]["arms"] == verdicts["arms"]
     assert replayed.results["arms"]["long"]["text"] == long
+
+    # `eval text-report`: both runs in one document (md + html), each run's section under its own heading
+    app = cli_app(eval_settings, "eval", cmd_eval.app)
+    doc = tmp_path / "docs" / "just.md"
+    res = CliRunner().invoke(app, ["eval", "text-report", str(tmp_path / "off"), str(tmp_path / "on"), "--out",
+                                   str(doc), "--preamble", "Made by a test."])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    md = doc.read_text()
+    assert md.startswith("# Justifications: what the LLM writes\n\nMade by a test.")
+    assert md.count("### Justifications (LLM-written text)") == 2 and md.count("sample justifications, verbatim") == 2
+    assert "Judge arm: skipped" in md and "Judge arm: `judge-model`" in md
+    assert "<table>" in doc.with_suffix(".html").read_text()
+    bad = CliRunner().invoke(app, ["eval", "text-report", str(tmp_path / "nothing"), "--out", str(doc)])
+    assert isinstance(bad.exception, InputError) and "eval run" in bad.exception.hint
 
 
 def test_conversation_turns_link_to_the_request(

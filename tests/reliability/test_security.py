@@ -158,6 +158,8 @@ def test_recagent_config_masks_secrets(tmp_path: Path) -> None:
         llm_api_key=LLM_KEY,
         session_db_url=f"postgresql://recagent:{DB_PASSWORD}@db.internal:5432/sessions",
         chroma_url=f"http://admin:{DB_PASSWORD}@chroma.internal:8000",
+        judge_server_url=f"http://judge:{DB_PASSWORD}@judge.internal:8000/v1",
+        judge_api_key=SecretStr(LLM_KEY),
     )
     out = io.StringIO()
     print_settings(settings, Console(file=out, width=400))
