@@ -179,7 +179,7 @@ def distinct_n(sentences: Sequence[str], n: int = 2) -> float | None:
 # ------------------------------------------------------------------------------------------------ fallback reasons
 _FAILED = re.compile(r"explain failed \(([^()]*)\)")
 _REJECTED = re.compile(r"LLM justification rejected \((.*)\): template", re.DOTALL)
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_QUOTED = re.compile(r"(?<=[=(])(?:'[^']*'|\"[^\"]*\")")  # a value as the note quotes it: field='x', ('x')
 _CUT = re.compile(r"[=(,:]")
 REASON_WORDS = 5
 

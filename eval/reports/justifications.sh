@@ -14,9 +14,9 @@
 # An interrupted run continues where it stopped (--resume); after changing the arms, give another OUT.
 # Environment: PY (python with recagent importable, default .venv/bin/python), OUT (run folders), DOCS (where the
 # report goes, default docs/eval), DATA (MovieLens folder), REDIAL (ReDial folder), USERS / TURNS (cases, default
-# 200 each), K (items justified per case, default 5), ARMS (extra `--variant` specs, space separated), EXTRA (more
-# `eval run` options, e.g. "--judge-url http://host:8000/v1 --judge-model NAME" for the judge arm), DATASETS
-# ("movielens redial" by default; one of them to run only that one).
+# 200 each), K (items justified per case, default 5), BATCH (cases per recommend_many call, default 8), ARMS (extra
+# `--variant` specs, space separated), EXTRA (more `eval run` options, e.g. "--judge-url http://host:8000/v1
+# --judge-model NAME" for the judge arm), DATASETS ("movielens redial" by default; one of them to run only that one).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -27,6 +27,7 @@ REDIAL=${REDIAL:-../shared/data/redial-dev}
 USERS=${USERS:-200}
 TURNS=${TURNS:-200}
 K=${K:-5}
+BATCH=${BATCH:-8}
 DATASETS=${DATASETS:-movielens redial}
 
 BASE="strategy=retrieval,explain=llm"
@@ -50,13 +51,13 @@ for name in $DATASETS; do
   esac
   t0=$(date +%s)
   # shellcheck disable=SC2086
-  "$PY" -m recagent eval run "$data" --users "$cases" --k "$K" --seed 0 "${VARIANTS[@]}" --out "$OUT/$name" \
-    --resume ${EXTRA:-} > "$OUT/$name.log"
+  "$PY" -m recagent eval run "$data" --users "$cases" --k "$K" --seed 0 --batch-size "$BATCH" "${VARIANTS[@]}" \
+    --out "$OUT/$name" --resume ${EXTRA:-} > "$OUT/$name.log"
   echo "$name: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/timings.txt"
   RUNS+=("$OUT/$name")
 done
 
-PREAMBLE="Produced by \`bash eval/reports/justifications.sh\` (\`make report-text\`; USERS=$USERS TURNS=$TURNS K=$K) on \
+PREAMBLE="Produced by \`bash eval/reports/justifications.sh\` (\`make report-text\`; USERS=$USERS TURNS=$TURNS K=$K BATCH=$BATCH) on \
 $(date -u +%Y-%m-%d), $(nproc) CPU cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; arms: $FORMATS. \
 Run times: $(tr '\n' ';' < "$OUT/timings.txt" | sed 's/;$//') (this and earlier invocations of the same OUT). \
 Every arm keeps the fused retrieval order, so the arms justify the same items."

@@ -89,6 +89,12 @@ def test_fallback_reasons_from_notes() -> None:
     )
     assert fallback_reasons(rejected) == ["cites genres", "mentions year", "names another candidate"]
     assert fallback_reasons("explain failed (invalid_output): template justification") == ["invalid_output"]
+    placeholder = (
+        "LLM justification rejected (copies the prompt's placeholder instead of a sentence; cites "
+        "title='<the value you used', which the item does not have; cites year=\"it's 1999\", which the "
+        "item does not have): template justification"
+    )
+    assert fallback_reasons(placeholder) == ["copies the prompt's placeholder instead", "cites title", "cites year"]
     assert fallback_reasons(
         "listwise justification rejected: empty justification; explain failed (timeout): template justification"
     ) == ["timeout"]
