@@ -57,9 +57,12 @@ for name in $DATASETS; do
   RUNS+=("$OUT/$name")
 done
 
-PREAMBLE="Produced by \`bash eval/reports/justifications.sh\` (\`make report-text\`; USERS=$USERS TURNS=$TURNS K=$K BATCH=$BATCH) on \
-$(date -u +%Y-%m-%d), $(nproc) CPU cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; arms: $FORMATS. \
-Run times: $(tr '\n' ';' < "$OUT/timings.txt" | sed 's/;$//') (this and earlier invocations of the same OUT). \
-Every arm keeps the fused retrieval order, so the arms justify the same items."
+SIZES="USERS=$USERS TURNS=$TURNS K=$K BATCH=$BATCH"
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+TIMES=$(tr '\n' ';' < "$OUT/timings.txt" | sed 's/;$//')
+PREAMBLE="Produced by \`bash eval/reports/justifications.sh\` (\`make report-text\`; $SIZES) on \
+$(date -u +%Y-%m-%d), $(nproc) CPU cores, load average $LOAD at the end; arms: $FORMATS. Run times: $TIMES \
+(this and earlier invocations of the same OUT). Every arm keeps the fused retrieval order, so the arms justify the \
+same items."
 "$PY" -m recagent eval text-report "${RUNS[@]}" --out "$DOCS/justifications.md" \
   --title "Justifications: what the LLM writes" --preamble "$PREAMBLE"
