@@ -37,6 +37,7 @@ from agent.settings import Settings
 from prompts import PromptRegistry
 from retrieval.candidates import CandidateGenerator
 from retrieval.config import check_source_weights
+from retrieval.attribute_source import AttributeIndex
 from retrieval.dialogue_sources import ARTIFACT_KIND as DIALOGUE_KIND
 from retrieval.dialogue_sources import DialogueModel, dialogue_sources, load_dialogue_model
 from retrieval.embed import Embedder, make_embedder
@@ -270,14 +271,23 @@ class Recommender:
             sequential_required=self.settings.sequential_model is not None,
         )
         if self.dialogue_model is not None:
-            generator.sources += dialogue_sources(self.dialogue_model)
+            generator.sources += dialogue_sources(self.dialogue_model, self.attribute_index)
         return generator
+
+    @cached_property
+    def attribute_index(self) -> AttributeIndex | None:
+        """The catalog's field values for the attribute source (read once; only with a fitted dialogue log and a
+        fusion weight > 0 for ``attribute``)."""
+        if self.settings.fusion_config().weights.get("attribute", 1.0) == 0:
+            return None
+        collection = self.collection
+        return AttributeIndex(collection.get_items(collection.ids()).values())
 
     def dialogue_note(self) -> str | None:
         model = self.dialogue_model
         if model is None:
             return None
-        return (f"comention + recommended_popularity learned from a dialogue log of {model.turns} turns in "
+        return (f"comention + recommended_popularity (+ attribute) learned from a dialogue log of {model.turns} turns in "
                 f"{model.dialogues} dialogues (log {model.fingerprint})")  # fmt: skip
 
     @cached_property

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from eval.crs import IEVALM_KS, dialogue_folds, fold_cases, ievalm_recall, train_log
 from eval.datasets import EvalCase
 from eval.dialogue_log import log_from_cases
+from retrieval.attribute_source import AttributeIndex
 from retrieval.candidates import Scored, SourceRequest, rrf_fuse
 from retrieval.config import DEFAULT_SOURCE_WEIGHTS
 from retrieval.dialogue_log import DialogueLog
@@ -33,18 +34,23 @@ CONFIG_GRID: tuple[DialogueSourceConfig, ...] = tuple(
     DialogueSourceConfig(pairs=p, window=w, normalisation=n, prior=prior)
     for p, w, n, prior in itertools.product(("turn", "dialogue"), (0, 2), ("none", "row", "cosine"), (0.05, 0.3))
 )
-DIALOGUE_SOURCES = ("comention", "recommended_popularity")
+DIALOGUE_SOURCES = ("comention", "recommended_popularity", "attribute")
 CONTENT_SOURCES = ("semantic", "item2item")
+PREVIOUS_DEFAULT = "previous default (before attribute)"
+PREVIOUS_WEIGHTS = {"semantic": 1.0, "item2item": 1.0, "comention": 2.0, "recommended_popularity": 0.5}
+"""The fused default of the first redial-folds report (docs/eval/redial-folds.md), kept as the paired baseline."""
 
 
 def default_arms() -> dict[str, dict[str, float]]:
-    """Today's content-only retrieval, each dialogue source alone, and the fused default weights."""
+    """Today's content-only retrieval, each dialogue source alone, the previous and the current fused default."""
     fused = {s: DEFAULT_SOURCE_WEIGHTS[s] for s in CONTENT_SOURCES + DIALOGUE_SOURCES}
     return {
         "content only (semantic + item2item)": {"semantic": 1.0, "item2item": 1.0},
         "comention alone": {"comention": 1.0},
         "recommended_popularity alone": {"recommended_popularity": 1.0},
+        "attribute alone": {"attribute": 1.0},
         "comention + recommended_popularity": {"comention": 1.0, "recommended_popularity": 1.0},
+        PREVIOUS_DEFAULT: dict(PREVIOUS_WEIGHTS),
         "fused default": fused,
     }
 
@@ -71,9 +77,11 @@ def _request(case: EvalCase, k: int, allowed: frozenset[str] | None) -> SourceRe
 
 
 def dialogue_lists(log: DialogueLog, config: DialogueSourceConfig, cases: Sequence[EvalCase], k: int,
-                   allowed: frozenset[str] | None) -> dict[str, dict[str, Scored]]:  # fmt: skip
-    """Per case, the dialogue sources' lists, fitted on ``log`` with ``config``."""
-    sources = dialogue_sources(fit_dialogue_model(log, config))
+                   allowed: frozenset[str] | None,
+                   attributes: AttributeIndex | None = None) -> dict[str, dict[str, Scored]]:  # fmt: skip
+    """Per case, the dialogue sources' lists, fitted on ``log`` with ``config`` (and the attribute source's list
+    when ``attributes`` is given)."""
+    sources = dialogue_sources(fit_dialogue_model(log, config), attributes)
     out: dict[str, dict[str, Scored]] = {}
     for case in cases:
         request = _request(case, k, allowed)
@@ -121,10 +129,12 @@ def run_folds(
     k_per_source: int = 100,
     rrf_k: int = 60,
     progress: bool = True,
+    attributes: AttributeIndex | None = None,
 ) -> tuple[dict[str, dict[str, float]], list[FoldResult]]:
     """iEvaLM-CRS recall of each arm over all folds (pooled samples), and the per-fold details.
 
-    ``content(case)`` returns the content sources' lists for a case (not learned from the log)."""
+    ``content(case)`` returns the content sources' lists for a case (not learned from the log); ``attributes``
+    (the catalog's field values) adds the attribute source, its prior counted on each fold's training log."""
     arms = dict(arms or default_arms())
     n = max(IEVALM_KS)
     log = log_from_cases(cases)
@@ -136,7 +146,7 @@ def run_folds(
         train_cases = [c for c in cases if str(c.meta.get("dialog_id") or c.case_id) not in fold]
         config, validation = choose_config(training, train_cases, folds, seed + number, k_per_source, allowed)
         test = fold_cases(cases, fold)
-        learned = dialogue_lists(training, config, test, k_per_source, allowed)
+        learned = dialogue_lists(training, config, test, k_per_source, allowed, attributes)
         result = FoldResult(number, len(fold), len(test), len(training), config, validation,
                             leaked_dialogues=len(training.dialog_ids & fold))  # fmt: skip
         for name, weights in arms.items():

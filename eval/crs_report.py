@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.settings import Settings
-from eval.crs_folds import CONTENT_SOURCES, FoldResult, default_arms, run_folds
+from eval.compare import paired_bootstrap_ci
+from eval.crs import IEVALM_KS, per_gold_hits
+from eval.crs_folds import CONTENT_SOURCES, PREVIOUS_DEFAULT, FoldResult, default_arms, run_folds
 from eval.datasets import EvalCase, EvalDataset, file_sha256, load_dataset
 from eval.provenance import git_commit
 from eval.report import markdown_to_html
+from retrieval.attribute_source import AttributeIndex
 from retrieval.candidates import CandidateGenerator, ItemToItemSource, Scored, SemanticSource
+from retrieval.catalog import read_catalog
 from retrieval.embed import make_embedder
 from retrieval.store import Store
 
@@ -87,7 +91,25 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: dict[str, Any]) -> str:
+def paired_vs(cases: list[EvalCase], folds: list[FoldResult], base: str, arm: str) -> dict[str, dict[str, float]]:
+    """Per k, ``arm`` minus ``base`` in iEvaLM Recall@k with a paired bootstrap 95% CI over the (turn, gold)
+    samples (1,000 resamples, seed 0)."""
+    hits: dict[str, dict[int, list[int]]] = {base: {k: [] for k in IEVALM_KS}, arm: {k: [] for k in IEVALM_KS}}
+    for case in cases:
+        for name in (base, arm):
+            ranking = next((f.rankings[name][case.case_id] for f in folds if case.case_id in f.rankings[name]), [])
+            for k, found in per_gold_hits(case.gold, ranking).items():
+                hits[name][k] += found
+    out = {}
+    for k in IEVALM_KS:
+        a, b = hits[arm][k], hits[base][k]
+        lo, hi = paired_bootstrap_ci(a, b)
+        out[f"recall@{k}"] = {"diff": (sum(a) - sum(b)) / max(1, len(a)), "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: dict[str, Any],
+           paired: dict[str, dict[str, float]] | None = None) -> str:  # fmt: skip
     lines = [
         f"# iEvaLM-CRS protocol, {meta['folds']} folds by dialogue: {meta['dataset']}",
         "",
@@ -111,6 +133,9 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
         lines.append(f"| {name} | {_fmt(row['recall@1'])} | {_fmt(row['recall@10'])} | {_fmt(row['recall@50'])} |")
     for name, (r1, r10, r50) in PUBLISHED.items():
         lines.append(f"| {name} | {_fmt(r1)} | {_fmt(r10)} | {_fmt(r50)} |")
+    if paired:
+        lines += ["", f"Fused default minus {PREVIOUS_DEFAULT}, paired bootstrap 95% CI over the samples:", ""]
+        lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in paired.items()]
     lines += [
         "",
         "## Per fold",
@@ -137,9 +162,13 @@ def folds_report(
     dataset = load_dataset(dataset_path)
     content, allowed, collection = _content_fn(settings, dataset, out)
     arms = default_arms()
+    attributes = AttributeIndex(read_catalog(dataset.catalog_path, format=dataset.catalog_format,
+                                             mapping=dataset.mapping).items)  # fmt: skip
     results, fold_results = run_folds(
-        dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed, progress=progress
-    )
+        dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed, progress=progress,
+        attributes=attributes,
+    )  # fmt: skip
+    paired = paired_vs(dataset.cases, fold_results, PREVIOUS_DEFAULT, "fused default")
     meta = {
         "dataset": dataset.name,
         "folds": folds,
@@ -156,6 +185,7 @@ def folds_report(
         "meta": meta,
         "results": results,
         "published": PUBLISHED,
+        "paired": paired,
         "folds": [
             {
                 "fold": f.fold,
@@ -169,7 +199,7 @@ def folds_report(
         ],
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    markdown = render(results, fold_results, meta)
+    markdown = render(results, fold_results, meta, paired)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     (out / "report.html").write_text(markdown_to_html(markdown, title="recagent eval folds"), encoding="utf-8")
     return doc

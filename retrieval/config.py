@@ -31,6 +31,7 @@ DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
     "generated": 0.0,  # LLM-proposed titles grounded to catalog items (agent/ground.py); 0 = off
     "comention": 2.0,  # items recommended with the liked ones in a fitted dialogue log (retrieval/dialogue_sources.py)
     "recommended_popularity": 0.5,  # what a fitted dialogue log's recommenders named most (cold openings)
+    "attribute": 2.0,  # catalog field values named in the conversation (retrieval/attribute_source.py)
     "transition": 4.0,  # items following the user's recent items in the log (retrieval/transition.py)
     "ease": 1.0,  # EASE linear item-item model of the log (retrieval/ease.py)
     "sequential": 1.0,  # trained next-item model (retrieval/sequential.py); absent when none is trained

@@ -6,6 +6,8 @@
   * n_rec[r])``, which also discounts items every dialogue recommends). A request is scored by summing the rows of
   its seeds: the items liked in the conversation (the last ``window`` of them) and the liked history entries.
 - ``recommended_popularity``: how many turns recommended each item; a prior for cold openings ("any good comedy?").
+- ``attribute`` (:mod:`retrieval.attribute_source`, when the catalog's field values are given): items holding the
+  genres, people... named in the conversation, ordered by the log's recommendation counts.
 
 The fitted state (:class:`DialogueModel`) is built once per (log, settings) and kept on disk, in
 ``retrieval.fitted.artifact_dir(store, collection, "comention")``, with the log's :func:`dialogue_fingerprint`;
@@ -25,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
+from retrieval.attribute_source import AttributeIndex, AttributeSource
 from retrieval.candidates import Scored, SourceRequest, _top_k
 from retrieval.dialogue_log import DialogueLog, dialogue_fingerprint
 from retrieval.errors import ConfigError
@@ -250,5 +253,13 @@ class RecommendedPopularitySource:
         return _top_k(self.model.recommended, self.model.item_ids, request)
 
 
-def dialogue_sources(model: DialogueModel) -> list[ComentionSource | RecommendedPopularitySource]:
-    return [ComentionSource(model), RecommendedPopularitySource(model)]
+DialogueSource = ComentionSource | RecommendedPopularitySource | AttributeSource
+
+
+def dialogue_sources(model: DialogueModel, attributes: AttributeIndex | None = None) -> list[DialogueSource]:
+    """comention and recommended_popularity of ``model``, and with ``attributes`` (the catalog's field values) the
+    attribute source, its prior the model's recommendation counts."""
+    sources: list[DialogueSource] = [ComentionSource(model), RecommendedPopularitySource(model)]
+    if attributes is not None:
+        sources.append(AttributeSource(attributes, dict(zip(model.item_ids, model.recommended.tolist(), strict=True))))
+    return sources

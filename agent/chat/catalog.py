@@ -255,6 +255,16 @@ class CatalogIndex:
                 return list(self.titles[form][:3])
         return []
 
+    def resolve_title(self, text: str) -> list[str]:
+        """:meth:`lookup_title`, then the fuzzy linker on the whole of ``text`` (misspelt titles, e.g. from the
+        LLM extractor); [] when nothing matches or the fuzzy match is ambiguous (the rules path asks which one)."""
+        exact = self.lookup_title(text)
+        if exact:
+            return exact
+        forms = sorted(title_forms(text), key=len, reverse=True)
+        ids = self.title_linker().link_text(forms[0]) if forms else ()
+        return list(ids) if len(ids) == 1 else []
+
     # -- matching ------------------------------------------------------------------------------------------
     def find(self, tokens: Sequence[Token], *, known_ids: Sequence[str] = ()) -> list[Match]:
         """Titles and values in ``tokens``, longest first, not overlapping. A title whose form has only one

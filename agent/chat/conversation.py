@@ -327,7 +327,7 @@ class Conversation:
         try:
             for key, target in (("liked_titles", up.liked_ids), ("disliked_titles", up.disliked_ids)):
                 for title in value.get(key) or []:
-                    ids = index.lookup_title(str(title))
+                    ids = index.resolve_title(str(title))  # exact, then fuzzy (typos) as on the rules path
                     if ids and (grounded(str(title), said_words) or set(ids) & set(w.shown)):
                         target.extend(i for i in ids if i not in target)
             for key in ("liked_attributes", "disliked_attributes"):

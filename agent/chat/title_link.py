@@ -78,6 +78,13 @@ class TitleLinker:
                 ids += [i for i in self.forms[form] if i not in ids]
         return tuple(ids), float(best)
 
+    def link_text(self, words: Sequence[str]) -> tuple[str, ...]:
+        """Ids of the titles the whole of ``words`` names loosely (a title an LLM extracted, typo included); ()
+        when the words cannot be a title or nothing reaches the cutoff. Several ids: ambiguous."""
+        if not self._candidate(words):
+            return ()
+        return self.lookup(" ".join(words))[0]
+
     def link(self, words: Sequence[str], used: Sequence[bool]) -> list[TitleLink]:
         """Non-overlapping links in the unused words, the longest spans and the best scores first."""
         found: list[TitleLink] = []

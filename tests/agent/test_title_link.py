@@ -57,3 +57,20 @@ def test_ambiguous_title_asks_which_one(index: CatalogIndex) -> None:
 def test_words_are_not_titles(index: CatalogIndex, message: str) -> None:
     up = parse_message(message, index, [])
     assert up.liked_ids == [] and up.understood == [] and up.ambiguous == []
+
+
+@pytest.mark.parametrize(
+    ("extracted", "ids"),
+    [
+        ("The Babadook", ["b"]),  # exact form, no year
+        ("the babadok", ["b"]),  # misspelt: the fuzzy linker
+        ("Super Trooper 2", ["st2"]),
+        ("Kng Kong", []),  # fuzzy and ambiguous (1933 / 2005): nothing, the rules path asks which one
+        ("Heist", ["he"]),  # one word: exact only
+        ("Heisst", []),  # one word is never linked fuzzily
+        ("Completely Unknown Film", []),
+    ],
+)
+def test_llm_extracted_titles_resolve_like_typed_ones(index: CatalogIndex, extracted: str, ids: list[str]) -> None:
+    """The LLM extractor's titles go through CatalogIndex.resolve_title (agent/chat/conversation.py)."""
+    assert index.resolve_title(extracted) == ids

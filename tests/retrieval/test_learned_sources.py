@@ -234,3 +234,15 @@ def test_default_generator_uses_the_learned_sources_on_a_real_log(
     off = CandidateGenerator.default(coll, fake_embedder, log, FusionConfig(weights={**weights, "ease": 0.0}))
     assert "ease" not in off.source_names
     assert "transition" not in CandidateGenerator.default(coll, fake_embedder, None).source_names
+
+
+def test_log_learned_sources_serve_conversation_seeds() -> None:
+    """A chat request has no history, only the items liked in the conversation: transition and EASE score from
+    those alone (the same list as when the items are the user's history), and a disliked one is no seed."""
+    log = _log(TOY)
+    for source in (TransitionSource(log, TransitionConfig()), EaseSource(log, EaseConfig(l2=1.0))):
+        chat = source.retrieve(_request(UserQuery(liked=["a"], need="something like a")))
+        assert chat, source.name
+        assert chat == source.retrieve(_request(_query(["a"])))
+        assert "a" not in [i for i, _ in chat]
+        assert source.retrieve(_request(UserQuery(liked=["a"], disliked=["a"]))) == []
