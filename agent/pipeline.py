@@ -35,9 +35,9 @@ from agent.rerank.learned import LearnedModel, LearnedRanker
 from agent.schemas import LLM_STRATEGIES, CandidateItem, RankedItem, RankingContext, RerankResult, UserContext
 from agent.settings import Settings
 from prompts import PromptRegistry
+from retrieval.attribute_source import AttributeIndex
 from retrieval.candidates import CandidateGenerator
 from retrieval.config import check_source_weights
-from retrieval.attribute_source import AttributeIndex
 from retrieval.dialogue_sources import ARTIFACT_KIND as DIALOGUE_KIND
 from retrieval.dialogue_sources import DialogueModel, dialogue_sources, load_dialogue_model
 from retrieval.embed import Embedder, make_embedder
@@ -287,8 +287,8 @@ class Recommender:
         model = self.dialogue_model
         if model is None:
             return None
-        return (f"comention + recommended_popularity (+ attribute) learned from a dialogue log of {model.turns} turns in "
-                f"{model.dialogues} dialogues (log {model.fingerprint})")  # fmt: skip
+        return (f"comention + recommended_popularity (+ attribute) learned from a dialogue log of {model.turns} "
+                f"turns in {model.dialogues} dialogues (log {model.fingerprint})")  # fmt: skip
 
     @cached_property
     def learned(self) -> LearnedRanker:

@@ -39,7 +39,7 @@ def test_named_values_plural_multiword_and_min_chars() -> None:
 
 
 def test_scores_are_hits_times_floor_plus_prior_by_hand() -> None:
-    """"comedy with Jonah Hill": Superbad holds both values (2 hits), Airplane! and Moneyball one each. Prior:
+    """A comedy with Jonah Hill: Superbad holds both values (2 hits), Airplane! and Moneyball one each. Prior:
     an item outside the catalog 8, Airplane! 4, Moneyball 2, Superbad 0 -> scaled by the maximum (8): 0.5, 0.25,
     0; floor 0.1. Superbad 2 * 0.1 = 0.2, Airplane! 1 * 0.6 = 0.6, Moneyball 1 * 0.35 = 0.35."""
     source = AttributeSource(AttributeIndex(ITEMS), prior={"2": 4.0, "4": 2.0, "unknown": 8.0})
