@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from agent.errors import InputError
 from eval.datasets import EvalCase
 from retrieval.dialogue_log import DialogueLog
+from retrieval.dialogue_sources import DialogueModel
 
-__all__ = ["IEVALM_KS", "dialogue_folds", "ievalm_recall", "per_gold_hits", "train_log"]
+__all__ = ["IEVALM_KS", "dialogue_folds", "dialogue_log_usable", "ievalm_recall", "per_gold_hits", "train_log"]
 
 IEVALM_KS: tuple[int, ...] = (1, 10, 50)
 
@@ -71,3 +72,31 @@ def fold_cases(cases: Sequence[EvalCase], fold: set[str]) -> list[EvalCase]:
 def train_log(log: DialogueLog, fold: set[str]) -> DialogueLog:
     """The training log of a fold: every turn whose dialogue is not in the fold."""
     return log.without(fold)
+
+
+def dialogue_log_usable(model: DialogueModel | None, cases: Sequence[EvalCase]) -> bool:
+    """Whether ``recagent eval run`` scores these cases with the collection's fitted dialogue sources: yes when
+    there is a fitted log and the cases are dialogue turns (``meta.dialog_id``); an InputError when the log holds
+    any of the scored dialogues (the turns would be scored by counts made from their own answers) or when the
+    fitted state does not record its dialogue ids (fitted by an older recagent)."""
+    scored = {str(c.meta["dialog_id"]) for c in cases if c.meta.get("dialog_id")}
+    if model is None or not scored:
+        return False
+    how = (
+        "fit the collection's dialogue sources on other dialogues (`recagent train dialogue-sources LOG "
+        "--collection C`), or score a dataset that is its own log with `recagent eval folds` (fitted per fold)"
+    )
+    if model.dialog_ids is None:
+        raise InputError(
+            "the collection's fitted dialogue log does not record its dialogue ids, so it cannot be checked against "
+            "the evaluated dialogues",
+            hint="fit it again with `recagent train dialogue-sources` (the state now keeps them); " + how,
+        )
+    overlap = sorted(scored & model.dialog_ids)
+    if overlap:
+        raise InputError(
+            f"the collection's fitted dialogue log holds {len(overlap)} of the {len(scored)} evaluated dialogues "
+            f"(e.g. {', '.join(overlap[:3])}): their turns would be scored by counts made from their own answers",
+            hint=how,
+        )
+    return True

@@ -40,6 +40,7 @@ from eval.variants import BASELINES, LOG_BASELINES, EvalSettings, Variant, varia
 from prompts import PromptRegistry
 from retrieval.config import SOURCE_NAMES
 from retrieval.embed import Embedder, make_embedder
+from retrieval.fitted import artifact_dir
 from retrieval.store import Store
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class _Runner:
         self._embedder, self._store = embedder, store
         self.collection = collection
         self._ranked: str | None = None  # the collection the pipeline ranks (see ensure_collection)
+        self._dialogue_ok: bool | None = None  # use the collection's fitted dialogue log (see dialogue_sources)
         self._kept: tuple[str, LLMEngine] | None = None  # the engine this runner started, kept for the next arm
         self.split = make_split(dataset, protocol)  # bad data fails here, before anything is written
         universe = self.split.items if self.split.items is not None else dataset.items
@@ -168,6 +170,17 @@ class _Runner:
             items = self.split.items
             self._ranked = base if items is None else restricted_collection(self.store, base, items)
         return self._ranked
+
+    def dialogue_sources(self) -> bool:
+        """Use the collection's fitted dialogue log on a dialogue dataset; refused (InputError) when the log holds
+        a scored dialogue (:func:`eval.crs.dialogue_log_usable`). `recagent eval folds` fits them per fold."""
+        if self._dialogue_ok is None:
+            from eval.crs import dialogue_log_usable
+            from retrieval.dialogue_sources import ARTIFACT_KIND, load_dialogue_model
+
+            folder = artifact_dir(self.store.config, self.ensure_collection(), ARTIFACT_KIND)
+            self._dialogue_ok = dialogue_log_usable(load_dialogue_model(folder), self.split.cases)
+        return self._dialogue_ok
 
     def _ingest(self) -> str:
         from retrieval.ingest import ingest
@@ -218,11 +231,10 @@ class _Runner:
 
     def recommender(self, arm: Variant) -> Recommender:
         vs = variant_settings(self.settings, arm)
+        use_dialogue_log = self.dialogue_sources()  # a refusal comes before any engine starts
         rec = Recommender(vs, engine=self._engine_for(arm, vs), embedder=self.embedder, store=self.store,
                           collection=self.ensure_collection(), interactions=self.split.train,
-                          registry=self.registry, dialogue_sources=False)  # fmt: skip
-        # dialogue_sources=False: a collection's fitted dialogue log may hold the very dialogues scored here;
-        # `recagent eval folds` fits those sources per fold instead
+                          registry=self.registry, dialogue_sources=use_dialogue_log)  # fmt: skip
         if self.split.candidates is not None and "candidates" not in RecommendRequest.model_fields:
             rec.generator = FixedCandidates(self._candidates_by_user())  # type: ignore[assignment]
         elif self.split.candidates is None:

@@ -84,6 +84,9 @@ class DialogueModel:
     fingerprint: str
     turns: int
     dialogues: int
+    dialog_ids: frozenset[str] | None = None
+    """The log's dialogue ids (an evaluator refuses to score these dialogues); None in states fitted before they
+    were kept."""
 
     def __post_init__(self) -> None:
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
@@ -133,6 +136,7 @@ def fit_dialogue_model(log: DialogueLog, config: DialogueSourceConfig | None = N
         fingerprint=dialogue_fingerprint(log),
         turns=len(log.turns),
         dialogues=len(log.dialog_ids),
+        dialog_ids=frozenset(log.dialog_ids),
     )
 
 
@@ -173,7 +177,8 @@ def save_dialogue_model(model: DialogueModel, folder: Path) -> None:
              recommended=model.recommended)  # fmt: skip
     tmp.replace(folder / _STATE)
     meta = {"fingerprint": model.fingerprint, "config": model.config.model_dump(), "turns": model.turns,
-            "dialogues": model.dialogues, "item_ids": model.item_ids, "fitted_at": time.time()}  # fmt: skip
+            "dialogues": model.dialogues, "item_ids": model.item_ids, "fitted_at": time.time(),
+            "dialog_ids": None if model.dialog_ids is None else sorted(model.dialog_ids)}  # fmt: skip
     (folder / _META).write_text(json.dumps(meta), encoding="utf-8")
 
 
@@ -195,6 +200,7 @@ def load_dialogue_model(folder: Path) -> DialogueModel | None:
             fingerprint=str(meta["fingerprint"]),
             turns=int(meta["turns"]),
             dialogues=int(meta["dialogues"]),
+            dialog_ids=None if meta.get("dialog_ids") is None else frozenset(str(d) for d in meta["dialog_ids"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
@@ -207,7 +213,8 @@ def fit_cached(log: DialogueLog, config: DialogueSourceConfig, folder: Path) -> 
     """(model, reused): the state in ``folder`` when it was fitted on this log with these settings, else a new fit
     written there."""
     kept = load_dialogue_model(folder)
-    if kept is not None and kept.fingerprint == dialogue_fingerprint(log) and kept.config == config:
+    if (kept is not None and kept.fingerprint == dialogue_fingerprint(log) and kept.config == config
+            and kept.dialog_ids is not None):  # fmt: skip
         return kept, True
     model = fit_dialogue_model(log, config)
     save_dialogue_model(model, folder)

@@ -4,6 +4,7 @@ all output files, baselines, replay without an engine (bit-identical), resume, s
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,60 @@ def test_caches_of_separate_runs_merge_into_one_replay(
     recorded = _stable(a.records) + _stable([r for r in b.records if r["variant"] == "opt2"])
     key = lambda r: (r["variant"], r["case_id"])  # noqa: E731
     assert sorted(_stable(replayed.records), key=key) == sorted(recorded, key=key)
+
+
+def test_eval_run_uses_a_fitted_dialogue_log_and_refuses_a_leaking_one(
+    eval_settings: Settings, eval_embedder: Embedder, ml_sample: Path, tmp_path: Path
+) -> None:
+    """A collection's fitted dialogue log serves `recagent eval run` on dialogue turns, unless it holds one of the
+    scored dialogues (then a clear InputError, before any scoring)."""
+    from retrieval.dialogue_sources import ARTIFACT_KIND
+    from retrieval.fitted import artifact_dir
+
+    movies = [json.loads(json.dumps(r)) for r in _movies(ml_sample)[:12]]
+    rows = [{"dialog_id": f"d{i}", "turn_id": 2, "context": ["Hi", f"I liked {movies[i][1]}"],
+             "entity": [movies[i][1]], "rec": [movies[6 + i][1]]} for i in range(3)]  # fmt: skip
+    turns = tmp_path / "turns.jsonl"
+    turns.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = load_dataset(turns, catalog=ml_sample)
+    folder = artifact_dir(eval_settings.store_config(), "eval-test", ARTIFACT_KIND)
+    seed, target = movies[0][0], movies[11][0]
+    kw: dict[str, Any] = {"embedder": eval_embedder, "baselines": ["retrieval"], "collection": "eval-test",
+                          "progress": False}  # fmt: skip
+    plain = run_eval(eval_settings, data, Protocol(ks=(5,)), tmp_path / "a", **kw)
+    try:
+        _fitted_log_runs(eval_settings, data, folder, seed, target, plain, tmp_path, kw)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the collection is shared by the module's tests
+
+
+def _fitted_log_runs(eval_settings: Settings, data: Any, folder: Path, seed: str, target: str, plain: Any,
+                     tmp_path: Path, kw: dict[str, Any]) -> None:  # fmt: skip
+    from eval.crs import dialogue_log_usable
+    from retrieval.dialogue_log import DialogueLog, DialogueTurn
+    from retrieval.dialogue_sources import DialogueSourceConfig, fit_cached
+
+    fit_cached(DialogueLog([DialogueTurn("d1", (seed,), (target,))]), DialogueSourceConfig(), folder)
+    with pytest.raises(InputError, match="holds 1 of the 3 evaluated dialogues"):
+        run_eval(eval_settings, data, Protocol(ks=(5,)), tmp_path / "b", **kw)
+    model, _ = fit_cached(DialogueLog([DialogueTurn("other", (seed,), (target,))]), DialogueSourceConfig(), folder)
+    assert dialogue_log_usable(model, data.cases) and not dialogue_log_usable(None, data.cases)
+    used = run_eval(eval_settings, data, Protocol(ks=(5,)), tmp_path / "c", **kw)
+    first = next(r for r in used.records if r["case_id"] == "d0_2")
+    before = next(r for r in plain.records if r["case_id"] == "d0_2")
+    assert first["ranked"][0] == target and before["ranked"][0] != target  # comention: seed -> target
+
+
+def _movies(ml_sample: Path) -> list[tuple[str, str]]:
+    """(movieId, ReDial-style display title) of the sample catalog."""
+    import csv
+
+    out = []
+    with (ml_sample / "movies.csv").open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            name, year = row["title"].rsplit(" (", 1)
+            for art in ("The", "A", "An"):
+                if name.endswith(f", {art}"):
+                    name = f"{art} {name[: -len(art) - 2]}"
+            out.append((row["movieId"], f"{name} ({year}"))
+    return out
