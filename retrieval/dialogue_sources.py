@@ -37,6 +37,7 @@ __all__ = [
     "ARTIFACT_KIND",
     "ComentionSource",
     "DialogueModel",
+    "DialogueSource",
     "DialogueSourceConfig",
     "RecommendedPopularitySource",
     "conversation_seeds",

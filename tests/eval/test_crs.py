@@ -160,3 +160,20 @@ def test_read_log_without_any_match_is_a_clear_error(tmp_path: Path) -> None:
     assert err.value.hint and "catalog" in err.value.hint
     with pytest.raises(InputError, match="format"):
         read_dialogue_log(_write(tmp_path / "odd.jsonl", [{"x": 1}]), ITEMS)
+
+
+def test_dialogue_log_usable_only_without_overlap() -> None:
+    from dataclasses import replace
+
+    from eval.crs import dialogue_log_usable
+
+    other = fit_dialogue_model(log_from_cases([_case("x1", 1, ["s0"], ["t0"])]))
+    assert other.dialog_ids == frozenset({"x1"})
+    assert dialogue_log_usable(other, CASES) is True
+    assert dialogue_log_usable(None, CASES) is False
+    assert dialogue_log_usable(other, [EvalCase(case_id="u1", liked=["s0"], gold={"t0": 1})]) is False  # no dialogue
+    leaky = fit_dialogue_model(log_from_cases(CASES[:4] + [_case("x1", 1, ["s0"], ["t0"])]))
+    with pytest.raises(InputError, match="holds 2 of the 10 evaluated dialogues"):
+        dialogue_log_usable(leaky, CASES)
+    with pytest.raises(InputError, match="does not record its dialogue ids"):
+        dialogue_log_usable(replace(other, dialog_ids=None), CASES)
