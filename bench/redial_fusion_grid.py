@@ -29,7 +29,8 @@ from retrieval.catalog import read_catalog
 from retrieval.dialogue_sources import DialogueSourceConfig
 
 NAMES = ("semantic", "item2item", "comention", "recommended_popularity", "attribute")
-GRID = tuple(itertools.product((0.5, 1.0), (0.5, 1.0), (1.0, 2.0, 3.0), (0.25, 0.5, 1.0), (0.0, 1.0, 2.0, 3.0)))
+# the content weights stay at 1.0 (shared with the other request kinds); the dialogue sources' weights vary
+GRID = tuple(itertools.product((1.0,), (1.0,), (1.0, 2.0, 3.0), (0.25, 0.5, 1.0), (0.0, 1.0, 2.0, 3.0)))
 
 
 def score_fuse(lists: Mapping[str, Scored], weights: Mapping[str, float], case: EvalCase, n: int) -> list[str]:
