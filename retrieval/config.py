@@ -30,8 +30,11 @@ DEFAULT_SOURCE_WEIGHTS: dict[str, float] = {
     "profile": 0.0,  # LLM-written user profile -> semantic query (agent/profiles.py); 0 = off, no LLM call
     "generated": 0.0,  # LLM-proposed titles grounded to catalog items (agent/ground.py); 0 = off
     "comention": 2.0,  # items recommended with the liked ones in a fitted dialogue log (retrieval/dialogue_sources.py)
-    "recommended_popularity": 0.5,  # what a fitted dialogue log's recommenders named most (cold openings)
-    "attribute": 2.0,  # catalog field values named in the conversation (retrieval/attribute_source.py)
+    "recommended_popularity": 0.25,  # what a fitted dialogue log's recommenders named most (cold openings)
+    # catalog field values named in the conversation (retrieval/attribute_source.py); with comention 2 and
+    # recommended_popularity 0.25 chosen on ReDial validation parts (bench/redial_fusion_grid.py,
+    # docs/eval/redial-folds.md)
+    "attribute": 2.0,
     "transition": 4.0,  # items following the user's recent items in the log (retrieval/transition.py)
     "ease": 1.0,  # EASE linear item-item model of the log (retrieval/ease.py)
     "sequential": 1.0,  # trained next-item model (retrieval/sequential.py); absent when none is trained
