@@ -172,7 +172,7 @@ def test_dialogue_log_usable_only_without_overlap() -> None:
     assert dialogue_log_usable(other, CASES) is True
     assert dialogue_log_usable(None, CASES) is False
     assert dialogue_log_usable(other, [EvalCase(case_id="u1", liked=["s0"], gold={"t0": 1})]) is False  # no dialogue
-    leaky = fit_dialogue_model(log_from_cases(CASES[:4] + [_case("x1", 1, ["s0"], ["t0"])]))
+    leaky = fit_dialogue_model(log_from_cases([*CASES[:4], _case("x1", 1, ["s0"], ["t0"])]))
     with pytest.raises(InputError, match="holds 2 of the 10 evaluated dialogues"):
         dialogue_log_usable(leaky, CASES)
     with pytest.raises(InputError, match="does not record its dialogue ids"):
