@@ -74,6 +74,10 @@ report-loo: setup  ## the leave-one-out report: docs/eval/movielens-loo.md (+ .h
 report-text: setup  ## the justification report: docs/eval/justifications.md (+ .html); see eval/reports/justifications.sh
 	PY=$(PY) bash eval/reports/justifications.sh
 
+.PHONY: report-temporal
+report-temporal: setup  ## the same arms on the temporal split, no LLM arm: docs/eval/movielens-temporal.md (+ .html)
+	PY=$(PY) SPLIT=temporal LLM=0 bash eval/reports/movielens_loo.sh
+
 # docs/eval/redial-folds.md: the conversation sources on ReDial dev, 5 folds by dialogue, iEvaLM-CRS protocol
 # (retrieval only, no LLM; ~25 min the first time on 2 cores: the catalog is embedded once, then ~5 min)
 REDIAL ?= ../shared/data/redial-dev

@@ -61,10 +61,12 @@ class LooSplit:
     test: Split
 
 
-def loo_split(path: Path) -> LooSplit:
+def loo_split(path: Path, kind: str = "loo") -> LooSplit:
+    """The validation and test parts of the evaluator's split ``kind`` (loo by default; temporal = leave the last
+    positive out, its validation part = each user's previous positive with the train history)."""
     dataset = load_dataset(path)
-    return LooSplit(val=make_split(dataset, Protocol(split="loo", part="validation")),
-                    test=make_split(dataset, Protocol(split="loo", part="test")))  # fmt: skip
+    return LooSplit(val=make_split(dataset, Protocol.model_validate({"split": kind, "part": "validation"})),
+                    test=make_split(dataset, Protocol.model_validate({"split": kind, "part": "test"})))  # fmt: skip
 
 
 def _targets(split: Split) -> dict[str, str]:
@@ -199,17 +201,20 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path(".recagent/chroma"), help="Chroma folder (item2item)")
     parser.add_argument("--collection", default="movies", help="ingested catalog of the same items (item2item)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--split", default="loo", help="the evaluator's split (loo, temporal, ratio, random)")
+    parser.add_argument("--ease-l2", type=float, nargs="+", help="EASE L2 values tried (default: a fixed grid)")
     args = parser.parse_args()
     started = time.perf_counter()
-    split = loo_split(args.ratings)
+    split = loo_split(args.ratings, args.split)
     notes = split.test.notes or {}
-    print(f"split (eval --split loo): {notes}")
+    print(f"split (eval --split {args.split}): {notes}")
     t_conf, t_grid, t_test = tune("transition", transition_grid(args.quick),
                                   lambda log, c: TransitionSource(log, c), split)  # fmt: skip
-    e_configs = [EaseConfig(l2=v) for v in ((100.0, 200.0) if args.quick else (50.0, 100.0, 200.0, 500.0))]
+    l2s = args.ease_l2 or ((100.0, 200.0) if args.quick else (50.0, 100.0, 200.0, 500.0))
+    e_configs = [EaseConfig(l2=v) for v in l2s]
     e_conf, e_grid, e_test = tune("ease", e_configs, lambda log, c: EaseSource(log, c), split)
     out: dict[str, Any] = {
-        "split": notes,
+        "split": {"kind": args.split, **notes},
         "transition": {"chosen": t_conf.model_dump(), "grid": t_grid, "test": t_test},
         "ease": {"chosen": e_conf.model_dump(), "grid": e_grid, "test": e_test},
     }

@@ -6,10 +6,15 @@ wiring of :mod:`train` only."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from recagent.mapping_opts import IdCol, LogMappingFile, MappingFile, TextCols, TitleCol
+
+if TYPE_CHECKING:
+    from eval.datasets import EvalDataset
+    from retrieval.interactions import Interactions
 
 app = typer.Typer(help="Fine-tune models on a catalog's own interaction log.", no_args_is_help=True)
 
@@ -349,6 +354,35 @@ def embedder_cmd(
     )
 
 
+def _sequential_log(
+    dataset: EvalDataset, split: str | None, min_rating: float, min_history: int, users: int | None, seed: int
+) -> tuple[Interactions, dict[str, object] | None]:
+    """The log `train sequential` learns from: the whole log, or with ``--split`` the evaluator's test-part train
+    log of that split (and its options, for the manifest)."""
+    from pydantic import ValidationError
+
+    from agent.errors import ConfigError
+    from train.config import SplitOptions
+    from train.eval_log import eval_train_log
+
+    assert dataset.interactions is not None
+    if split is None:
+        return dataset.interactions, None
+    if split == "loo":
+        raise ConfigError(
+            "--split loo is the sequential model's own split: the evaluator's leave-one-out logs are served as is",
+            hint="drop --split (or give temporal, ratio or random)",
+        )
+    try:
+        options = SplitOptions(split=split, min_rating=min_rating, min_history=min_history, users=users, seed=seed)
+    except ValidationError as exc:
+        raise ConfigError(f"bad --split settings: {exc.errors()[0]['msg']}", hint="see --help") from exc
+    log = eval_train_log(dataset, options)
+    typer.echo(f"--split {split}: learning from the evaluator's test-part train log ({len(log)} of "
+               f"{len(dataset.interactions)} interactions)")  # fmt: skip
+    return log, options.model_dump()
+
+
 @app.command("sequential")
 def sequential_cmd(
     ctx: typer.Context,
@@ -363,6 +397,17 @@ def sequential_cmd(
         None, "--out", help="Model folder (default: the collection's artifact folder, where the pipeline looks)."
     ),
     collection: str | None = typer.Option(None, "--collection", help="Collection served (default: the setting)."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Learn from the evaluator's test-part train log of this split (temporal, ratio, random; with the same "
+        "--min-rating/--min-history/--users/--seed), so that `eval run --split SPLIT` serves the model; default: the "
+        "log as given (which also serves `eval run --split loo`).",
+    ),
+    min_rating: float = typer.Option(4.0, "--min-rating", help="--split: ratings >= this are positives."),
+    min_history: int = typer.Option(5, "--min-history", min=1, help="--split: earlier interactions a target needs."),
+    users: int | None = typer.Option(None, "--users", min=1, help="--split: the evaluator's --users."),
+    seed: int = typer.Option(0, "--seed", help="--split: the evaluator's split seed."),
     max_len: int = typer.Option(50, "--max-len", help="Most recent items the model reads."),
     dim: int = typer.Option(64, "--dim", help="Embedding and hidden size."),
     blocks: int = typer.Option(2, "--blocks", help="Self-attention blocks."),
@@ -419,13 +464,15 @@ def sequential_cmd(
     )
     if dataset.interactions is None:
         raise InputError(f"{interactions} holds no interaction log", hint="give a ratings file (user, item, time)")
+    log, served = _sequential_log(dataset, split, min_rating, min_history, users, seed)
     provenance = {
         "catalog": str(catalog),
         "interactions": str(interactions),
         "collection": name,
         "files": {str(f): _sha(f) for f in dataset.files},
+        "served_split": served,
     }
-    result, split = fit_sequential(dataset.interactions, target, cfg, provenance=provenance, resume=resume, force=force)
+    result, loo = fit_sequential(log, target, cfg, provenance=provenance, resume=resume, force=force)
     m = result.manifest
     c = m["split"]
     typer.echo(
@@ -436,7 +483,7 @@ def sequential_cmd(
         typer.echo(f"interrupted after epoch {m['epochs']['done']}: continue with --resume")
         return
     best, cost = m["best"], m["cost"]
-    test = heldout_metrics(result.out, split)
+    test = heldout_metrics(result.out, loo)
     typer.echo(
         f"best epoch {best['epoch']}: validation NDCG@10 {best['ndcg@10']:.4f} Recall@10 {best['recall@10']:.4f}; "
         f"test NDCG@10 {test['ndcg@10']:.4f} Recall@10 {test['recall@10']:.4f}"

@@ -31,6 +31,7 @@ from retrieval.ltr_features import FeatureBuilder, Row
 from retrieval.store import ItemCollection
 from retrieval.types import UserQuery
 from train.config import SplitOptions
+from train.eval_log import eval_train_log
 from train.leakage import assert_no_group_leakage, held_out_pairs
 
 __all__ = ["LtrData", "LtrDataConfig", "RankGroupRows", "build_ltr_data", "group_rows"]
@@ -103,9 +104,7 @@ def _logs(dataset: EvalDataset, cfg: LtrDataConfig) -> tuple[Interactions, Split
     protocol = cfg.protocol().model_copy(update={"users": None})
     if cfg.serve == "full":
         return dataset.interactions, make_split(dataset, protocol)
-    outer = make_split(dataset, cfg.protocol())
-    assert outer.train is not None
-    return outer.train, make_split(dataset, protocol.model_copy(update={"part": "validation"}))
+    return eval_train_log(dataset, cfg), make_split(dataset, protocol.model_copy(update={"part": "validation"}))
 
 
 def build_ltr_data(

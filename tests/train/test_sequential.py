@@ -133,16 +133,21 @@ def _app(settings: Settings) -> typer.Typer:
     return cli_app(settings, "train", cmd_train.app)
 
 
-def test_cli_errors_and_a_real_run(tmp_path: Path) -> None:
+def _ml_folder(tmp_path: Path, log: Interactions) -> Path:
+    """``log`` written as a MovieLens folder (movies.csv, ratings.csv)."""
     folder = tmp_path / "ml"
     folder.mkdir()
-    log = cyclic_log(users=16)
     (folder / "movies.csv").write_text(
         "movieId,title,genres\n" + "".join(f"{i},Movie {i} (2000),Drama\n" for i in log.item_ids), encoding="utf-8"
     )
     lines = [f"{log.user_ids[int(u)]},{log.item_ids[int(i)]},4.0,{t}" for u, i, t in
              zip(log.users, log.items, log.timestamps, strict=True)]  # fmt: skip
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n", "utf-8")
+    return folder
+
+
+def test_cli_errors_and_a_real_run(tmp_path: Path) -> None:
+    folder = _ml_folder(tmp_path, cyclic_log(users=16))
     settings = load_settings(home=tmp_path / "home")
     app, runner = _app(settings), CliRunner()
     common = ["train", "sequential", "--catalog", str(folder), "--interactions", str(folder / "ratings.csv")]
@@ -163,3 +168,32 @@ def test_cli_errors_and_a_real_run(tmp_path: Path) -> None:
     again = runner.invoke(app, [*common, *tiny])
     assert isinstance(again.exception, InputError) and "--force" in again.exception.hint
     assert runner.invoke(app, [*common, *tiny, "--force"]).exit_code == 0
+
+
+def test_split_temporal_learns_the_log_eval_run_serves(tmp_path: Path) -> None:
+    """`--split temporal`: the model learns the evaluator's temporal train log (test targets and what follows them
+    removed), so `eval run --split temporal` serves it; the whole log (which holds the test targets) is refused."""
+    from retrieval.sequential import open_sequential
+    from train.config import SplitOptions
+    from train.data import load_data
+    from train.eval_log import eval_train_log
+
+    folder = _ml_folder(tmp_path, cyclic_log(users=16))
+    app, runner = _app(load_settings(home=tmp_path / "home")), CliRunner()
+    common = ["train", "sequential", "--catalog", str(folder), "--interactions", str(folder / "ratings.csv"),
+              "--out", str(tmp_path / "seq"), "--max-len", "8", "--dim", "16", "--heads", "1", "--blocks", "1",
+              "--epochs", "1", "--threads", "1"]  # fmt: skip
+    loo = runner.invoke(app, [*common, "--split", "loo"])
+    assert isinstance(loo.exception, ConfigError) and "drop --split" in (loo.exception.hint or "")
+    bad = runner.invoke(app, [*common, "--split", "weekly"])
+    assert isinstance(bad.exception, ConfigError) and "unknown split" in bad.exception.message
+    ok = runner.invoke(app, [*common, "--split", "temporal"])
+    assert ok.exit_code == 0, ok.output
+    assert "learning from the evaluator's test-part train log (208 of 224 interactions)" in ok.output
+    data = load_data(folder, folder / "ratings.csv")
+    assert data.interactions is not None
+    served = eval_train_log(data, SplitOptions(split="temporal"))
+    assert len(served) == 16 * 13  # each user's last (positive) item held out
+    assert open_sequential(tmp_path / "seq", served, required=True) is not None
+    with pytest.raises(ConfigError, match="another interaction log"):
+        open_sequential(tmp_path / "seq", data.interactions, required=True)
