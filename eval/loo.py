@@ -117,7 +117,8 @@ def loo_split(dataset: EvalDataset, protocol: Protocol) -> Split:
     users, notes = select_users(list(golds), core, protocol, why=f"lost in the {protocol.kcore}-core filter")
     cases = [EvalCase(case_id=u, user_id=u, history=histories[u], gold={golds[u]: 1}) for u in users]
     items = frozenset(core.item_ids[int(i)] for i in np.unique(core.items))
-    notes = {**counts, **notes, "order": order, "part": protocol.part}
+    repeated = sum(golds[u] in {h.item_id for h in histories[u]} for u in users)
+    notes = {**counts, **notes, "order": order, "part": protocol.part, "targets_in_history": repeated}
     if protocol.part == "validation":
         notes["test_targets_removed"] = len(sequences)
     return Split(cases=cases, train=core.subset(keep), notes=notes, items=items)

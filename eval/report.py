@@ -221,7 +221,15 @@ def _loo_note(protocol: Protocol, notes: dict[str, Any]) -> list[str]:
         f"- split loo: every interaction counts (no rating threshold), {notes['kcore']}-core filter ({rounds}): "
         f"{before} interactions -> {after}; sequence order: {notes['order']}; the whole filtered catalog "
         f"({notes['items']:,} items) is ranked with the history masked"
+        + _repeat_note(int(notes.get("targets_in_history", 0)))
     ]
+
+
+def _repeat_note(repeated: int) -> str:
+    if not repeated:
+        return ""
+    return (f"; **{repeated:,} cases' target is already in their history** (a repeated (user, item) pair), so no "
+            'arm can hit it: set repeats = "first" in the interactions mapping to count each pair once')  # fmt: skip
 
 
 def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:

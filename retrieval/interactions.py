@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,6 +44,11 @@ class InteractionMapping(BaseModel):
     timestamp: str | None = None
     delimiter: str | None = None
     encoding: str = "auto"
+    repeats: Literal["keep", "first", "last"] = Field(
+        "keep",
+        description="A (user, item) pair on several rows (e.g. several tags of one movie): keep every row (repeat "
+        "consumption), or only the user's first / last one in time order (the others are counted as rejected).",
+    )
 
 
 def log_mapping_from(
@@ -191,6 +196,16 @@ class Interactions:
             report=self.report,
         )
 
+    def repeated_rows(self, keep: Literal["first", "last"] = "first") -> np.ndarray:
+        """Mask of the rows that repeat an earlier (``keep="first"``) or a later (``"last"``) row of the same
+        (user, item) pair in time order; each pair's kept row is False."""
+        key = self.users.astype(np.int64) * max(self.n_items, 1) + self.items
+        order = np.arange(len(key)) if keep == "first" else np.arange(len(key))[::-1]
+        _, first = np.unique(key[order], return_index=True)
+        repeated = np.ones(len(key), bool)
+        repeated[order[first]] = False
+        return repeated
+
     def holdout_last_positive(
         self,
         min_rating: float = 4.0,
@@ -302,7 +317,26 @@ def read_interactions(
             stamps.append(parsed[3])
             report.accepted += 1
     _check_read(file, report, strict, has_header=bool(cols), accepted=len(users))
-    return Interactions.from_records(users, item_ids, ratings, stamps, report=report)
+    return _repeats(Interactions.from_records(users, item_ids, ratings, stamps, report=report), mapping, report)
+
+
+def _repeats(log: Interactions, mapping: InteractionMapping, report: IngestReport) -> Interactions:
+    """``log`` with the mapping's ``repeats`` rule applied: repeated (user, item) rows dropped and counted as
+    rejected (``first``/``last``), or kept and counted in a note that names the setting (``keep``)."""
+    keep = "first" if mapping.repeats == "keep" else mapping.repeats
+    repeated = log.repeated_rows(keep)
+    n = int(repeated.sum())
+    if n == 0:
+        return log
+    pairs = len(log) - n
+    if mapping.repeats == "keep":
+        fix = 'set repeats = "first" (or "last") in the interactions mapping to keep one row per pair'
+        report.note("repeated_pairs", f"{n} row(s) repeat one of {pairs} (user, item) pairs and are all kept; {fix}")
+        return log
+    for row in np.nonzero(repeated)[0]:
+        report.reject("repeated_pair", f"user {log.user_ids[log.users[row]]} item {log.item_ids[log.items[row]]}")
+    report.accepted -= n
+    return log.subset(~repeated)
 
 
 def _log_source(
