@@ -135,7 +135,7 @@ def test_ease_matches_the_closed_form_by_hand() -> None:
 
 def test_ease_above_max_items_models_the_most_active_only() -> None:
     log = _log({**EASE_TOY, "u5": ["a", "b"]})  # counts: a 3, b 3, c 2
-    source = EaseSource(log, EaseConfig(l2=1.0, max_items=2))
+    source = EaseSource(log, EaseConfig(l2=1.0, max_items=2, tail_neighbors=0))  # no tail columns
     assert sorted(log.item_ids[int(i)] for i in source.items) == ["a", "b"]
     scores = _scores(source, ["a", "c"])
     assert scores["c"] == 0.0 and scores["b"] > 0  # c is outside the model: scores 0, counts for nothing
