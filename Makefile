@@ -78,6 +78,10 @@ report-text: setup  ## the justification report: docs/eval/justifications.md (+ 
 report-temporal: setup  ## the same arms on the temporal split, no LLM arm: docs/eval/movielens-temporal.md (+ .html)
 	PY=$(PY) SPLIT=temporal LLM=0 bash eval/reports/movielens_loo.sh
 
+.PHONY: report-tags
+report-tags: setup  ## a second log through a mapping alone (MovieLens tags.csv, --split loo): see docs/eval/movielens-tags.md
+	PY=$(PY) bash eval/reports/movielens_tags.sh
+
 # docs/eval/redial-folds.md: the conversation sources on ReDial dev, 5 folds by dialogue, iEvaLM-CRS protocol
 # (retrieval only, no LLM; ~25 min the first time on 2 cores: the catalog is embedded once, then ~5 min)
 REDIAL ?= ../shared/data/redial-dev

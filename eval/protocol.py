@@ -203,6 +203,13 @@ def make_split(dataset: EvalDataset, protocol: Protocol) -> Split:
         log = dataset.interactions
         if log is None or len(log) == 0:
             raise InputError(f"dataset {dataset.name} has no interactions", hint="give a ratings file")
+        if bool(np.isnan(log.ratings).all()):
+            raise InputError(
+                f"--split {protocol.split} needs ratings to pick positives (>= --min-rating), and the interaction "
+                f"log of {dataset.name} has none (no rating column)",
+                hint="use --split loo (every interaction counts), or map the log's rating column "
+                "(rating = ... in --interactions-mapping)",
+            )
         users = _eligible_users(log, protocol)
         if not users:
             raise InputError(

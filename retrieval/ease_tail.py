@@ -28,8 +28,9 @@ def fit_tail(
     """Sparse EASE columns of the ``tail`` item indices of the binary users x items ``matrix`` (``active``: every
     interacted item index): ``{"tail_items", "tail_indptr", "tail_indices", "tail_weights"}`` (CSC of items x tail
     items)."""
-    gram = (matrix.T @ matrix).tocsc()
+    gram = (matrix.T @ matrix).tocsr()  # symmetric: row j = column j
     gram.sort_indices()
+    position = np.full(gram.shape[0], -1, dtype=np.int64)
     every = len(active) - 1 <= k  # room for every other item: the exact EASE column
     indptr = [0]
     indices: list[np.ndarray] = []
@@ -38,14 +39,14 @@ def fit_tail(
         start, stop = gram.indptr[j], gram.indptr[j + 1]
         rows, counts = gram.indices[start:stop], gram.data[start:stop]
         if every:
-            rows, counts = active, np.asarray(gram[active, j].toarray()).ravel()
+            rows, counts = active, np.asarray(gram[j, active].toarray()).ravel()
         others = rows != j
         rows, counts = rows[others], counts[others]
         if len(rows) > k:  # the k most co-occurring items, ties by index
             keep = np.sort(np.lexsort((rows, -counts))[:k])
             rows, counts = rows[keep], counts[keep]
         if len(rows):
-            system = np.asarray(gram[rows][:, rows].toarray(), dtype=np.float64)
+            system = _block(gram, rows, position)
             system[np.diag_indices_from(system)] += l2
             solved = np.linalg.solve(system, counts.astype(np.float64))
         else:
@@ -59,6 +60,22 @@ def fit_tail(
         "tail_indices": np.concatenate(indices) if indices else np.zeros(0, np.int64),
         "tail_weights": np.concatenate(weights) if weights else np.zeros(0, np.float32),
     }
+
+
+def _block(gram: sp.csr_matrix, rows: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """``gram[rows][:, rows]`` as a dense float64 array, read straight from the CSR arrays (``position``: a
+    scratch array of -1, left as it was found)."""
+    position[rows] = np.arange(len(rows))
+    starts, lengths = gram.indptr[rows], np.diff(gram.indptr)[rows]
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    entries = offsets + np.arange(int(lengths.sum()))
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    cols = position[gram.indices[entries]]
+    inside = cols >= 0
+    out = np.zeros((len(rows), len(rows)))
+    out[owner[inside], cols[inside]] = gram.data[entries[inside]]
+    position[rows] = -1
+    return out
 
 
 def tail_matrix(arrays: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix | None:

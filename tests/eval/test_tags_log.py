@@ -102,6 +102,16 @@ def test_eval_run_loo_through_the_mapping_alone(eval_settings: Settings, tags: P
     assert "8 cases' target is already in their history" in keep["report"] and 'repeats = "first"' in keep["report"]
 
 
+def test_a_log_without_ratings_is_refused_by_the_rating_splits(eval_settings: Settings, tags: Path) -> None:
+    from agent.errors import InputError
+
+    args = ["eval", "run", str(tags), "--interactions", str(tags / "tags.csv"), "--interactions-mapping",
+            str(tags / "first.toml"), "--baseline", "popularity", "--split", "temporal"]  # fmt: skip
+    done = CliRunner().invoke(_eval(eval_settings), args)
+    assert isinstance(done.exception, InputError) and "no rating column" in done.exception.message
+    assert "--split loo" in (done.exception.hint or "")
+
+
 def test_train_sequential_through_the_mapping_alone(tags: Path, tmp_path: Path) -> None:
     from retrieval.seqmodel import load_model
 
