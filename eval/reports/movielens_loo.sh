@@ -12,7 +12,8 @@
 # published rows (labelled as published, not re-run). Only the `default` arm starts the LLM engine (LLM=0 skips it).
 # An interrupted run continues where it stopped (--resume); after changing the arms, give another OUT.
 # Environment: PY (python with recagent importable, default .venv/bin/python), OUT (run folder), DOCS (where the
-# report is copied, default docs/eval), DATA (the dataset folder), EXTRA (more `eval run` options, e.g. --users 50).
+# report is copied, default docs/eval), DATA (the dataset folder), EXTRA (more `eval run` options, e.g. --users 50),
+# LLM=0 (no LLM arm), LTR_ARMS=0 (no learned ranker: neither trained nor evaluated).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -40,7 +41,7 @@ fi
   --out "$SEQ" --epochs 30 --threads 1 --force "${SEQ_SPLIT[@]}"
 t1=$(date +%s)
 export RECAGENT_SEQUENTIAL_MODEL="$SEQ"
-[ -f "$LTR/manifest.json" ] || "$PY" -m recagent train ranker-ltr --catalog "$DATA" --interactions "$DATA" \
+[ "${LTR_ARMS:-1}" = 0 ] || [ -f "$LTR/manifest.json" ] || "$PY" -m recagent train ranker-ltr --catalog "$DATA" --interactions "$DATA" \
   --split "$SPLIT" --out "$LTR" --force
 t2=$(date +%s)
 
@@ -59,9 +60,11 @@ ARMS=(
   --variant "fusion-before:$BEFORE"         # the fusion before the log-learned sources (semantic, item2item, collab, popularity)
   --variant "sequential:$ONLY,fusion.sequential=1"
   --variant "rrf-no-seq:strategy=retrieval,explain=none,fusion.sequential=0"
-  --variant "learned:strategy=learned,explain=none,ltr_model=$LTR"
-  --variant "learned100:strategy=learned,explain=none,candidates=100,ltr_model=$LTR"
 )
+if [ "${LTR_ARMS:-1}" = 1 ]; then                # LTR_ARMS=0: no learned ranker (neither trained nor evaluated)
+  ARMS+=(--variant "learned:strategy=learned,explain=none,ltr_model=$LTR"
+         --variant "learned100:strategy=learned,explain=none,candidates=100,ltr_model=$LTR")
+fi
 if [ "${LLM:-1}" = 1 ]; then
   ARMS+=(--variant "default:explain=none")   # the default pipeline: option-logit LLM blend (weight 0.2) on the fused 20
 fi
@@ -74,7 +77,7 @@ mkdir -p "$DOCS"
 {
   cat "$OUT/report.md"
   echo
-  echo "Produced by \`SPLIT=$SPLIT LLM=${LLM:-1} bash eval/reports/movielens_loo.sh\` (\`make report-$SPLIT\`) in $(( $(date +%s) - started )) s" \
+  echo "Produced by \`SPLIT=$SPLIT LLM=${LLM:-1} LTR_ARMS=${LTR_ARMS:-1} bash eval/reports/movielens_loo.sh\` (\`make report-$SPLIT\`) in $(( $(date +%s) - started )) s" \
        "(this invocation) on $(nproc) CPU cores; \"retrieval recall\" is the share of test items among an arm's fused candidates" \
        "(the fused 20 by default). Training inside it: sequential model $(( t1 - t0 )) s, learned ranker $(( t2 - t1 )) s" \
        "(0 s: reused from \`$OUT\`)."
