@@ -4,6 +4,8 @@ of the leave-one-out split, then measure the chosen ones once on the test part.
     .venv/bin/python bench/tune_learned.py                       # bundled ml-latest-small, ~10 min on 2 cores
     .venv/bin/python bench/tune_learned.py --quick               # a small grid, for a smoke test
     .venv/bin/python bench/tune_learned.py --no-fusion           # sources only (no Chroma collection needed)
+    .venv/bin/python bench/tune_learned.py --split temporal --no-fusion --around-default --ease-l2 50 200
+                                                                  # another split's validation part, a small grid
 
 Split: the evaluator's ``--split loo`` (eval/loo.py, LlamaRec's preprocessing): every rating is an interaction;
 5-core filter repeated until stable; per user sorted by (timestamp, item id): test = last item, validation =
@@ -119,6 +121,14 @@ def transition_grid(quick: bool) -> list[TransitionConfig]:
             if not (w == 1 and g != gap[0])]  # fmt: skip
 
 
+def around_default() -> list[TransitionConfig]:
+    """The default settings and each one changed alone (a small grid for a split the full grid is too slow for)."""
+    base = TransitionConfig()
+    options = {"window": (1, 3, 8), "gap_decay": (0.5, 0.8), "normalize": ("none", "sqrt"),
+               "history_decay": (0.5, 0.9), "backward": (0.0,)}  # fmt: skip
+    return [base] + [base.model_copy(update={key: v}) for key, values in options.items() for v in values]
+
+
 def tune(name: str, configs: list[Any], make: Callable[[Interactions, Any], LogItemSource], split: LooSplit,
          ) -> tuple[Any, list[dict[str, Any]], dict[str, float]]:  # fmt: skip
     """Each config on validation; the best (NDCG@10) once on test."""
@@ -197,6 +207,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratings", type=Path, default=ML)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--around-default", action="store_true", help="transition: the default and one change at a time"
+    )
     parser.add_argument("--no-fusion", action="store_true", help="skip the fusion weights (no collection needed)")
     parser.add_argument("--store", type=Path, default=Path(".recagent/chroma"), help="Chroma folder (item2item)")
     parser.add_argument("--collection", default="movies", help="ingested catalog of the same items (item2item)")
@@ -208,7 +221,8 @@ def main() -> None:
     split = loo_split(args.ratings, args.split)
     notes = split.test.notes or {}
     print(f"split (eval --split {args.split}): {notes}")
-    t_conf, t_grid, t_test = tune("transition", transition_grid(args.quick),
+    t_configs = around_default() if args.around_default else transition_grid(args.quick)
+    t_conf, t_grid, t_test = tune("transition", t_configs,
                                   lambda log, c: TransitionSource(log, c), split)  # fmt: skip
     l2s = args.ease_l2 or ((100.0, 200.0) if args.quick else (50.0, 100.0, 200.0, 500.0))
     e_configs = [EaseConfig(l2=v) for v in l2s]
