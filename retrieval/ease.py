@@ -72,7 +72,7 @@ def fit_ease(interactions: Interactions, config: EaseConfig) -> Arrays:
     del gram
     weights = inverse / (-np.diag(inverse))[None, :]
     np.fill_diagonal(weights, 0.0)
-    out = {"items": active.astype(np.int64), "weights": weights.astype(np.float32)}
+    out: Arrays = {"items": active.astype(np.int64), "weights": weights.astype(np.float32)}
     interacted = np.nonzero(counts > 0)[0]
     tail = np.setdiff1d(interacted, active)
     if len(tail) and config.tail_neighbors > 0:
