@@ -4,7 +4,7 @@ of the leave-one-out split, then measure the chosen ones once on the test part.
     .venv/bin/python bench/tune_learned.py                       # bundled ml-latest-small, ~10 min on 2 cores
     .venv/bin/python bench/tune_learned.py --quick               # a small grid, for a smoke test
     .venv/bin/python bench/tune_learned.py --no-fusion           # sources only (no Chroma collection needed)
-    .venv/bin/python bench/tune_learned.py --split temporal --no-fusion --around-default --ease-l2 50 200
+    .venv/bin/python bench/tune_learned.py --split temporal --no-fusion --no-ease --around-default
                                                                   # another split's validation part, a small grid
 
 Split: the evaluator's ``--split loo`` (eval/loo.py, LlamaRec's preprocessing): every rating is an interaction;
@@ -203,6 +203,13 @@ def open_collection(store_path: Path, name: str) -> Any:
     return store.open_for(make_embedder(EmbedConfig(progress=False)), name)
 
 
+def _print_chosen(out: dict[str, Any], name: str) -> None:
+    best = max(out[name]["grid"], key=lambda r: (r["ndcg@10"], r["recall@10"]))
+    print(f"{name}: chosen {out[name]['chosen']} | validation {best} | test {out[name]['test']}", flush=True)
+    for row in out[name]["grid"]:
+        print(f"  {row}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratings", type=Path, default=ML)
@@ -210,6 +217,7 @@ def main() -> None:
     parser.add_argument(
         "--around-default", action="store_true", help="transition: the default and one change at a time"
     )
+    parser.add_argument("--no-ease", action="store_true", help="skip the EASE grid (its fits are the slow part)")
     parser.add_argument("--no-fusion", action="store_true", help="skip the fusion weights (no collection needed)")
     parser.add_argument("--store", type=Path, default=Path(".recagent/chroma"), help="Chroma folder (item2item)")
     parser.add_argument("--collection", default="movies", help="ingested catalog of the same items (item2item)")
@@ -224,17 +232,18 @@ def main() -> None:
     t_configs = around_default() if args.around_default else transition_grid(args.quick)
     t_conf, t_grid, t_test = tune("transition", t_configs,
                                   lambda log, c: TransitionSource(log, c), split)  # fmt: skip
-    l2s = args.ease_l2 or ((100.0, 200.0) if args.quick else (50.0, 100.0, 200.0, 500.0))
-    e_configs = [EaseConfig(l2=v) for v in l2s]
-    e_conf, e_grid, e_test = tune("ease", e_configs, lambda log, c: EaseSource(log, c), split)
     out: dict[str, Any] = {
         "split": {"kind": args.split, **notes},
         "transition": {"chosen": t_conf.model_dump(), "grid": t_grid, "test": t_test},
-        "ease": {"chosen": e_conf.model_dump(), "grid": e_grid, "test": e_test},
     }
-    for name in ("transition", "ease"):
-        best = max(out[name]["grid"], key=lambda r: (r["ndcg@10"], r["recall@10"]))
-        print(f"{name}: chosen {out[name]['chosen']} | validation {best} | test {out[name]['test']}")
+    _print_chosen(out, "transition")
+    e_conf = EaseConfig()
+    if not args.no_ease:
+        l2s = args.ease_l2 or ((100.0, 200.0) if args.quick else (50.0, 100.0, 200.0, 500.0))
+        e_configs = [EaseConfig(l2=v) for v in l2s]
+        e_conf, e_grid, e_test = tune("ease", e_configs, lambda log, c: EaseSource(log, c), split)
+        out["ease"] = {"chosen": e_conf.model_dump(), "grid": e_grid, "test": e_test}
+        _print_chosen(out, "ease")
     if not args.no_fusion:
         collection = open_collection(args.store, args.collection)
         out["fusion"] = tune_fusion(split, collection, t_conf, e_conf, args.quick)
