@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +48,9 @@ from retrieval.store import ItemCollection, Store
 from retrieval.types import Candidate, Constraints, HistoryEntry, Item, SourceHit, UserQuery
 
 log = logging.getLogger(__name__)
+
+CandidateRefiner = Callable[[list[Candidate]], list[Candidate]]
+"""Changes a request's fused candidates before ranking (drops or reorders them); see ``recommend_many``."""
 
 Strategy = Literal["retrieval", "listwise", "options", "pointwise", "learned"]
 
@@ -444,7 +447,11 @@ class Recommender:
         return out
 
     def _context(
-        self, req: RecommendRequest, query: UserQuery, extra: _LLMSources | None = None
+        self,
+        req: RecommendRequest,
+        query: UserQuery,
+        extra: _LLMSources | None = None,
+        refine: CandidateRefiner | None = None,
     ) -> tuple[RankingContext, dict[str, Item]]:
         if req.candidates is not None:
             excluded = query.excluded_ids()
@@ -458,6 +465,8 @@ class Recommender:
             candidates = self.generator.generate(query, extra=extra.rankings, weights=extra.weights)
         else:
             candidates = self.generator.generate(query)
+        if refine is not None:
+            candidates = refine(candidates)
         wanted = [c.item_id for c in candidates]
         history_ids = [h.item_id for h in query.history[-50:]] + list(query.liked)
         items = self.collection.get_items(list(dict.fromkeys(wanted + history_ids)))
@@ -482,8 +491,18 @@ class Recommender:
     def recommend(self, request: RecommendRequest) -> Recommendation:
         return self.recommend_many([request])[0]
 
-    def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[Recommendation]:
-        """Several requests; their LLM work goes to the engine in one batch per stage."""
+    def recommend_many(
+        self,
+        requests: Sequence[RecommendRequest],
+        *,
+        refiners: Sequence[CandidateRefiner | None] | None = None,
+    ) -> list[Recommendation]:
+        """Several requests; their LLM work goes to the engine in one batch per stage. ``refiners`` (one per
+        request, or None) may change each request's fused candidates before ranking (the chat's avoidances)."""
+        if refiners is not None and len(refiners) != len(requests):
+            raise InputError(
+                f"got {len(refiners)} candidate refiners for {len(requests)} requests", hint="pass one per request"
+            )
         started = time.perf_counter()
         queries, query_ms = [], []
         for req in requests:
@@ -494,9 +513,9 @@ class Recommender:
                     for r, q in zip(requests, queries, strict=True)]  # fmt: skip
         extras = self._llm_sources(requests, queries)
         prepared = []
-        for req, query, extra, q_ms in zip(requests, queries, extras, query_ms, strict=True):
+        for n, (req, query, extra, q_ms) in enumerate(zip(requests, queries, extras, query_ms, strict=True)):
             t0 = time.perf_counter()
-            ctx, items = self._context(req, query, extra)
+            ctx, items = self._context(req, query, extra, refiners[n] if refiners is not None else None)
             prepared.append((req, ctx, items, len(query.history), q_ms + (time.perf_counter() - t0) * 1000))
         contexts = [p[1] for p in prepared]
         needs_llm = any(c.config.strategy in LLM_STRATEGIES or c.config.explain == "llm" for c in contexts)

@@ -200,6 +200,14 @@ class Settings(BaseSettings):
     )
     chat_extract_max_tokens: int = Field(256, ge=16, description="Output budget of the preference extraction.")
     chat_reply_max_tokens: int = Field(120, ge=16, description="Output budget of the chat reply.")
+    # chat avoidances ("not too violent", "no gore"): agent/chat/avoid.py over retrieval/avoid.py
+    chat_avoid_threshold: float = Field(
+        0.39,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity at which an item's tag or sentence matches an avoided concept (chosen on "
+        "dev by bench/avoid_threshold.py).",
+    )
 
     # LLM enrichment, user profiles, generate-then-ground (agent/enrich.py, agent/profiles.py, agent/ground.py)
     enrich_template: str = Field("enrich_item", description="Template that writes item descriptions and keywords.")

@@ -99,7 +99,9 @@ def preferences_schema(field_names: Sequence[Any] | None = None) -> dict[str, An
 
     ``{"liked_titles": [str], "disliked_titles": [str], "liked_attributes": [{field, value}],
     "disliked_attributes": [{field, value}], "constraints": {"exclude": [{field, value}], "require": [{field, value}],
-    "ranges": [{field, min, max}]}, "need": str}``. With ``field_names`` the attribute ``field`` is an enum of them.
+    "ranges": [{field, min, max}]}, "need": str, "avoid": [{concept, strength: hard|soft}]}`` ("avoid" optional: what
+    the user wants less of, "no gore" / "not too violent"). With ``field_names`` the attribute ``field`` is an enum of
+    them.
     """
     field: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 60}
     if field_names is not None:
@@ -137,6 +139,19 @@ def preferences_schema(field_names: Sequence[Any] | None = None) -> dict[str, An
                 "additionalProperties": False,
             },
             "need": {"type": "string", "maxLength": 300},
+            "avoid": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "concept": {"type": "string", "minLength": 1, "maxLength": 80},
+                        "strength": {"type": "string", "enum": ["hard", "soft"]},
+                    },
+                    "required": ["concept", "strength"],
+                    "additionalProperties": False,
+                },
+                "maxItems": 8,
+            },
         },
         "required": [
             "liked_titles",

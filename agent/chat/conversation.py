@@ -39,6 +39,7 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_messages
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.chat.avoid import AppliedAvoidance, AvoidancePolicy, demote
 from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
 from agent.chat.preferences import PreferenceUpdate, apply_update, content_words, parse_message
 from agent.chat.reply import (
@@ -55,10 +56,11 @@ from agent.explain import instruction_text
 from agent.llm.base import Generation
 from agent.llm.batching import CallFailure, call_batch, failure_reason, loads_lenient
 from agent.pipeline import Recommendation, Recommender, RecommendRequest
-from agent.sessions import AttributePref, Preferences, SessionState, SessionStore, Turn
+from agent.sessions import AttributePref, Avoidance, Preferences, SessionState, SessionStore, Turn
 from agent.settings import Settings
 from prompts import preferences_schema
-from retrieval.types import NumericRange
+from retrieval.avoid import ConceptMatcher, background_texts
+from retrieval.types import Candidate, NumericRange
 
 __all__ = ["ChatEvent", "ChatReply", "Conversation", "history_messages"]
 
@@ -78,6 +80,9 @@ class ChatReply(BaseModel):
     recommendation: Recommendation | None = None
     preferences: Preferences
     request_id: str
+    avoidances: list[AppliedAvoidance] = Field(
+        default_factory=list, description="How the session's avoidances were applied to this turn's candidates."
+    )
 
 
 class ChatEvent(BaseModel):
@@ -121,6 +126,7 @@ class _Work:
     clarifying: bool = False
     request: RecommendRequest | None = None
     recommendation: Recommendation | None = None
+    avoidances: list[AppliedAvoidance] = field(default_factory=list)
     reply: str = ""
     reply_source: str = "template"
     result: ChatReply | None = None
@@ -139,6 +145,7 @@ class Conversation:
         self.settings = settings
         self._index: CatalogIndex | None = None
         self._index_lock = threading.Lock()
+        self._policy: AvoidancePolicy | None = None
 
     # -- catalog words -------------------------------------------------------------------------------------
     @property
@@ -150,6 +157,19 @@ class Conversation:
                 self._index = CatalogIndex.from_collection(self.recommender.collection)
                 log.info("chat catalog index: %d items in %.1fs", self._index.size, time.perf_counter() - started)
             return self._index
+
+    @property
+    def policy(self) -> AvoidancePolicy:
+        """The avoidance policy over the collection's embedder, centred on the catalog's common values."""
+        index = self.index
+        with self._index_lock:
+            if self._policy is None:
+                background = background_texts(index.metadata.values())
+                matcher = ConceptMatcher(
+                    self.recommender.embedder, self.settings.chat_avoid_threshold, background=background
+                )
+                self._policy = AvoidancePolicy(matcher)
+            return self._policy
 
     # -- sessions ------------------------------------------------------------------------------------------
     def start(self, user_id: str | None = None) -> SessionState:
@@ -217,7 +237,11 @@ class Conversation:
                 )
             elif stage == "items" and work.recommendation is not None:
                 yield ChatEvent(
-                    event="items", data={"items": [i.model_dump(mode="json") for i in work.recommendation.items]}
+                    event="items",
+                    data={
+                        "items": [i.model_dump(mode="json") for i in work.recommendation.items],
+                        "avoidances": [a.model_dump(mode="json") for a in work.avoidances],
+                    },
                 )
         if work.result is not None:
             yield ChatEvent(event="done", data=work.result.model_dump(mode="json"))
@@ -348,6 +372,11 @@ class Conversation:
                 numbers = [x for x in (low, high) if x is not None]
                 if name in numeric and numbers and all(_said_number(x, said_words) for x in numbers):
                     up.ranges[str(name)] = NumericRange(min=low, max=high)
+            for entry in value.get("avoid") or []:
+                concept = " ".join(content_words(str(entry.get("concept") or "")))
+                if concept and grounded(concept, said_words) and len(concept) <= 80:
+                    strength = "soft" if entry.get("strength") == "soft" else "hard"
+                    up.avoid.append(Avoidance(concept=concept, strength=strength))
             need = str(value.get("need") or "").strip()
             words = content_words(need)
             if words and sum(w_ in context for w_ in words) * 2 >= len(words):
@@ -417,17 +446,35 @@ class Conversation:
             out += self.recommender.collection.ids(where={p.field: {op: p.value}})
         return out
 
+    def _refiner(self, w: _Work) -> Any:
+        """The candidate refiner applying the session's avoidances (None without any); it records what it did."""
+        assert w.state is not None
+        avoid = list(w.state.preferences.avoid)
+        if not avoid:
+            return None
+        policy = self.policy
+
+        def refine(candidates: list[Candidate]) -> list[Candidate]:
+            items = self.recommender.collection.get_items([c.item_id for c in candidates])
+            kept, w.avoidances = policy.apply(avoid, candidates, items)
+            return kept
+
+        return refine
+
     def _recommend(self, works: list[_Work]) -> None:
         if not works:
             return
+        asked = [w for w in works if w.request is not None]
         try:
-            results = self.recommender.recommend_many([w.request for w in works if w.request is not None])
+            refiners = [self._refiner(w) for w in asked]
+            results = self.recommender.recommend_many([w.request for w in asked if w.request is not None],
+                                                      refiners=refiners)  # fmt: skip
         except RecagentError as exc:
             for w in works:
                 w.error = exc
             return
-        for w, rec in zip(works, results, strict=True):
-            w.recommendation = rec
+        for w, rec in zip(asked, results, strict=True):
+            w.recommendation = rec.model_copy(update={"items": demote(rec.items, w.avoidances)})
 
     def _template_replies(self, works: list[_Work]) -> list[_Work]:
         """Give every work its template (or clarifying) reply; return those an LLM reply may replace."""
@@ -440,6 +487,7 @@ class Conversation:
             else:
                 assert w.recommendation is not None
                 w.reply = template_reply(w.recommendation.items, w.state.preferences, self.index)
+                w.reply = _with_notes(w.reply, w.avoidances)
             if w.update.understood:
                 w.reply = f"(I took {'; '.join(w.update.understood)}.) {w.reply}"
         if self.settings.chat_reply != "llm":
@@ -473,7 +521,7 @@ class Conversation:
             text = clean_reply(res.text)
             ok, why = check_reply(text, w.recommendation.items, self.index, w.message, instruction_text(prompt))
             if ok:
-                w.reply, w.reply_source = text, "llm"
+                w.reply, w.reply_source = _with_notes(text, w.avoidances), "llm"
             else:
                 w.reply_source = f"template (LLM reply {why})"
 
@@ -514,16 +562,20 @@ class Conversation:
             close = getattr(deltas, "close", None)
             if callable(close):
                 close()  # cancels what the engine still decodes
+        shown = shaper.shown
         if failure is None:
             text = shaper.text
             ok, why = check_reply(text, w.recommendation.items, self.index, w.message, instruction_text(prompt))
             if ok:
-                w.reply, w.reply_source = text, "llm"
+                w.reply, w.reply_source = _with_notes(text, w.avoidances), "llm"
+                if text == shown and w.reply != shown:  # the avoidance notes follow the streamed text
+                    yield "delta", {"text": w.reply[len(shown) :]}
+                    shown = w.reply
             else:
                 failure = f"LLM reply {why}"
         if failure is not None:
             w.reply_source = f"template ({failure})"
-        if w.reply != shaper.shown:
+        if w.reply != shown:
             yield "replace", {"text": w.reply, "reason": failure or "cleaned"}
 
     def _reply_prompt(self, w: _Work) -> list[dict[str, str]]:
@@ -577,7 +629,14 @@ class Conversation:
                 recommendation=w.recommendation,
                 preferences=state.preferences,
                 request_id=w.request_id,
+                avoidances=w.avoidances,
             )
+
+
+def _with_notes(reply: str, applied: Sequence[AppliedAvoidance]) -> str:
+    """The reply followed by how each avoidance was applied ("Avoiding "gore": left out 3 items (tagged gore).")."""
+    notes = " ".join(a.note for a in applied)
+    return f"{reply} {notes}" if notes else reply
 
 
 def _said_number(value: Any, words: tuple[str, ...]) -> bool:

@@ -26,12 +26,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.chat.avoid import clause_avoidances, fold_avoidances
 from agent.chat.catalog import COMPARATIVES as _COMPARATIVES
 from agent.chat.catalog import NEG_CUES as _NEG
 from agent.chat.catalog import ONLY_CUES as _ONLY
 from agent.chat.catalog import STOP, CatalogIndex, Match, Token, norm_tokens, tokenize
 from agent.chat.title_link import TitleLink
-from agent.sessions import AttributePref, Preferences, SessionState
+from agent.sessions import AttributePref, Avoidance, Preferences, SessionState
 from retrieval.types import Constraints, NumericRange
 
 __all__ = ["PreferenceUpdate", "apply_update", "content_words", "parse_message"]
@@ -98,6 +99,9 @@ class PreferenceUpdate(_Model):
     disliked_attributes: list[AttributePref] = Field(default_factory=list)
     required_attributes: list[AttributePref] = Field(default_factory=list)
     ranges: dict[str, NumericRange] = Field(default_factory=dict)
+    avoid: list[Avoidance] = Field(
+        default_factory=list, description='Concepts to avoid ("not too violent", "no gore"): agent.chat.avoid.'
+    )
     need: str | None = None
     replace_need: bool = False
     reset: bool = False
@@ -124,6 +128,8 @@ class PreferenceUpdate(_Model):
                     target.append(p)
         for f, rng in other.ranges.items():
             out.ranges.setdefault(f, rng)
+        concepts = {" ".join(content_words(a.concept)) for a in self.avoid}
+        out.avoid += [a for a in other.avoid if " ".join(content_words(a.concept)) not in concepts]
         if not out.need and other.need:
             out.need, out.replace_need = other.need, other.replace_need
         out.reset = self.reset or other.reset
@@ -379,6 +385,8 @@ def parse_message(message: str, index: CatalogIndex, shown: Sequence[str]) -> Pr
             if m.kind == "value":
                 pref = AttributePref(field=m.field, value=m.value)
                 polarity = clause.polarity(m.start, reference=False)
+                if polarity == "neg" and m.field != index.list_field:
+                    continue  # "not too violent" on a tag field: an avoidance (below), matched on tags and text
                 {"neg": up.disliked_attributes, "only": up.required_attributes, "pos": up.liked_attributes}[
                     polarity
                 ].append(pref)
@@ -386,6 +394,11 @@ def parse_message(message: str, index: CatalogIndex, shown: Sequence[str]) -> Pr
         for name, rng in _numbers(clause, index, shown).items():
             up.ranges[name] = rng
             up.notes.append(f"range:{name}:{rng.min}..{rng.max}")
+        hard_values = [m for m in clause.matches if m.kind == "value" and m.field == index.list_field]
+        taken = [u or any(m.start <= i < m.end for m in hard_values) for i, u in enumerate(clause.used)]
+        for a in clause_avoidances(clause.words, taken, clause.neg, _is_content):
+            up.avoid.append(a)
+            up.notes.append(f"avoid:{a.strength}:{a.concept}")
         field_words = {w for name in index.field_names() for w in norm_tokens(name)}
         if [w for w in clause.residual() if w not in field_words] and not clause.neg:
             fragments.append(clause.text)
@@ -481,6 +494,8 @@ def apply_update(state: SessionState, up: PreferenceUpdate, index: CatalogIndex)
             c["ranges"][name] = {"min": low, "max": high}
     prefs.constraints = Constraints.model_validate(c)
     prefs.need = _merge_need(prefs.need, up)
+    asked = content_words(" ".join([up.need or "", *(p.value for p in up.liked_attributes + up.required_attributes)]))
+    prefs.avoid = fold_avoidances(prefs.avoid, up.avoid, asked)
     state.preferences = prefs
 
 

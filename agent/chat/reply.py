@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from agent.chat.avoid import describe_avoidances
 from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
 from agent.chat.preferences import describe_constraints
 from agent.explain import quotes_prompt
@@ -179,7 +180,7 @@ def clarifying_reply(prefs: Preferences, index: CatalogIndex | None) -> str:
         values = index.top_values(index.list_field, 4)
         if values:
             examples = f" (for example {_join(values)})"
-    rules = describe_constraints(prefs)
+    rules = describe_constraints(prefs) + describe_avoidances(prefs.avoid)
     noted = f"Noted: {'; '.join(rules)}. " if rules else ""
     field = f"a {index.list_field.rstrip('s')}" if index is not None and index.list_field else "a kind of thing"
     return (

@@ -26,6 +26,7 @@ from retrieval.types import Constraints
 __all__ = [
     "SCHEMA_VERSION",
     "AttributePref",
+    "Avoidance",
     "Preferences",
     "SessionConflictError",
     "SessionLimitError",
@@ -87,6 +88,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Avoidance(_Model):
+    """A concept the user wants less of, in their words ("violent", "gore", "subtitles"): ``hard`` ("no gore")
+    leaves matching items out, ``soft`` ("not too violent") ranks them lower (:mod:`agent.chat.avoid`)."""
+
+    concept: str = Field(min_length=1, max_length=80)
+    strength: Literal["hard", "soft"] = "hard"
+
+
 class Preferences(_Model):
     """What the conversation learned about the user so far (persisted across turns)."""
 
@@ -98,6 +107,9 @@ class Preferences(_Model):
     )
     constraints: Constraints = Field(default_factory=Constraints, description="Hard filters, kept across turns.")
     need: str | None = Field(None, description="What the user is looking for, in their words.")
+    avoid: list[Avoidance] = Field(
+        default_factory=list, description="Concepts to avoid (matched on the items' fields, tags and text)."
+    )
 
 
 class Turn(_Model):
