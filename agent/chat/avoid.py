@@ -71,8 +71,8 @@ def clause_avoidances(
     words: Sequence[str], taken: Sequence[bool], neg: Sequence[int], is_content: Callable[[str], bool]
 ) -> list[Avoidance]:
     """The concepts after a clause's first negative cue (``neg``: cue positions): runs of content words not
-    ``taken`` by a title, a reference or a hard-filter value, split at "and" / "or"; at most
-    :data:`MAX_CONCEPT_WORDS` words each."""
+    ``taken`` by a title, a reference or a hard-filter value, split at "and" / "or" and at later cues; at most
+    :data:`MAX_CONCEPT_WORDS` words each. A softener right after the cue makes the concept soft."""
     if not neg:
         return []
     first = neg[0]
@@ -86,9 +86,13 @@ def clause_avoidances(
             out.append(Avoidance(concept=concept, strength="soft" if soft else "hard"))
             run.clear()
 
+    cues = set(neg)
     for i in range(first + 1, len(words)):
         w = words[i]
-        if taken[i] or w in _SEPARATORS:
+        if i in cues:  # a new cue starts a new concept with its own strength ("not too dark and no gore")
+            flush()
+            soft = w in SOFT_CUES
+        elif taken[i] or w in _SEPARATORS:
             flush()
         elif w in SOFTENERS or w in SOFT_CUES:
             soft = soft or not run  # "not too violent": a softener before the concept
