@@ -176,7 +176,7 @@ CRIME = [
     ("Paper Trail", ["smart", "investigation"], "An accountant uncovers a crime hidden in the books."),
     ("The Con Artists", ["funny", "caper"], "Two con artists plan a crime against a rich art collector."),
     ("Quiet Detective", ["cozy mystery"], "A retired teacher solves a small crime in her village."),
-    ("Bank Holiday", ["lighthearted", "heist"], "Friends plan a crime during a bank holiday and it goes comically wrong."),
+    ("Bank Holiday", ["lighthearted", "heist"], "Friends plan a crime on a holiday; it goes comically wrong."),
     ("The Forger", ["clever", "art"], "A painter forges masterpieces in a quiet crime caper."),
 ]
 VIOLENT = {t for t, tags, _ in CRIME if {"violence", "violent"} & set(tags)}  # the ground truth: tagged so
@@ -233,7 +233,7 @@ def test_not_too_violent_keeps_violence_tagged_items_out_of_a_real_chat(
     (applied,) = reply.avoidances
     assert applied.concept == "violent" and applied.strength == "soft"
     matched = {conv.recommender.collection.get_items([i])[i].title for i in applied.item_ids}
-    assert VIOLENT <= matched, applied
+    assert matched >= VIOLENT, applied
     assert f"ranked {applied.demoted} items lower" in reply.reply and "tagged violence" in reply.reply
     assert [a.concept for a in conv.get(sid).preferences.avoid] == ["violent"]
 
