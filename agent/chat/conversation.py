@@ -466,9 +466,12 @@ class Conversation:
             return
         asked = [w for w in works if w.request is not None]
         try:
+            requests = [w.request for w in asked if w.request is not None]
             refiners = [self._refiner(w) for w in asked]
-            results = self.recommender.recommend_many([w.request for w in asked if w.request is not None],
-                                                      refiners=refiners)  # fmt: skip
+            if any(r is not None for r in refiners):
+                results = self.recommender.recommend_many(requests, refiners=refiners)
+            else:  # the plain call (a Recommender subclass may not take refiners)
+                results = self.recommender.recommend_many(requests)
         except RecagentError as exc:
             for w in works:
                 w.error = exc
