@@ -7,7 +7,8 @@ subtitles"), read from a message and applied to the candidates before they are r
 - :class:`AvoidancePolicy` applies the session's avoidances to the fused candidates: the floor below
   (:class:`retrieval.avoid.ConceptMatcher`) says whether an item's fields, tags or text match the concept (exactly,
   then by embedding similarity); a hard avoidance leaves the item out, a soft one moves it behind every other
-  candidate (and :func:`demote` keeps it behind them after ranking). Each avoidance comes back as an
+  candidate - so far behind that it reaches the ranker only when fewer than ``k`` others are left - and
+  :func:`demote` keeps it behind them after ranking. Each avoidance comes back as an
   :class:`AppliedAvoidance`: what was matched, how many items were left out or ranked lower and why, and the
   sentence the reply carries ("Avoiding "gore": left out 3 items (tagged gore).").
 """
@@ -155,10 +156,12 @@ class AvoidancePolicy:
         self.matcher = matcher
 
     def apply(
-        self, avoid: Sequence[Avoidance], candidates: Sequence[Candidate], items: dict[str, Item]
+        self, avoid: Sequence[Avoidance], candidates: Sequence[Candidate], items: dict[str, Item], k: int = 0
     ) -> tuple[list[Candidate], list[AppliedAvoidance]]:
         """The candidates without the hard matches and with the soft matches last (lower scores, same order among
-        themselves), and what each avoidance did. Candidates whose item is unknown are kept as they are."""
+        themselves), and what each avoidance did. With ``k`` (the items to show) the soft matches come only as far
+        as fewer than ``k`` other candidates are left: ranked below all others, they would not be shown, and a
+        ranker (an LLM) must not bring them back. Candidates whose item is unknown are kept as they are."""
         ids = [c.item_id for c in candidates if c.item_id in items]
         dropped: set[str] = set()
         demoted: set[str] = set()
@@ -184,6 +187,8 @@ class AvoidancePolicy:
         kept = [c for c in candidates if c.item_id not in dropped and c.item_id not in demoted]
         lower = [c for c in candidates if c.item_id in demoted and c.item_id not in dropped]
         floor = min((c.score for c in kept), default=1.0)
+        if k:
+            lower = lower[: max(0, k - len(kept))]
         lower = [c.model_copy(update={"score": floor * 0.5 / (1 + j)}) for j, c in enumerate(lower)]
         return kept + lower, applied
 
@@ -192,5 +197,7 @@ def demote(items: Sequence[RecommendedItem], applied: Sequence[AppliedAvoidance]
     """The ranked items with the soft-avoided ones moved behind the others (order kept within each group), ranks
     renumbered from 1."""
     lower = {i for a in applied if a.strength == "soft" for i in a.item_ids}
+    if not lower & {it.item_id for it in items}:
+        return list(items)
     ordered = [it for it in items if it.item_id not in lower] + [it for it in items if it.item_id in lower]
     return [it.model_copy(update={"rank": n}) for n, it in enumerate(ordered, start=1)]

@@ -55,7 +55,7 @@ from agent.errors import InputError, RecagentError
 from agent.explain import instruction_text
 from agent.llm.base import Generation
 from agent.llm.batching import CallFailure, call_batch, failure_reason, loads_lenient
-from agent.pipeline import Recommendation, Recommender, RecommendRequest
+from agent.pipeline import CandidateRefiner, Recommendation, Recommender, RecommendRequest
 from agent.sessions import AttributePref, Avoidance, Preferences, SessionState, SessionStore, Turn
 from agent.settings import Settings
 from prompts import preferences_schema
@@ -446,17 +446,17 @@ class Conversation:
             out += self.recommender.collection.ids(where={p.field: {op: p.value}})
         return out
 
-    def _refiner(self, w: _Work) -> Any:
+    def _refiner(self, w: _Work) -> CandidateRefiner | None:
         """The candidate refiner applying the session's avoidances (None without any); it records what it did."""
-        assert w.state is not None
+        assert w.state is not None and w.request is not None
         avoid = list(w.state.preferences.avoid)
         if not avoid:
             return None
-        policy = self.policy
+        policy, k = self.policy, w.request.k
 
         def refine(candidates: list[Candidate]) -> list[Candidate]:
             items = self.recommender.collection.get_items([c.item_id for c in candidates])
-            kept, w.avoidances = policy.apply(avoid, candidates, items)
+            kept, w.avoidances = policy.apply(avoid, candidates, items, k)
             return kept
 
         return refine

@@ -141,6 +141,10 @@ def test_policy_leaves_out_hard_and_ranks_soft_lower() -> None:
     assert [c.item_id for c in kept] == ["f02", "f03", "f04", "f06", "f07", "f00", "f01", "f05"]
     assert max(c.score for c in kept[5:]) < min(c.score for c in kept[:5])
     assert applied[0].demoted == 3 and applied[0].note.startswith('Less "violent": ranked 3 items lower (')
+    kept, _ = policy.apply([Avoidance(concept="violent", strength="soft")], candidates, items, k=6)
+    assert [c.item_id for c in kept] == ["f02", "f03", "f04", "f06", "f07", "f00"]  # only to fill up to k
+    kept, _ = policy.apply([Avoidance(concept="violent", strength="soft")], candidates, items, k=4)
+    assert [c.item_id for c in kept] == ["f02", "f03", "f04", "f06", "f07"]  # enough others: none reaches the ranker
 
     _, applied = policy.apply([Avoidance(concept="subtitles")], candidates[:2], items)
     assert applied[0].note == 'Avoiding "subtitles": none of the 2 candidates matched.'
