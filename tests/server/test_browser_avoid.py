@@ -92,6 +92,7 @@ def test_not_too_violent_on_the_chat_page(
     assert [a["concept"] for a in state["preferences"]["avoid"]] == ["violent"]
     reply = turn.locator(".text").inner_text()
     assert '"violent"' in reply  # the reply says how the avoidance was applied
+    print(f"reply: {reply}\nitems: {ids}")  # shown with -s
 
     metadata = {i: m for i, m in _sample_metadata(ml_sample).items() if i in ids}
     for card, item_id in zip(cards.all(), ids, strict=True):
