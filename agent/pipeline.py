@@ -15,16 +15,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from agent.errors import InputError, RecagentError
+from agent.explain import ExplainRequest
 from agent.ground import Grounder, GroundReport, propose_and_ground
+from agent.later import JustificationEvent, defer, justify_events, pending_requests
 from agent.llm.base import LLMEngine
 from agent.llm.cache import GenerationCache
 from agent.profiles import CACHE_FILE as PROFILE_CACHE_FILE
@@ -53,6 +55,7 @@ CandidateRefiner = Callable[[list[Candidate]], list[Candidate]]
 """Changes a request's fused candidates before ranking (drops or reorders them); see ``recommend_many``."""
 
 Strategy = Literal["retrieval", "listwise", "options", "pointwise", "learned"]
+ExplainWhen = Literal["now", "later"]
 
 
 class RecommendRequest(BaseModel):
@@ -133,6 +136,12 @@ class Recommendation(BaseModel):
         description="Candidate sources that ran (fusion weight > 0), e.g. the log-learned transition and ease "
         "when an interaction log is configured; ['given'] when the request gave the candidates.",
     )
+    justifications_pending: int = Field(
+        0,
+        description="Items shown with a template reason whose LLM justification is still being written "
+        "(explain='later'; Recommender.justify_events fills them in).",
+    )
+    _pending: list[ExplainRequest] = PrivateAttr(default_factory=list)
 
 
 def _recent_ids(query: UserQuery, n: int) -> list[str]:
@@ -488,17 +497,20 @@ class Recommender:
         names = [s.name for s in getattr(self.generator, "sources", [])] + ["generated"]
         return [n for n in dict.fromkeys(names) if weights.get(n, 1.0) > 0]
 
-    def recommend(self, request: RecommendRequest) -> Recommendation:
-        return self.recommend_many([request])[0]
+    def recommend(self, request: RecommendRequest, *, explain: ExplainWhen = "now") -> Recommendation:
+        return self.recommend_many([request], explain=explain)[0]
 
     def recommend_many(
         self,
         requests: Sequence[RecommendRequest],
         *,
         refiners: Sequence[CandidateRefiner | None] | None = None,
+        explain: ExplainWhen = "now",
     ) -> list[Recommendation]:
         """Several requests; their LLM work goes to the engine in one batch per stage. ``refiners`` (one per
-        request, or None) may change each request's fused candidates before ranking (the chat's avoidances)."""
+        request, or None) may change each request's fused candidates before ranking (the chat's avoidances).
+        ``explain="later"``: the items come back at once with template reasons (flag ``justification_pending``)
+        and :meth:`justify_events` / :meth:`justify` write the LLM justifications afterwards."""
         if refiners is not None and len(refiners) != len(requests):
             raise InputError(
                 f"got {len(refiners)} candidate refiners for {len(requests)} requests", hint="pass one per request"
@@ -521,11 +533,13 @@ class Recommender:
         needs_llm = any(c.config.strategy in LLM_STRATEGIES or c.config.explain == "llm" for c in contexts)
         engine = self.engine() if needs_llm else self._engine
         t_rank = time.perf_counter()
-        results = rank_many(engine, self.registry, contexts)  # falls back itself on engine problems
+        ranked = [defer(c) for c in contexts] if explain == "later" else contexts
+        results = rank_many(engine, self.registry, ranked)  # falls back itself on engine problems
         rank_ms = (time.perf_counter() - t_rank) * 1000
+        pending = [pending_requests(c, r) if explain == "later" else [] for c, r in zip(contexts, results, strict=True)]
         out = []
-        for (req, ctx, items, n_hist, retrieve_ms), result, extra, warns in zip(
-            prepared, results, extras, warnings, strict=True
+        for (req, ctx, items, n_hist, retrieve_ms), result, extra, warns, todo in zip(
+            prepared, results, extras, warnings, pending, strict=True
         ):
             stage_tokens = extra.tokens()
             if not result.items:
@@ -566,9 +580,44 @@ class Recommender:
                     dialogue_log=self.dialogue_note(),
                     stage_tokens=stage_tokens,
                     warnings=warns,
+                    justifications_pending=len(todo),
                 )
             )
+            out[-1]._pending = todo
         return out
+
+    # -- justifications written after the items were shown (explain="later") -------------------------------
+    def justify_events(self, rec: Recommendation) -> Iterator[JustificationEvent]:
+        """Write the pending LLM justifications of ``rec`` (from ``recommend(..., explain="later")``), update its
+        items, tokens and timings in place, and yield one event per item as it is written (``justify_chunk``
+        items per engine call). Nothing pending: no events. Engine errors keep the template reason (the event
+        says why)."""
+        todo, rec._pending = rec._pending, []
+        if not todo:
+            return
+        engine = self.engine()
+        usage: dict[str, Any] = {}
+        by_id = {item.item_id: item for item in rec.items}
+        for event in justify_events(engine, self.registry, rec.items, todo, chunk=self.settings.justify_chunk,
+                                    usage=usage):  # fmt: skip
+            item = by_id[event.item_id]
+            item.justification, item.justification_source = event.justification, event.justification_source
+            item.grounded, item.grounding_note = event.grounded, event.grounding_note
+            item.cited, item.flags = list(event.cited), list(event.flags)
+            rec.justifications_pending -= 1
+            yield event
+        rec.prompt_tokens += usage.get("prompt_tokens", 0)
+        rec.completion_tokens += usage.get("completion_tokens", 0)
+        rec.timings_ms["justify_later"] = usage.get("ms", 0.0)
+        rec.prompt_versions = list(dict.fromkeys([*rec.prompt_versions, *usage.get("prompt_versions", [])]))
+        if rec.model is None and engine is not None:
+            rec.model = engine.model_id
+
+    def justify(self, rec: Recommendation) -> Recommendation:
+        """:meth:`justify_events` run to the end: ``rec`` with every pending justification filled in."""
+        for _ in self.justify_events(rec):
+            pass
+        return rec
 
     def close(self) -> None:
         if self._engine is not None:

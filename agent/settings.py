@@ -209,6 +209,19 @@ class Settings(BaseSettings):
         "dev by bench/avoid_threshold.py).",
     )
 
+    # recommendations first, justifications after (agent/later.py): CLI table, SSE recommend, streamed chat turns
+    justify_chunk: int = Field(
+        0,
+        ge=0,
+        description="Later justifications: items per engine call (0: all in one call; 1: each item shown as soon "
+        "as it is written, more calls in all).",
+    )
+    chat_justify_later: bool = Field(
+        True,
+        description="Streamed chat turns show the items with template reasons at once, stream the reply, then fill "
+        "in the LLM justifications (False: justify before the items and the reply, as `send` does).",
+    )
+
     # LLM enrichment, user profiles, generate-then-ground (agent/enrich.py, agent/profiles.py, agent/ground.py)
     enrich_template: str = Field("enrich_item", description="Template that writes item descriptions and keywords.")
     enrich_batch_size: int = Field(16, ge=1, description="Items per engine call (and per write) of `recagent enrich`.")
