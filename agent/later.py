@@ -125,7 +125,7 @@ def justify_events(
         except RecagentError as exc:
             log.warning("later justifications failed: %s", exc.message)
             notes = _failed(part, exc.message)
-        except Exception as exc:  # noqa: BLE001 - a bug or engine crash must not lose the shown items
+        except Exception as exc:
             log.exception("later justifications failed")
             notes = _failed(part, f"{type(exc).__name__}: {exc}")
         for item, just in zip(items[at : at + size], notes, strict=True):

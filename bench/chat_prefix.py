@@ -60,6 +60,21 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+def machine() -> dict[str, Any]:
+    """CPU flags (bench/llm_engine.py's list), the dtype ``llm_dtype=auto`` picks here, and the load average."""
+    import importlib.util
+    import os
+
+    from agent.llm.dtype import resolve_llm_dtype
+
+    spec = importlib.util.spec_from_file_location("bench_llm_engine", Path(__file__).with_name("llm_engine.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {"cpu_flags": module.cpu_flags(), "auto_dtype": resolve_llm_dtype("auto"), "loadavg": os.getloadavg(),
+            "cores": os.cpu_count()}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ worker
 class TimedStreams:
     """Wraps the engine: every ``stream`` call records its time to the first delta and its prompt's token count."""
@@ -86,17 +101,29 @@ class TimedStreams:
                 from agent.llm.base import LLMRequest
                 from agent.llm.prompting import encode_request
 
-                tokens = len(encode_request(inner.tokenizer, LLMRequest.of(request)))
+                ids = encode_request(inner.tokenizer, LLMRequest.of(request))
                 started = time.perf_counter()
                 first = True
                 for delta in inner.stream(request, **kw):
                     if first:
-                        outer.records.append((time.perf_counter() - started, tokens))
+                        outer.records.append((time.perf_counter() - started, len(ids)))
+                        outer.prompts.append(ids)
                         first = False
                     yield delta
 
         self.engine = Timed()
         self.records: list[tuple[float, int]] = []
+        self.prompts: list[list[int]] = []  # token ids of each timed prompt (same order as records)
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """Leading tokens ``a`` and ``b`` have in common: what a prefix cache can serve of ``b`` after ``a``."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,6 +135,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from agent.settings import load_settings
 
     overrides: dict[str, Any] = {"llm_prefix_caching": args.caching == "on"}
+    if args.explain:
+        overrides["explain_mode"] = args.explain
     if args.quick:
         overrides.update(home=args.home, collection=QUICK_COLLECTION, llm_model=args.model, llm_dtype="float32",
                          llm_max_model_len=2048, llm_memory_fraction=0.05, fusion_n=8, chat_k=4,
@@ -144,7 +173,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     def play_streamed() -> dict[str, list[Any]]:
         sids = [conv.start().session_id for _ in scripts]
-        out: dict[str, list[Any]] = {"reply_ttft_s": [], "reply_tokens": [], "extract_ttft_s": [], "extract_tokens": []}
+        out: dict[str, list[Any]] = {"reply_ttft_s": [], "reply_tokens": [], "extract_ttft_s": [], "extract_tokens": [],
+                                     "reply_shared_tokens": []}  # fmt: skip
+        last: dict[str, list[int]] = {}
         for turn in range(args.turns):
             for sid, script in zip(sids, scripts, strict=True):
                 message = script[turn % len(script)]
@@ -158,10 +189,14 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 assert events[-1] == "done", events
                 print(f"[{args.caching}] streamed turn {turn + 1} of session {sid[:8]}: "
                       f"{time.perf_counter() - started:.2f}s", file=sys.stderr, flush=True)  # fmt: skip
-                if turn >= 1 and len(timed.records) > before:  # a turn without items streams no LLM reply
+                if len(timed.records) > before:  # a turn without items streams no LLM reply
                     ttft, tokens = timed.records[-1]
-                    out["reply_ttft_s"].append(ttft)
-                    out["reply_tokens"].append(tokens)
+                    ids = timed.prompts[-1]
+                    if turn >= 1:
+                        out["reply_ttft_s"].append(ttft)
+                        out["reply_tokens"].append(tokens)
+                        out["reply_shared_tokens"].append(shared_prefix(last.get(sid, []), ids))
+                    last[sid] = ids
         return out
 
     def play_sent() -> list[float]:
@@ -202,7 +237,7 @@ def prepare_quick(home: Path) -> Path:
 
 def run_mode(mode: str, args: argparse.Namespace, home: Path | None, model: Path | None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", "--caching", mode, "--sessions", str(args.sessions),
-           "--turns", str(args.turns)]  # fmt: skip
+           "--turns", str(args.turns)] + (["--explain", args.explain] if args.explain else [])  # fmt: skip
     if args.quick:
         cmd += ["--quick", "--home", str(home), "--model", str(model)]
     out = Path(tempfile.mkdtemp()) / "result.json"
@@ -219,6 +254,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
+    parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--caching", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
@@ -234,7 +270,11 @@ def main() -> None:
     if args.quick:
         home = Path(tempfile.mkdtemp(prefix="chat-prefix-"))
         model = prepare_quick(home)
+    before = machine()
+    print(f"machine: {before}", flush=True)
     results = {mode: run_mode(mode, args, home, model) for mode in ("off", "on")}
+    after = machine()
+    print(f"load average after the run: {after['loadavg']}")
     print(f"\nchat prefix caching: {args.sessions} sessions x {args.turns} turns, model {results['on']['model']}")
     print("turns >= 2; TTFT = time to the first token of the prompt; tok = its prompt tokens (median)")
     print(
@@ -253,9 +293,15 @@ def main() -> None:
         for key in ("reply_ttft_s", "extract_ttft_s", "turn_s")
         if results["off"][key] and results["on"][key]
     }
+    for mode, r in results.items():
+        shares = [s / t for s, t in zip(r["reply_shared_tokens"], r["reply_tokens"], strict=True) if t]
+        print(f"caching {mode}: reply prompt tokens shared with the session's previous reply prompt (turns >= 2): "
+              f"median {_median(r['reply_shared_tokens']):.0f} of {_median(r['reply_tokens']):.0f} "
+              f"({_median(shares):.0%})")  # fmt: skip
     print("OFF/ON (x faster with caching): " + ", ".join(f"{k[:-2]} {v:.2f}x" for k, v in speedups.items()))
     if args.out:
-        args.out.write_text(json.dumps({"results": results, "speedups": speedups}, indent=2))
+        args.out.write_text(json.dumps({"machine": before, "load_after": after["loadavg"], "results": results,
+                                        "speedups": speedups}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

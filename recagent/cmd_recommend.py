@@ -31,13 +31,19 @@ def recommend(
     sources: list[str] = typer.Option(
         [], "--source", help="Fusion weight for this request, NAME=W, e.g. profile=1 or generated=1 (repeatable)."
     ),
+    later: bool = typer.Option(
+        True,
+        "--later/--wait",
+        help="Show the table at once (template reasons marked pending) and fill in the LLM justifications as they "
+        "arrive, or wait for all of them. --json always waits.",
+    ),
 ) -> None:
     """Recommend items with grounded justifications (the same pipeline the chat, the server and eval use)."""
     from agent.errors import InputError
     from agent.filter_syntax import parse_filters
     from agent.pipeline import Recommender, RecommendRequest
     from recagent.options import source_options
-    from recagent.present import print_recommendation
+    from recagent.present import print_recommendation, print_recommendation_later
 
     settings = ctx.find_root().obj.settings
     if interactions is not None:
@@ -57,14 +63,17 @@ def recommend(
         source_weights=weights or None,
     )
     recommender = Recommender(settings, collection=collection)
-    result = recommender.recommend(request)
+    result = recommender.recommend(request, explain="later" if later and not as_json else "now")
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:
         from rich.markup import escape
 
         console = Console()
-        print_recommendation(result, console)
+        if result.justifications_pending:
+            print_recommendation_later(result, recommender.justify_events(result), console)
+        else:
+            print_recommendation(result, console)
         if explain_profile or result.profile is not None:
             console.print(f"[bold]profile[/] ({escape(result.profile_note or '')}): {escape(result.profile or '-')}")
         if result.grounding is not None:

@@ -22,7 +22,12 @@ Per user message (several sessions' messages share each engine call, see :meth:`
 
 Prompts put the stable parts first (system text and instructions, then the session's earlier turns, then what
 changes every turn: the need, this turn's items, the new message) so that an engine with prefix caching serves the
-shared prefix of later turns from cache.
+shared prefix of later turns from cache. The earlier turns shown are a window that moves in steps
+(:func:`stable_window`), not one turn at a time, so that consecutive turns' prompts share it byte for byte.
+
+Streamed turns (:meth:`Conversation.stream`, ``chat_justify_later``) show the items at once with template reasons,
+stream the reply, then fill in the LLM justifications (``justification`` events). Every ChatReply carries the turn's
+``timings`` (seconds from the turn's start; ``ttft_s``: the first reply text shown).
 """
 
 from __future__ import annotations
@@ -55,14 +60,14 @@ from agent.errors import InputError, RecagentError
 from agent.explain import instruction_text
 from agent.llm.base import Generation
 from agent.llm.batching import CallFailure, call_batch, failure_reason, loads_lenient
-from agent.pipeline import CandidateRefiner, Recommendation, Recommender, RecommendRequest
+from agent.pipeline import CandidateRefiner, ExplainWhen, Recommendation, Recommender, RecommendRequest
 from agent.sessions import AttributePref, Avoidance, Preferences, SessionState, SessionStore, Turn
 from agent.settings import Settings
 from prompts import preferences_schema
 from retrieval.avoid import ConceptMatcher, background_texts
 from retrieval.types import Candidate, NumericRange
 
-__all__ = ["ChatEvent", "ChatReply", "Conversation", "history_messages"]
+__all__ = ["ChatEvent", "ChatReply", "Conversation", "history_messages", "stable_window"]
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +88,23 @@ class ChatReply(BaseModel):
     avoidances: list[AppliedAvoidance] = Field(
         default_factory=list, description="How the session's avoidances were applied to this turn's candidates."
     )
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds from the turn's start: items_s (items ready), ttft_s (first reply text shown; streamed "
+        "turns), reply_s, justified_s (later justifications written), total_s; reply_ttft_s: from the reply's "
+        "engine call to its first token.",
+    )
 
 
 class ChatEvent(BaseModel):
     """One step of a streamed turn: ``preferences``, ``items``, ``delta`` (``text``: reply text to append),
-    ``replace`` (``text``: the reply to show instead of the deltas so far, ``reason``), then ``done`` (the
+    ``replace`` (``text``: the reply to show instead of the deltas so far, ``reason``), ``justification`` (one
+    item's LLM justification written after the reply, :class:`agent.later.JustificationEvent`), then ``done`` (the
     :class:`ChatReply`) or ``error``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    event: Literal["preferences", "items", "delta", "replace", "done", "error"]
+    event: Literal["preferences", "items", "delta", "replace", "justification", "done", "error"]
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -110,6 +122,24 @@ def history_messages(turns: Sequence[Turn], max_turns: int | None = None) -> lis
     if max_turns <= 0:
         return []
     return list(trim_messages(messages, max_tokens=max_turns, token_counter=len, strategy="last", start_on="human"))
+
+
+def stable_window(turns: Sequence[Turn], max_turns: int) -> list[Turn]:
+    """The earlier turns a prompt shows: all while they fit in ``max_turns``; then a window that starts at a
+    multiple of a step of about half the window (whole user/assistant pairs) and grows until it is full, so
+    that consecutive turns' prompts share the shown history byte for byte (an engine's prefix cache serves it)
+    except when the window moves. Starts on a user turn; never more than ``max_turns`` turns."""
+    if max_turns <= 0:
+        return []
+    n = len(turns)
+    if n <= max_turns:
+        start = 0
+    else:
+        step = 2 * max(1, (max_turns // 2 + 1) // 2)  # whole pairs, about half the window
+        start = -(-(n - max_turns) // step) * step
+    while start < n and turns[start].role != "user":
+        start += 1
+    return list(turns[start:])
 
 
 @dataclass
@@ -130,6 +160,12 @@ class _Work:
     reply: str = ""
     reply_source: str = "template"
     result: ChatReply | None = None
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        """Record ``name`` (seconds since the turn started) once."""
+        self.timings.setdefault(name, round(time.perf_counter() - self.started, 3))
 
     @property
     def alive(self) -> bool:
@@ -224,7 +260,7 @@ class Conversation:
         for stage, data in self._stages([work], stream=True):
             if not work.alive:
                 break
-            if stage in ("delta", "replace"):
+            if stage in ("delta", "replace", "justification"):
                 yield ChatEvent(event=stage, data=data)  # type: ignore[arg-type]
             elif stage == "preferences" and work.state is not None:
                 yield ChatEvent(
@@ -259,7 +295,10 @@ class Conversation:
         self._extract([w for w in works if w.alive])
         self._decide([w for w in works if w.alive])
         yield "preferences", {}
-        self._recommend([w for w in works if w.alive and not w.clarifying])
+        later = stream and self.settings.chat_justify_later
+        self._recommend([w for w in works if w.alive and not w.clarifying], later=later)
+        for w in works:
+            w.mark("items_s")
         yield "items", {}
         if stream:
             for w in works:
@@ -267,9 +306,24 @@ class Conversation:
                     yield from self._stream_reply(w)
         else:
             self._write_replies([w for w in works if w.alive])
+        for w in works:
+            w.mark("reply_s")
         yield "reply", {}
+        if later:
+            for w in works:
+                if w.alive and w.recommendation is not None:
+                    yield from self._fill_justifications(w)
         self._commit([w for w in works if w.alive])
         yield "done", {}
+
+    def _fill_justifications(self, w: _Work) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The LLM justifications of a turn whose items went out with template reasons, one event per item."""
+        assert w.recommendation is not None
+        if not w.recommendation.justifications_pending:
+            return
+        for event in self.recommender.justify_events(w.recommendation):
+            yield "justification", event.model_dump(mode="json")
+        w.mark("justified_s")
 
     def _check_message(self, message: str) -> str:
         if not isinstance(message, str) or not message.strip():
@@ -461,17 +515,18 @@ class Conversation:
 
         return refine
 
-    def _recommend(self, works: list[_Work]) -> None:
+    def _recommend(self, works: list[_Work], *, later: bool = False) -> None:
         if not works:
             return
         asked = [w for w in works if w.request is not None]
+        explain: ExplainWhen = "later" if later else "now"
         try:
             requests = [w.request for w in asked if w.request is not None]
             refiners = [self._refiner(w) for w in asked]
             if any(r is not None for r in refiners):
-                results = self.recommender.recommend_many(requests, refiners=refiners)
+                results = self.recommender.recommend_many(requests, refiners=refiners, explain=explain)
             else:  # the plain call (a Recommender subclass may not take refiners)
-                results = self.recommender.recommend_many(requests)
+                results = self.recommender.recommend_many(requests, explain=explain)
         except RecagentError as exc:
             for w in works:
                 w.error = exc
@@ -534,6 +589,7 @@ class Conversation:
         todo = self._template_replies([w])
         engine = self.recommender.engine() if todo else None
         if engine is None:
+            w.mark("ttft_s")
             yield "delta", {"text": w.reply}
             return
         assert w.recommendation is not None
@@ -541,6 +597,7 @@ class Conversation:
         failure: str | None = None
         deltas: Iterator[str] | None = None
         prompt = self._reply_prompt(w)
+        asked = time.perf_counter()
         try:
             deltas = _with_deadline(
                 engine.stream(
@@ -553,8 +610,11 @@ class Conversation:
                 self.settings.rerank_timeout_s,
             )
             for delta in deltas:
+                if "reply_ttft_s" not in w.timings:
+                    w.timings["reply_ttft_s"] = round(time.perf_counter() - asked, 3)
                 shown = shaper.feed(delta)
                 if shown:
+                    w.mark("ttft_s")
                     yield "delta", {"text": shown}
                 if shaper.complete:
                     break  # the rest would be cut: stop decoding
@@ -579,6 +639,7 @@ class Conversation:
         if failure is not None:
             w.reply_source = f"template ({failure})"
         if w.reply != shown:
+            w.mark("ttft_s")  # nothing was streamed: the first text shown is this one
             yield "replace", {"text": w.reply, "reason": failure or "cleaned"}
 
     def _reply_prompt(self, w: _Work) -> list[dict[str, str]]:
@@ -606,7 +667,7 @@ class Conversation:
         """The session's earlier turns as prompt variables (oldest first, the last ``chat_history_turns``)."""
         return [
             {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
-            for m in history_messages(state.turns, self.settings.chat_history_turns)
+            for m in history_messages(stable_window(state.turns, self.settings.chat_history_turns))
         ]
 
     def _commit(self, works: list[_Work]) -> None:
@@ -624,6 +685,7 @@ class Conversation:
                 w.error = exc
                 continue
             log.debug("session %s turn %d: reply from %s", state.session_id, n + 2, w.reply_source)
+            w.mark("total_s")
             w.result = ChatReply(
                 session_id=state.session_id,
                 turn_id=n + 2,
@@ -633,6 +695,7 @@ class Conversation:
                 preferences=state.preferences,
                 request_id=w.request_id,
                 avoidances=w.avoidances,
+                timings=dict(w.timings),
             )
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Security
 from fastapi.responses import JSONResponse
@@ -13,9 +14,10 @@ from fastapi.security import HTTPBearer
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from agent.chat.conversation import ChatEvent, ChatReply
+from agent.chat.conversation import ChatReply
 from agent.errors import InputError, RecagentError
 from agent.pipeline import Recommendation, RecommendRequest
+from agent.server.batcher import ServerBusyError
 from agent.server.errors import NotFoundError, classify, classify_name, envelope, request_id_of
 from agent.server.health import check_health
 from agent.server.middleware import auth_problem
@@ -46,12 +48,28 @@ api = APIRouter(prefix="/v1", dependencies=[Security(_bearer)], responses=ERRORS
 meta = APIRouter()
 
 
-@api.post("/recommend", response_model=Recommendation, tags=["recommend"])
-async def recommend(body: RecommendRequest, request: Request) -> Recommendation:
-    """Ranked items with grounded justifications for a user id, a free-text need, likes and constraints."""
+@api.post(
+    "/recommend",
+    response_model=Recommendation,
+    tags=["recommend"],
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Recommendation, or server-sent events"}},
+)
+async def recommend(
+    body: RecommendRequest,
+    request: Request,
+    stream: bool = Query(False, description="Stream server-sent events (same as `Accept: text/event-stream`)."),
+) -> Any:
+    """Ranked items with grounded justifications for a user id, a free-text need, likes and constraints. With
+    `?stream=true` or `Accept: text/event-stream` the items come first: an `items` event (the Recommendation with
+    template reasons, `justifications_pending` > 0 and items flagged `justification_pending`), one `justification`
+    event per item as its LLM justification is written (`{rank, item_id, justification, justification_source,
+    grounded, grounding_note, cited, flags, error}`; `error` says why the template reason was kept), then `done`
+    (the final Recommendation) - or `error` (the error envelope's body)."""
     _check_text(body.model_dump(), "the request")
     state = get_state(request)
     await run_in_threadpool(state.check_catalog)
+    if stream or "text/event-stream" in request.headers.get("accept", ""):
+        return await _recommend_stream(request, body)
     rec = await state.result(state.recommend_batcher.submit(body))
     _log_fallback(request_id_of(request), rec)
     return rec
@@ -144,8 +162,52 @@ def _log_fallback(rid: str | None, rec: Recommendation | None) -> None:
         log.warning("request %s answered in retrieval order (fallback: %s)", rid, rec.fallback_reason)
 
 
-def _next(events: Iterator[ChatEvent]) -> ChatEvent | None:
+E = TypeVar("E")
+
+
+def _next(events: Iterator[E]) -> E | None:
     return next(events, None)
+
+
+def _stream_error(n: int, exc: Exception, rid: str | None) -> ServerSentEvent:
+    if isinstance(exc, RecagentError):
+        status, kind = classify(exc)
+        return _sse(n, "error", envelope(status, kind, exc.message, hint=exc.hint, request_id=rid)["error"])
+    log.error("unexpected error while streaming request %s", rid, exc_info=exc)
+    body = envelope(500, "server_error", f"internal server error (request id {rid})", request_id=rid)
+    return _sse(n, "error", body["error"])
+
+
+async def _recommend_stream(request: Request, body: RecommendRequest) -> Any:
+    """Recommend with the justifications later (errors before the first event are plain HTTP errors)."""
+    state = get_state(request)
+    rid = request_id_of(request)
+    timeout = state.settings.server_request_timeout_s
+    try:
+        rec = await asyncio.wait_for(run_in_threadpool(state.recommender.recommend, body, explain="later"), timeout)
+    except TimeoutError as exc:
+        raise ServerBusyError(
+            f"the request did not finish within {timeout:.0f} s",
+            hint="retry later, or raise RECAGENT_SERVER_REQUEST_TIMEOUT_S",
+        ) from exc
+    _log_fallback(rid, rec)
+    events = state.recommender.justify_events(rec)
+
+    async def gen() -> AsyncIterator[ServerSentEvent]:
+        n = 1
+        yield _sse(n, "items", rec.model_dump(mode="json"))
+        try:
+            while (event := await run_in_threadpool(_next, events)) is not None:
+                n += 1
+                yield _sse(n, "justification", event.model_dump(mode="json"))
+        except Exception as exc:  # justify_events keeps template reasons itself: this is a bug, said as one
+            yield _stream_error(n + 1, exc, rid)
+            return
+        finally:
+            await run_in_threadpool(events.close)
+        yield _sse(n + 1, "done", rec.model_dump(mode="json"))
+
+    return EventSourceResponse(gen(), ping=15, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _sse(n: int, event: str, data: dict[str, Any]) -> ServerSentEvent:
@@ -188,15 +250,8 @@ async def _stream(request: Request, session_id: str, message: str) -> Any:
                     break
                 try:
                     event = await run_in_threadpool(_next, events)
-                except RecagentError as exc:
-                    status, kind = classify(exc)
-                    body = envelope(status, kind, exc.message, hint=exc.hint, request_id=rid)["error"]
-                    yield _sse(n + 1, "error", body)
-                    break
-                except Exception:
-                    log.exception("unexpected error while streaming request %s", rid)
-                    body = envelope(500, "server_error", f"internal server error (request id {rid})", request_id=rid)
-                    yield _sse(n + 1, "error", body["error"])
+                except Exception as exc:
+                    yield _stream_error(n + 1, exc, rid)
                     break
         finally:
             close = getattr(events, "close", None)  # a generator left early: let it clean up

@@ -85,19 +85,69 @@ function metaLine(metadata) {
   return parts.join(" · ");
 }
 
+const PENDING_FLAG = "justification_pending";
+
+function badge(item) {
+  if (Array.isArray(item.flags) && item.flags.includes(PENDING_FLAG)) return el("span", "badge pending", "writing…");
+  if (item.grounded === true) return el("span", "badge grounded", "grounded");
+  if (item.grounded === false) return el("span", "badge ungrounded", "not verified");
+  return null;
+}
+
 function itemCard(item, index) {
   const card = el("li", "item");
   card.dataset.itemId = item.item_id || item.id || "";
   const head = el("div", "item-head");
   head.appendChild(el("span", "rank", String(index + 1) + "."));
   head.appendChild(el("span", "title", item.title || item.item_id || item.id));
-  if (item.grounded === true) head.appendChild(el("span", "badge grounded", "grounded"));
-  else if (item.grounded === false) head.appendChild(el("span", "badge ungrounded", "not verified"));
+  const b = badge(item);
+  if (b) head.appendChild(b);
   card.appendChild(head);
   const meta = metaLine(item.metadata);
   if (meta) card.appendChild(el("div", "meta", meta));
   if (item.justification) card.appendChild(el("div", "justification", item.justification));
+  if (Array.isArray(item.flags) && item.flags.includes(PENDING_FLAG)) card.classList.add("reason-pending");
   return card;
+}
+
+// One justification written after the items were shown: replace the card's template reason and badge.
+function fillJustification(turn, data) {
+  const card = Array.from(turn.querySelectorAll("ol.items li.item")).find((c) => c.dataset.itemId === data.item_id);
+  if (!card) return;
+  card.classList.remove("reason-pending");
+  let why = card.querySelector(".justification");
+  if (!why) {
+    why = el("div", "justification");
+    card.appendChild(why);
+  }
+  why.textContent = data.justification || "";
+  const head = card.querySelector(".item-head");
+  const old = head.querySelector(".badge");
+  if (old) old.remove();
+  const b = badge(data);
+  if (b) head.appendChild(b);
+  const note = card.querySelector(".reason-note");
+  if (note) note.remove();
+  if (data.error) card.appendChild(el("div", "reason-note", "template reason: " + data.error));
+}
+
+// The turn's timing line from the ChatReply's timings (seconds from the turn's start).
+function renderTimings(turn, timings) {
+  let line = turn.querySelector(".timing");
+  if (line) line.remove();
+  if (!timings) return;
+  const parts = [];
+  const add = (key, label) => {
+    if (typeof timings[key] === "number") parts.push(`${label} ${timings[key].toFixed(1)} s`);
+  };
+  add("items_s", "items");
+  add("ttft_s", "first token");
+  add("reply_s", "reply");
+  add("justified_s", "reasons");
+  add("total_s", "total");
+  if (!parts.length) return;
+  line = el("div", "timing", parts.join(" · "));
+  turn.appendChild(line);
 }
 
 function renderItems(turn, items) {
@@ -121,6 +171,7 @@ function renderReply(turn, reply) {
   turn.querySelector(".text").textContent = reply.reply || "";
   if (reply.clarifying) turn.classList.add("clarifying");
   renderItems(turn, itemsOf(reply));
+  renderTimings(turn, reply.timings);
 }
 
 async function renderStoredTurns(state) {
@@ -205,6 +256,8 @@ async function sendStream(sessionId, message, turn) {
       scrollDown();
     } else if (event === "items") {
       renderItems(turn, itemsOf(data));
+    } else if (event === "justification") {
+      fillJustification(turn, data);
     } else if (event === "done") {
       renderReply(turn, data);
       done = true;

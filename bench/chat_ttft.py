@@ -1,0 +1,121 @@
+"""Single-user chat turn latency and time to first token, before vs after "justifications later", same run.
+
+    .venv/bin/python bench/chat_ttft.py                   # the configured model and collection (make demo first)
+    .venv/bin/python bench/chat_ttft.py --sessions 2 --turns 3 --out ttft.json
+
+One in-process engine (the configured model, prefix caching as configured); scripted conversations (bench/
+chat_prefix.py's scripts) played one user at a time through ``Conversation.stream`` (the path of the chat page and
+``recagent chat``), in two arms that alternate session by session on the same warm engine:
+
+- ``before`` (``chat_justify_later=False``, main's order): recommend with the LLM justifications, then stream the
+  reply: the user sees the items and the first reply token only after every justification is written;
+- ``after`` (``chat_justify_later=True``): the items with template reasons at once, the reply streamed, then the
+  LLM justifications filled in (``justification`` events).
+
+The engine's prefix cache is reset before every session, so neither arm profits from the other's prompts. Per turn
+it records the ChatReply ``timings``: ``items_s`` (items shown), ``ttft_s`` (first reply text shown), ``total_s``
+(turn stored, justifications included). Prints medians and p90 per arm (all turns, and turns >= 2) with the CPU
+flags and the load average; no timed assertions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import importlib.util
+import json
+import tempfile
+import time
+from typing import Any
+
+ARMS = ("before", "after")
+KEYS = ("items_s", "ttft_s", "total_s")
+
+
+def _chat_prefix() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_chat_prefix", Path(__file__).with_name("chat_prefix.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from agent.chat.conversation import Conversation
+    from agent.llm.models import resolve_model
+    from agent.llm.vllm_local import get_engine
+    from agent.pipeline import Recommender
+    from agent.sessions import open_session_store
+    from agent.settings import load_settings
+
+    cp = _chat_prefix()
+    overrides: dict[str, Any] = {"explain_mode": args.explain} if args.explain else {}
+    settings = load_settings(**overrides)
+    t0 = time.perf_counter()
+    engine = get_engine(settings, resolve_model(settings))
+    start_s = time.perf_counter() - t0
+    settings = settings.model_copy(update={"session_db_url": str(Path(tempfile.mkdtemp()) / "sessions.sqlite3")})
+    store = open_session_store(settings)
+    recommender = Recommender(settings, engine=engine)
+    convs = {
+        arm: Conversation(recommender, store, settings.model_copy(update={"chat_justify_later": arm == "after"}))
+        for arm in ARMS
+    }
+    for conv in convs.values():
+        _ = conv.index  # the catalog index, outside the timings
+    engine.generate(["warm-up"], max_tokens=2)
+    scripts = (cp.SCRIPTS * ((args.sessions + len(cp.SCRIPTS) - 1) // len(cp.SCRIPTS)))[: args.sessions]
+    out: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    for n, script in enumerate(scripts):
+        order = ARMS if n % 2 == 0 else ARMS[::-1]  # alternate which arm goes first
+        for arm in order:
+            engine.llm.reset_prefix_cache()
+            conv = convs[arm]
+            sid = conv.start().session_id
+            for turn in range(args.turns):
+                events = list(conv.stream(sid, script[turn % len(script)]))
+                done = events[-1]
+                assert done.event == "done", [e.event for e in events]
+                timings = dict(done.data["timings"])
+                kinds = [e.event for e in events]
+                out[arm].append({"session": n, "turn": turn + 1, **timings,
+                                 "justification_events": kinds.count("justification")})  # fmt: skip
+                print(f"[{arm}] session {n + 1} turn {turn + 1}: " + ", ".join(
+                    f"{k} {timings.get(k, float('nan')):.2f}" for k in KEYS), file=sys.stderr, flush=True)  # fmt: skip
+    store.close()
+    engine.close()
+    return {"model": engine.model_id, "engine_start_s": start_s, "explain": settings.explain_mode, "turns": out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=2)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
+    parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
+    args = parser.parse_args()
+    cp = _chat_prefix()
+    before = cp.machine()
+    print(f"machine: {before}", flush=True)
+    result = run(args)
+    after = cp.machine()
+    print(f"\nchat turn, one user at a time: {args.sessions} sessions x {args.turns} turns per arm, model "
+          f"{result['model']}, justifications {result['explain']}; load average after: {after['loadavg']}")  # fmt: skip
+    print(f"{'':>8} {'turns':>6} " + " ".join(f"{k + ' p50/p90':>18}" for k in KEYS))
+    for arm in ARMS:
+        for label, rows in (("all", result["turns"][arm]), (">=2", [r for r in result["turns"][arm] if r["turn"] > 1])):
+            cells = []
+            for key in KEYS:
+                values = [float(r[key]) for r in rows if key in r]
+                cells.append(f"{cp._median(values):.2f}/{cp._pct(values, 0.9):.2f} s" if values else "-")
+            print(f"{arm:>8} {label:>6} " + " ".join(f"{c:>18}" for c in cells))
+    if args.out:
+        args.out.write_text(json.dumps({"machine": before, "load_after": after["loadavg"], **result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
