@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.chat.catalog import CatalogIndex
-from agent.chat.conversation import ChatReply, Conversation, history_messages
+from agent.chat.conversation import ChatReply, Conversation, history_messages, stable_window
 from agent.chat.preferences import apply_update, parse_message
 from agent.chat.reply import check_reply, template_reply
 from agent.errors import EngineError, InputError
@@ -110,6 +110,23 @@ def test_reply_check_and_template(index: CatalogIndex) -> None:
     prefs = Preferences(need="like The Golden Orchard")  # names a title outside the list: not quoted
     text = template_reply(items, prefs, index)
     assert "The Silent Harbor" in text and "The Crimson Harbor" in text and "Golden Orchard" not in text
+
+
+def test_stable_window_moves_in_steps_so_consecutive_prompts_share_it() -> None:
+    turns = [Turn(turn_id=i + 1, role="user" if i % 2 == 0 else "assistant", content=f"t{i + 1}") for i in range(14)]
+
+    def ids(n: int, m: int) -> list[int]:
+        return [t.turn_id for t in stable_window(turns[:n], m)]
+
+    assert ids(6, 6) == [1, 2, 3, 4, 5, 6]  # fits: everything
+    # 6 turns shown at most, step 4 (two pairs): hand-computed starts 4, 4, 8, 8 for 8, 10, 12, 14 turns
+    assert ids(8, 6) == [5, 6, 7, 8] and ids(10, 6) == [5, 6, 7, 8, 9, 10]
+    assert ids(12, 6) == [9, 10, 11, 12] and ids(14, 6) == [9, 10, 11, 12, 13, 14]
+    assert ids(10, 6)[:4] == ids(8, 6)  # the turn after keeps the same start: a byte-identical prefix
+    assert ids(4, 2) == [3, 4] and ids(6, 2) == [5, 6]  # one pair: it can only slide
+    assert all(len(stable_window(turns[:n], m)) <= m for n in range(15) for m in range(8))
+    assert all(not w or w[0].role == "user" for n in range(15) for m in range(8) for w in [stable_window(turns[:n], m)])
+    assert stable_window(turns, 0) == []
 
 
 def test_history_messages_are_langchain_messages_trimmed_to_start_with_the_user() -> None:

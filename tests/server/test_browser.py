@@ -20,7 +20,7 @@ from agent.server import create_app
 from agent.settings import Settings
 from retrieval.interactions import Interactions
 
-from fakes import FakeEngine
+from fakes import FakeEngine, Taste, kind_of
 from testkit import free_port
 
 pytestmark = pytest.mark.slow
@@ -64,9 +64,9 @@ def live_server(base_settings: Settings, hash_embedder: Any, interactions: Inter
     """``live_server(**setting_overrides)`` -> the base URL of the app served by uvicorn in a thread."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(**overrides: Any) -> str:
+    def start(engine: FakeEngine | None = None, **overrides: Any) -> str:
         settings = base_settings.model_copy(update=overrides)
-        rec = Recommender(settings, engine=FakeEngine(), embedder=hash_embedder, interactions=interactions)
+        rec = Recommender(settings, engine=engine or FakeEngine(), embedder=hash_embedder, interactions=interactions)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(settings, recommender=rec), host="127.0.0.1", port=port,
                                                log_level="warning"))  # fmt: skip
@@ -168,3 +168,45 @@ def test_a_server_with_a_token_asks_for_it(browser: Any, live_server: LiveServer
     assert "failed" not in (ok.get_attribute("class") or "")
     assert ok.locator("ol.items li.item").count() >= 1
     page.close()
+
+
+class SlowExplain(FakeEngine):
+    """Writes grounded justifications, slowly (``EXPLAIN_DELAY_S`` per call): the page shows the items first."""
+
+    def generate(self, requests: Any, **kw: Any) -> Any:
+        from agent.llm.base import LLMRequest
+
+        if any(kind_of(LLMRequest.of(r)) == "explain" for r in requests):
+            time.sleep(EXPLAIN_DELAY_S)
+        return super().generate(requests, **kw)
+
+
+EXPLAIN_DELAY_S = 2.0
+
+
+def test_items_come_first_and_their_reasons_fill_in(browser: Any, live_server: LiveServer) -> None:
+    """A streamed turn: the cards appear with template reasons marked as being written, the reply streams, then
+    each card's LLM justification replaces its template reason; the timing line shows the first token's time."""
+    url = live_server(engine=SlowExplain(Taste({}).generate), explain_mode="llm")
+    page = browser.new_page()
+    page.goto(url)
+    page.fill("#message", "a scary movie from the 80s")
+    page.press("#message", "Enter")
+    waiting = page.locator(".turn.assistant li.item.reason-pending")
+    waiting.first.wait_for(timeout=WAIT_MS)  # items shown while the justifications are being written
+    assert page.locator(".turn.assistant .badge.pending").count() == waiting.count() >= 3
+    template_reasons = waiting.locator(".justification").all_inner_texts()
+    assert all(template_reasons)
+    page.wait_for_function(
+        "() => { const t = document.querySelector('.turn.assistant');"
+        " return t && !t.classList.contains('pending'); }",
+        timeout=WAIT_MS,
+    )
+    turn = page.locator(".turn.assistant").first
+    cards = turn.locator("ol.items li.item")
+    assert cards.count() == len(template_reasons) and turn.locator(".reason-pending, .badge.pending").count() == 0
+    filled = cards.locator(".justification").all_inner_texts()
+    assert all(filled) and filled != template_reasons  # the LLM's sentences replaced the template reasons
+    assert cards.locator(".badge.grounded").count() == cards.count()
+    timing = turn.locator(".timing").inner_text()
+    assert "first token" in timing and "reasons" in timing
