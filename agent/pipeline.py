@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -587,7 +587,7 @@ class Recommender:
         return out
 
     # -- justifications written after the items were shown (explain="later") -------------------------------
-    def justify_events(self, rec: Recommendation) -> Iterator[JustificationEvent]:
+    def justify_events(self, rec: Recommendation) -> Generator[JustificationEvent, None, None]:
         """Write the pending LLM justifications of ``rec`` (from ``recommend(..., explain="later")``), update its
         items, tokens and timings in place, and yield one event per item as it is written (``justify_chunk``
         items per engine call). Nothing pending: no events. Engine errors keep the template reason (the event

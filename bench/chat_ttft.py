@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for conv in convs.values():
         _ = conv.index  # the catalog index, outside the timings
     engine.generate(["warm-up"], max_tokens=2)
+    from agent.pipeline import RecommendRequest
+
+    recommender.recommend(RecommendRequest(query="warm-up", k=1), explain="later")  # embedder, store, generator
     scripts = (cp.SCRIPTS * ((args.sessions + len(cp.SCRIPTS) - 1) // len(cp.SCRIPTS)))[: args.sessions]
     out: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     for n, script in enumerate(scripts):

@@ -73,7 +73,7 @@ def print_facts(result: Recommendation, console: Console) -> None:
 
 def justification_line(event: JustificationEvent, title: str) -> str:
     """One filled-in justification as a plain line (non-terminal output)."""
-    kind = event.justification_source or "none"
+    kind: str = event.justification_source or "none"
     if event.grounded:
         kind += ", grounded"
     tail = f" [{kind}]" if not event.error else f" [{kind}: {event.error}]"
