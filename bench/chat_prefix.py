@@ -212,7 +212,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     streamed = play_streamed()
     engine.llm.reset_prefix_cache()
-    latency = play_sent()
+    latency = [] if args.skip_send else play_sent()
     store.close()
     engine.close()
     return {"caching": args.caching, "engine_start_s": start_s, **streamed, "turn_s": latency,
@@ -238,6 +238,7 @@ def prepare_quick(home: Path) -> Path:
 def run_mode(mode: str, args: argparse.Namespace, home: Path | None, model: Path | None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", "--caching", mode, "--sessions", str(args.sessions),
            "--turns", str(args.turns)] + (["--explain", args.explain] if args.explain else [])  # fmt: skip
+    cmd += ["--skip-send"] if args.skip_send else []
     if args.quick:
         cmd += ["--quick", "--home", str(home), "--model", str(model)]
     out = Path(tempfile.mkdtemp()) / "result.json"
@@ -255,6 +256,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
     parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
+    parser.add_argument("--skip-send", action="store_true", help="skip phase 3 (turn latency): TTFTs only")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--caching", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
@@ -287,7 +289,7 @@ def main() -> None:
     for mode, r in results.items():
         print(f"{'caching ' + mode:>10} {ms(r['reply_ttft_s']):>20} {_median(r['reply_tokens']):>5.0f} "
               f"{ms(r['extract_ttft_s']):>22} {_median(r['extract_tokens']):>5.0f} "
-              f"{_median(r['turn_s']):>6.2f}/{_pct(r['turn_s'], 0.9):.2f} s")  # fmt: skip
+              + (f"{_median(r['turn_s']):>6.2f}/{_pct(r['turn_s'], 0.9):.2f} s" if r["turn_s"] else "-"))  # fmt: skip
     speedups = {
         key: _median(results["off"][key]) / _median(results["on"][key])
         for key in ("reply_ttft_s", "extract_ttft_s", "turn_s")
