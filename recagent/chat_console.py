@@ -31,6 +31,7 @@ def show_turn(events: Iterable[ChatEvent], console: Console) -> ChatReply:
     reply = Text()
     note: str | None = None
     final: ChatReply | None = None
+    shown, written = 0, 0
     with Live(Spinner("dots", text="thinking..."), console=console, refresh_per_second=12) as live:
         for event in events:
             if event.event == "delta":
@@ -41,6 +42,12 @@ def show_turn(events: Iterable[ChatEvent], console: Console) -> ChatReply:
                     note = f"(the streamed reply was replaced: {event.data['reason']})"
                 reply = Text(str(event.data.get("text", "")))
                 live.update(_view(reply, note))
+            elif event.event == "items":
+                shown = len(event.data.get("items") or [])
+            elif event.event == "justification":  # the table (after the turn) shows them; here: progress
+                written += 1
+                progress = Text(f"(writing reasons: {written}/{shown})", style="dim")
+                live.update(Group(_view(reply, note), progress), refresh=True)
             elif event.event == "done":
                 final = ChatReply.model_validate(event.data)
                 live.update(_view(Text(final.reply), note))

@@ -64,3 +64,29 @@ def test_unreachable_server(tmp_path: Path) -> None:
 def test_models_list_on_empty_home(tmp_path: Path) -> None:
     out = run("models", "list", env={"RECAGENT_HOME": str(tmp_path)})
     assert out.returncode == 0 and "recagent models prepare" in out.stdout
+
+
+def test_chat_console_counts_the_justifications_written_after_the_reply() -> None:
+    """`recagent chat` shows "writing reasons: n/k" while the later justifications arrive, then the reply."""
+    import io
+
+    from rich.console import Console
+
+    from agent.chat.conversation import ChatEvent, ChatReply
+    from agent.sessions import Preferences
+    from recagent.chat_console import show_turn
+
+    done = ChatReply(session_id="s", turn_id=2, reply="Here you go.", clarifying=False, preferences=Preferences(),
+                     request_id="r", timings={"ttft_s": 0.1})  # fmt: skip
+    events = [
+        ChatEvent(event="items", data={"items": [{"item_id": "a"}, {"item_id": "b"}]}),
+        ChatEvent(event="delta", data={"text": "Here you go."}),
+        ChatEvent(event="justification", data={"rank": 1, "item_id": "a"}),
+        ChatEvent(event="justification", data={"rank": 2, "item_id": "b"}),
+        ChatEvent(event="done", data=done.model_dump(mode="json")),
+    ]
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    assert show_turn(iter(events), console) == done
+    text = out.getvalue()
+    assert "writing reasons: 1/2" in text and "writing reasons: 2/2" in text and "Here you go." in text

@@ -198,8 +198,7 @@ def test_items_come_first_and_their_reasons_fill_in(browser: Any, live_server: L
     template_reasons = waiting.locator(".justification").all_inner_texts()
     assert all(template_reasons)
     page.wait_for_function(
-        "() => { const t = document.querySelector('.turn.assistant');"
-        " return t && !t.classList.contains('pending'); }",
+        "() => { const t = document.querySelector('.turn.assistant'); return t && !t.classList.contains('pending'); }",
         timeout=WAIT_MS,
     )
     turn = page.locator(".turn.assistant").first
