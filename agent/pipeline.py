@@ -597,15 +597,18 @@ class Recommender:
             return
         engine = self.engine()
         usage: dict[str, Any] = {}
-        by_id = {item.item_id: item for item in rec.items}
+        shown = {item.item_id: item for item in rec.items}
+        ranked = {item.item_id: item for item in rec.rerank.items}
         for event in justify_events(engine, self.registry, rec.items, todo, chunk=self.settings.justify_chunk,
                                     usage=usage):  # fmt: skip
-            item = by_id[event.item_id]
-            item.justification, item.justification_source = event.justification, event.justification_source
-            item.grounded, item.grounding_note = event.grounded, event.grounding_note
-            item.cited, item.flags = list(event.cited), list(event.flags)
+            for item in (shown[event.item_id], ranked[event.item_id]):
+                item.justification, item.justification_source = event.justification, event.justification_source
+                item.grounded, item.grounding_note = event.grounded, event.grounding_note
+                item.cited, item.flags = list(event.cited), list(event.flags)
             rec.justifications_pending -= 1
             yield event
+        rec.rerank.llm_calls += usage.get("llm_calls", 0)
+        rec.rerank.template_justifications = sum("template_justification" in i.flags for i in rec.rerank.items)
         rec.prompt_tokens += usage.get("prompt_tokens", 0)
         rec.completion_tokens += usage.get("completion_tokens", 0)
         rec.timings_ms["justify_later"] = usage.get("ms", 0.0)

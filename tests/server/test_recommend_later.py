@@ -62,6 +62,8 @@ def test_later_then_justify_equals_justifying_at_once(
     assert [i.justification for i in later.items] != shown  # the LLM ones replaced the template reasons
     assert all(i.justification_source == "llm" and PENDING_FLAG not in i.flags for i in later.items)
     assert later.prompt_tokens == now.prompt_tokens
+    assert [i.justification for i in later.rerank.items] == [i.justification for i in later.items]
+    assert later.rerank.llm_calls == now.rerank.llm_calls and later.rerank.template_justifications == 0
     assert list(rec.justify_events(later)) == []  # nothing pending any more
 
 
