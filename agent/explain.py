@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agent.llm.base import Generation, LLMEngine
 from agent.llm.batching import CallFailure, call_batch, json_value
 from agent.schemas import CandidateItem, Citation, JustificationSource, RerankConfig, UserContext
+from agent.sentence_check import broken_text, echoes_request, false_values, references
 from prompts import PromptRegistry, clean_data, explain_schema
 
 __all__ = [
@@ -105,6 +106,7 @@ class Justification:
     completion_tokens: int = 0
     raw: list[str] = field(default_factory=list)
     prompt_version: str | None = None
+    layout: str | None = None
 
 
 class _ExplainOutput(BaseModel):
@@ -201,13 +203,19 @@ def check_grounding(
     others: Sequence[CandidateItem] = (),
     *,
     require_citation: bool = True,
+    require_reference: bool = True,
+    written: str | None = None,
 ) -> tuple[bool, str]:
-    """``(ok, note)``: whether the justification states only what the item (or the user) says."""
+    """``(ok, note)``: whether the justification is about this item, readable, and states only what the item
+    (or the user) says. ``written``: the part the model wrote (default: all of ``text``), where values of the
+    candidates' fields that the item lacks are refused (an evidence prefix built from real values is exempt)."""
     problems: list[str] = []
     if not text or not text.strip():
         problems.append("empty justification")
     elif _PLACEHOLDER.match(text):
         problems.append("copies the prompt's placeholder instead of a sentence")
+    else:
+        problems += _sentence_problems(text, item, user, others, require_reference, written)
     if require_citation and not cited:
         problems.append("cites no field")
     for c in cited:
@@ -225,6 +233,33 @@ def check_grounding(
     if cited:
         return True, f"cited values found: {', '.join(f'{c.field}={c.value!r}' for c in cited[:4])}"
     return True, "no citations; no false year and no other candidate named"
+
+
+def _sentence_problems(
+    text: str,
+    item: CandidateItem,
+    user: UserContext,
+    others: Sequence[CandidateItem],
+    require_reference: bool,
+    written: str | None,
+) -> list[str]:
+    """Broken characters, no reference to the item, an echo of the request, values the item lacks."""
+    problems = []
+    bare = text
+    for title in [item.title, *(h.title for h in user.history), *(o.title for o in others)]:
+        bare = bare.replace(title, " ")  # a title's own brackets are not broken text
+    broken = broken_text(bare)
+    if broken:
+        problems.append(broken)
+    refs = references(text, item, user)
+    if require_reference and not refs.item:
+        problems.append("names nothing of the item (no title, field value or word of its text)")
+    elif require_reference and echoes_request(text, refs, user):
+        problems.append("echoes the request without naming anything of the item")
+    wrong = false_values(written or text, item, user, [item, *others], history=written is None)
+    if wrong:
+        problems.append(f"names value(s) the item does not have ({', '.join(map(repr, wrong[:3]))})")
+    return problems
 
 
 # ------------------------------------------------------------------------------------------------ template
@@ -361,7 +396,7 @@ def _ask(
             },
             allow_extra=True,
         )
-        out.prompt_version = rendered.version_id
+        out.prompt_version, out.layout = rendered.version_id, "chat"
         messages.append(rendered.chat_messages())
         schemas.append(explain_schema(req.item.field_names()))
     outcome = call_batch(
@@ -401,6 +436,30 @@ def _ask(
     return results
 
 
+def _explain_by_layout(
+    engine: LLMEngine,
+    registry: PromptRegistry,
+    requests: Sequence[ExplainRequest],
+    outs: Sequence[Justification],
+    ask: list[int],
+    timings: dict[str, float],
+) -> list[int]:
+    """Justify the requests whose layout resolves to few-shot (one batch per template); return the others."""
+    from agent.explain_fewshot import explain_fewshot, resolve_layout
+
+    groups: dict[str, list[int]] = {}
+    chat: list[int] = []
+    for i in ask:
+        cfg = requests[i].config
+        if resolve_layout(cfg.prompt_format, engine, registry, cfg.explain_template) == "fewshot":
+            groups.setdefault(cfg.explain_template, []).append(i)
+        else:
+            chat.append(i)
+    for todo in groups.values():
+        explain_fewshot(engine, registry, [requests[i] for i in todo], [outs[i] for i in todo], timings)
+    return chat
+
+
 def explain_many(
     engine: LLMEngine | None, registry: PromptRegistry, requests: Sequence[ExplainRequest]
 ) -> tuple[list[Justification], dict[str, float]]:
@@ -431,7 +490,7 @@ def explain_many(
         for i in ask:
             _use_template(outs[i], requests[i], "no LLM engine: template justification")
         return outs, timings
-
+    ask = _explain_by_layout(engine, registry, requests, outs, ask, timings)
     retry: list[int] = []
     for attempt, todo in (("explain", ask), ("explain_retry", retry)):
         if not todo:

@@ -181,6 +181,11 @@ class RerankConfig(_Model):
     options_template: str = "rank_options"
     pointwise_template: str = "rank_pointwise"
     explain_template: str = "explain"
+    prompt_format: Literal["auto", "chat", "fewshot"] = Field(
+        default="auto",
+        description="Prompt layout: chat (instruction messages), fewshot (worked examples, for base models) or "
+        "auto (fewshot when the model has no chat template and the template defines it).",
+    )
     n_orders: int = Field(default=1, ge=1, le=16, description="Candidate permutations per request (order aggregation).")
     seed: int = 0
     llm_weight: float = Field(

@@ -181,6 +181,12 @@ class Settings(BaseSettings):
         "llm", description="Justifications: LLM-written and grounding-checked, template-built, or none."
     )
     k: int = Field(10, ge=1, le=100, description="Recommendations returned per request.")
+    prompt_format: Literal["auto", "chat", "fewshot"] = Field(
+        "auto",
+        description="Prompt layout: chat (instruction messages through the model's chat template), fewshot "
+        "(worked examples then the open case, for base models such as the bundled Gemma) or auto (chat when the "
+        "model has a chat template, fewshot otherwise).",
+    )
 
     # conversation (agent/chat/conversation.py) and session storage (agent/sessions/)
     session_db_url: str | None = Field(
@@ -335,6 +341,7 @@ class Settings(BaseSettings):
             "n_orders": self.rerank_n_orders,
             "timeout_s": self.rerank_timeout_s,
             "explain": self.explain_mode,
+            "prompt_format": self.prompt_format,
             "seed": self.seed,
             "cache_dir": self.home / "cache",
         }

@@ -22,7 +22,9 @@ from prompts.schemas import (
     propose_items_schema,
 )
 from prompts.template import (
+    LAYOUTS,
     TASKS,
+    FewShotSpec,
     Message,
     OutputSpec,
     PromptTemplate,
@@ -33,7 +35,9 @@ from prompts.template import (
 
 __all__ = [
     "BUILTIN_DIR",
+    "LAYOUTS",
     "TASKS",
+    "FewShotSpec",
     "Message",
     "OutputSpec",
     "PromptError",

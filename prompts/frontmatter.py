@@ -19,7 +19,9 @@ from prompts.schemas import SCHEMA_BUILDERS
 __all__ = [
     "DEFAULT_LAYOUT",
     "DOCS",
+    "LAYOUTS",
     "TASKS",
+    "FewShotSpec",
     "FrontMatter",
     "MessageSlot",
     "OutputSpec",
@@ -43,6 +45,8 @@ Task = Literal[
 ]
 TASKS: tuple[str, ...] = get_args(Task)
 Role = Literal["system", "user", "assistant"]
+Layout = Literal["chat", "fewshot"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 _NAME = r"^[a-z][a-z0-9_]*$"
 DOCS = "docs/prompts.md"
 
@@ -90,6 +94,25 @@ class VariableSpec(BaseModel):
         return "default" not in self.model_fields_set
 
 
+class FewShotSpec(BaseModel):
+    """The few-shot completion layout of a template (for base models): one block rendered as plain text that
+    shows a couple of worked examples and ends with the open case, which the model continues up to ``stop``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block: str = Field(default="fewshot", pattern=_NAME, description="The block that renders the whole prompt.")
+    stop: list[str] = Field(default_factory=lambda: ["\n"], description="The answer ends at the first of these.")
+    max_tokens: int = Field(default=32, ge=1, le=512, description="Hard cap on the tokens the model writes.")
+    examples: int = Field(default=2, ge=0, le=8, description="Worked examples shown before the open case.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: list[str]) -> list[str]:
+        if not value or any(not s for s in value):
+            raise ValueError("stop needs at least one non-empty string (e.g. a newline)")
+        return value
+
+
 class MessageSlot(BaseModel):
     """One entry of the ``messages`` layout: which block becomes which chat role."""
 
@@ -118,6 +141,7 @@ class FrontMatter(BaseModel):
     output: OutputSpec
     variables: dict[str, VariableSpec]
     messages: list[MessageSlot] | None = None
+    fewshot: FewShotSpec | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -143,6 +167,13 @@ class FrontMatter(BaseModel):
         if len(set(blocks)) != len(blocks):
             raise ValueError("each block may appear once in messages")
         return value
+
+    @model_validator(mode="after")
+    def _fewshot_block_apart(self) -> FrontMatter:
+        layout = self.messages or DEFAULT_LAYOUT
+        if self.fewshot is not None and any(slot.block == self.fewshot.block for slot in layout):
+            raise ValueError(f"the fewshot block {self.fewshot.block!r} is also a chat message block: give it its own")
+        return self
 
 
 def split_front_matter(source: str, path: Path) -> tuple[str, str, int]:

@@ -101,8 +101,11 @@ class PromptRegistry:
             )
         return found
 
-    def render(self, name: str, variables: Mapping[str, Any], *, allow_extra: bool = False) -> RenderedPrompt:
-        return self.get(name).render(variables, allow_extra=allow_extra)
+    def render(
+        self, name: str, variables: Mapping[str, Any], *, allow_extra: bool = False, layout: str = "chat"
+    ) -> RenderedPrompt:
+        """Render ``name`` in ``layout`` (``chat``, or ``fewshot`` for templates that define it)."""
+        return self.get(name).render(variables, allow_extra=allow_extra, layout=layout)
 
     def to_langchain(self, name: str, *, allow_extra: bool = False) -> Any:
         """A ``langchain_core.prompts.ChatPromptTemplate`` that renders ``name`` in our sandbox."""

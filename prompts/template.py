@@ -42,8 +42,11 @@ from pydantic import BaseModel, ConfigDict
 from core.errors import PromptError
 from prompts.frontmatter import (
     DEFAULT_LAYOUT,
+    LAYOUTS,
     TASKS,
+    FewShotSpec,
     FrontMatter,
+    Layout,
     MessageSlot,
     OutputSpec,
     Role,
@@ -55,7 +58,10 @@ from prompts.sandbox import make_environment
 from prompts.schemas import build_schema
 
 __all__ = [
+    "LAYOUTS",
     "TASKS",
+    "FewShotSpec",
+    "Layout",
     "Message",
     "OutputSpec",
     "PromptTemplate",
@@ -82,6 +88,9 @@ class RenderedPrompt(BaseModel):
 
     When the last message has role ``assistant`` it is a prefill: the model continues it (vLLM:
     ``continue_final_message=True, add_generation_prompt=False``). ``text`` always ends with that prefix.
+
+    ``layout`` ``fewshot`` (base models): ``text`` is the whole completion prompt (worked examples, then the open
+    case), sent as plain text; ``messages`` holds it as one assistant prefill; the answer ends at ``stop``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -91,6 +100,13 @@ class RenderedPrompt(BaseModel):
     version_id: str
     messages: list[Message]
     text: str
+    layout: Layout = "chat"
+    stop: list[str] = []
+    max_tokens: int | None = None
+
+    def engine_input(self) -> str | list[dict[str, str]]:
+        """What an engine takes: the plain completion text (few-shot layout) or the chat messages."""
+        return self.text if self.layout == "fewshot" else self.chat_messages()
 
     @property
     def assistant_prefix(self) -> str:
@@ -148,6 +164,13 @@ def _check_body(env: ImmutableSandboxedEnvironment, body: str, front: FrontMatte
             hint="put the prompt in {% block system %}...{% endblock %} and {% block user %}...{% endblock %}",
         )
     layout_blocks = [slot.block for slot in (front.messages or DEFAULT_LAYOUT)]
+    if front.fewshot is not None:
+        if front.fewshot.block not in top_blocks:
+            raise PromptError(
+                f"{path}: 'fewshot' names block {front.fewshot.block!r} that the body does not define",
+                hint="add the {% block NAME %}...{% endblock %} that renders the few-shot prompt, or remove 'fewshot'",
+            )
+        layout_blocks.append(front.fewshot.block)
     unused = [b for b in top_blocks if b not in layout_blocks]
     if unused:
         raise PromptError(
@@ -214,6 +237,15 @@ class PromptTemplate:
         return self.front.output
 
     @property
+    def fewshot(self) -> FewShotSpec | None:
+        return self.front.fewshot
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The layouts this template renders: always ``chat``; ``fewshot`` when the front matter defines it."""
+        return LAYOUTS if self.front.fewshot is not None else ("chat",)
+
+    @property
     def variables(self) -> dict[str, VariableSpec]:
         return dict(self.front.variables)
 
@@ -273,12 +305,28 @@ class PromptTemplate:
         values.update({k: v for k, v in variables.items() if k in declared})
         return values
 
-    def render_blocks(self, variables: Mapping[str, Any], *, allow_extra: bool = False) -> dict[str, str]:
-        """Render every block on its own, in the sandbox; system/user text is stripped, prefixes keep spaces."""
+    def _slots(self, layout: str) -> tuple[MessageSlot, ...]:
+        if layout == "chat":
+            return self.layout
+        if layout == "fewshot" and self.front.fewshot is not None:
+            return (MessageSlot(role="assistant", block=self.front.fewshot.block),)
+        raise PromptError(
+            f"{self.name} has no {layout!r} layout (it renders: {', '.join(self.layouts)})",
+            hint="add a 'fewshot:' entry and its block to the template (see docs/prompts.md), or use the chat layout"
+            if layout == "fewshot"
+            else f"layouts are {', '.join(LAYOUTS)}",
+        )
+
+    def render_blocks(
+        self, variables: Mapping[str, Any], *, allow_extra: bool = False, layout: str = "chat"
+    ) -> dict[str, str]:
+        """Render every block of ``layout`` on its own, in the sandbox; system/user text is stripped, prefixes
+        (and the few-shot block) keep their spaces."""
+        slots = self._slots(layout)
         values = self.resolve_variables(variables, allow_extra=allow_extra)
         out: dict[str, str] = {}
         try:
-            for slot in self.layout:
+            for slot in slots:
                 block = self._compiled.blocks.get(slot.block)
                 if block is None:
                     continue
@@ -312,10 +360,14 @@ class PromptTemplate:
             ) from exc
         return out
 
-    def render(self, variables: Mapping[str, Any], *, allow_extra: bool = False) -> RenderedPrompt:
-        """Render to chat messages and completion text. Missing or unknown variables raise PromptError."""
-        parts = self.render_blocks(variables, allow_extra=allow_extra)
-        messages = [Message(role=slot.role, content=parts[slot.block]) for slot in self.layout if parts.get(slot.block)]
+    def render(
+        self, variables: Mapping[str, Any], *, allow_extra: bool = False, layout: str = "chat"
+    ) -> RenderedPrompt:
+        """Render to chat messages and completion text (``layout`` chat), or to the few-shot completion text
+        (``layout`` fewshot). Missing or unknown variables raise PromptError."""
+        slots = self._slots(layout)
+        parts = self.render_blocks(variables, allow_extra=allow_extra, layout=layout)
+        messages = [Message(role=slot.role, content=parts[slot.block]) for slot in slots if parts.get(slot.block)]
         if not messages:
             raise PromptError(
                 f"{self.name}: every block rendered empty, there is no prompt",
@@ -327,6 +379,9 @@ class PromptTemplate:
             version_id=self.version_id,
             messages=messages,
             text="\n\n".join(m.content for m in messages),
+            layout="fewshot" if layout == "fewshot" else "chat",
+            stop=list(self.front.fewshot.stop) if layout == "fewshot" and self.front.fewshot else [],
+            max_tokens=self.front.fewshot.max_tokens if layout == "fewshot" and self.front.fewshot else None,
         )
 
     def to_langchain(self, *, allow_extra: bool = False) -> Any:

@@ -265,6 +265,11 @@ class LLMEngine(ABC):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_id}
 
+    def has_chat_template(self) -> bool | None:
+        """Whether the model has a chat template (an instruct model); None when the engine cannot tell (a remote
+        server, a fake). Prompt format ``auto`` uses the few-shot layout only on a definite False."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""
 

@@ -27,7 +27,7 @@ from agent.llm.base import (
 )
 from agent.llm.dtype import resolve_llm_dtype
 from agent.llm.models import adapter_info
-from agent.llm.prompting import check_length, encode_request, label_token_ids
+from agent.llm.prompting import check_length, encode_request, has_chat_template, label_token_ids
 from agent.settings import Settings
 
 
@@ -183,6 +183,9 @@ class HFEngine(LLMEngine):
                     yield rest
         finally:
             cancel.set()
+
+    def has_chat_template(self) -> bool:
+        return has_chat_template(self.tokenizer)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.backend, "model": self.model_id, "dtype": self.dtype}

@@ -127,6 +127,10 @@ class OpenAIServerEngine(LLMEngine):
     def _use_chat(self, request: LLMRequest) -> bool:
         return request.messages is not None and self._chat_ok is not False
 
+    def has_chat_template(self) -> bool | None:
+        """Known once a chat call was answered (True) or refused for lack of a chat template (False)."""
+        return self._chat_ok
+
     def _completion_prompt(self, request: LLMRequest) -> str:
         return request.prompt if request.prompt is not None else flatten_messages(request.messages or ())
 

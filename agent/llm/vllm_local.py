@@ -36,7 +36,7 @@ from agent.llm.base import (
 )
 from agent.llm.dtype import resolve_llm_dtype
 from agent.llm.models import adapter_info
-from agent.llm.prompting import check_length, encode_request, label_token_ids
+from agent.llm.prompting import check_length, encode_request, has_chat_template, label_token_ids
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -345,6 +345,9 @@ class VLLMEngine(LLMEngine):
             out.put(("error", _rejected(exc)))
         except Exception as exc:  # the engine died mid-stream: the reader gets an engine error, not a hang
             out.put(("error", EngineError(f"vLLM failed while streaming: {exc}", hint="retry; see the server log")))
+
+    def has_chat_template(self) -> bool:
+        return has_chat_template(self.tokenizer)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {

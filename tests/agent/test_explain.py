@@ -44,13 +44,13 @@ def cite(name: str, value: str) -> list[Citation]:
     ],
 )
 def test_cited_values_must_exist_in_the_item(field: str, value: str, ok: bool) -> None:
-    assert check_grounding("A fine pick.", cite(field, value), ITEM, make_user())[0] is ok
+    assert check_grounding("Book 1 is a fine pick.", cite(field, value), ITEM, make_user())[0] is ok
 
 
 def test_user_stated_preferences_count_as_grounds() -> None:
     user = make_user(need="something with dragons", liked_attributes=[AttributePreference(field="mood", value="Cozy")])
-    assert check_grounding("You asked for dragons.", cite("description", "dragons"), ITEM, user)[0]
-    assert check_grounding("A cozy read.", cite("mood", "cozy"), ITEM, user)[0]
+    assert check_grounding("You asked for dragons: Book 1.", cite("description", "dragons"), ITEM, user)[0]
+    assert check_grounding("Book 1 is a cozy read.", cite("mood", "cozy"), ITEM, user)[0]
 
 
 def test_years_and_other_titles_in_the_text_are_checked() -> None:
@@ -60,7 +60,7 @@ def test_years_and_other_titles_in_the_text_are_checked() -> None:
     ok, note = check_grounding("A Drama from 2004.", cite("genres", "Drama"), ITEM, user)
     assert not ok and "2004" in note
     # 1995 is in the user's history: allowed ("like the 1995 book you loved")
-    assert check_grounding("Like your 1995 favourite.", cite("genres", "Drama"), ITEM, user)[0]
+    assert check_grounding("A Drama like your 1995 favourite.", cite("genres", "Drama"), ITEM, user)[0]
     ok, note = check_grounding("Better than Book 3.", cite("genres", "Drama"), ITEM, user, CANDS)
     assert not ok and "Book 3" in note
     # "Book 1" is a prefix of "Book 10": naming your own title is not naming another candidate
@@ -139,7 +139,7 @@ def test_listwise_justifications_are_checked_too(registry: PromptRegistry) -> No
                 {
                     "ranking": [
                         {"id": "b0", "justification": "A 2019 bestseller."},
-                        {"id": "b1", "justification": "Dark and dramatic."},
+                        {"id": "b1", "justification": "A dark Horror pick."},
                     ]
                 }
             )
@@ -153,7 +153,7 @@ def test_listwise_justifications_are_checked_too(registry: PromptRegistry) -> No
     first, second = result.items
     assert first.justification_source == "llm" and first.flags == ["regenerated"]
     assert first.grounding_note and "2019" in first.grounding_note and "re-asked" in first.grounding_note
-    assert second.justification == "Dark and dramatic." and second.justification_source == "listwise"
+    assert second.justification == "A dark Horror pick." and second.justification_source == "listwise"
 
 
 def test_explain_modes(registry: PromptRegistry) -> None:

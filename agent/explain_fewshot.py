@@ -1,0 +1,170 @@
+"""Justifications for base models: a few-shot completion prompt whose answer line starts with real evidence.
+
+Per batch (all items of all users) ONE engine call, plus at most one sampled repair of the answers that fail the
+check, then the template fallback:
+
+1. per user, the few most relevant liked items (:func:`agent.evidence.relevant_liked`) form the user's part of
+   the prompt, identical for all their items (a shared prefix: the engine's prefix cache reuses it);
+2. worked examples come from pairs of the batch's own candidates that share a value
+   (:func:`agent.evidence.fewshot_examples`), the same for the whole batch;
+3. per item, the evidence (:func:`agent.evidence.choose_evidence`: the liked item sharing the most values, the
+   shared values, the values the request names) opens the answer line, and the model writes the short rest
+   (the template's ``fewshot.max_tokens`` cap, cut at its stop string, first sentence, <= 30 words);
+4. the sentence is checked (:func:`agent.explain.check_grounding`, with the model-written part checked for values
+   the item lacks) and must not recite the prompt's instructions or worked answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from agent.evidence import Evidence, choose_evidence, fewshot_examples, relevant_liked
+from agent.llm.base import LLMEngine, cut_at_stop
+from agent.llm.batching import CallFailure, call_batch
+from agent.schemas import CandidateItem, UserContext
+from prompts import PromptRegistry, RenderedPrompt, clean_data
+
+if TYPE_CHECKING:
+    from agent.explain import ExplainRequest, Justification
+
+__all__ = ["MAX_WORDS", "LIKED_SHOWN", "explain_fewshot", "resolve_layout"]
+
+MAX_WORDS = 30
+LIKED_SHOWN = 3
+
+
+def resolve_layout(prompt_format: str, engine: LLMEngine | None, registry: PromptRegistry, template: str) -> str:
+    """``chat`` or ``fewshot`` for ``prompt_format`` (auto: few-shot when the engine's model has no chat template
+    and the template defines a few-shot layout; an engine that cannot tell keeps the chat layout)."""
+    layouts = registry.get(template).layouts
+    if prompt_format == "fewshot" and "fewshot" in layouts:
+        return "fewshot"
+    if prompt_format == "auto" and "fewshot" in layouts and engine is not None:
+        return "fewshot" if engine.has_chat_template() is False else "chat"
+    return "chat"
+
+
+def _user_key(user: UserContext) -> str:
+    return user.model_dump_json()
+
+
+def _cap_words(text: str, limit: int = MAX_WORDS) -> str:
+    words = text.split()
+    return text if len(words) <= limit else " ".join(words[:limit]).rstrip(",;:") + "…"
+
+
+class _Batch:
+    """The rendered prompts of one batch and what each answer is checked against."""
+
+    def __init__(self, registry: PromptRegistry, reqs: Sequence[ExplainRequest]) -> None:
+        from agent.explain import item_prompt_vars
+
+        template = registry.get(reqs[0].config.explain_template)
+        spec = template.fewshot
+        assert spec is not None
+        targets = {r.item.id for r in reqs}
+        pool: list[CandidateItem] = [c for r in reqs for c in r.others]
+        self.examples = fewshot_examples(pool, targets, spec.examples)
+        groups: dict[str, list[CandidateItem]] = {}
+        for r in reqs:
+            groups.setdefault(_user_key(r.user), []).append(r.item)
+        liked = {key: relevant_liked(r.user, groups[key], LIKED_SHOWN) for r in reqs for key in [_user_key(r.user)]}
+        self.evidence: list[Evidence] = []
+        self.prompts: list[RenderedPrompt] = []
+        for r in reqs:
+            shown = liked[_user_key(r.user)]
+            ev = choose_evidence(r.item, r.user, shown)
+            variables: dict[str, Any] = {
+                "item": item_prompt_vars(r.item),
+                "history": [],
+                "need": r.user.prompt_need(),
+                "liked": "; ".join(clean_data(h.title) for h in shown) or "(nothing yet)",
+                "examples": self.examples,
+                "evidence": ev.prefix(),
+            }
+            self.evidence.append(ev)
+            self.prompts.append(template.render(variables, allow_extra=True, layout="fewshot"))
+        header = self.prompts[0].text.split("\n", 1)[0]
+        self.instructions = "\n".join([header, *(str(e["answer"]) for e in self.examples)])
+        self.max_tokens = spec.max_tokens
+        self.stop = list(spec.stop)
+
+
+def _ask(engine: LLMEngine, batch: _Batch, todo: Sequence[int], reqs: Sequence[ExplainRequest], retry: bool) -> list:
+    config = reqs[todo[0]].config
+    outcome = call_batch(
+        engine,
+        len(todo),
+        lambda idx: engine.generate(
+            [batch.prompts[todo[i]].text for i in idx],
+            max_tokens=batch.max_tokens,
+            temperature=config.retry_temperature if retry else config.temperature,
+            seed=config.seed + (1 if retry else 0),
+        ),
+        timeout=config.explain_timeout_s,
+    )
+    return list(outcome.results)
+
+
+def _judge(batch: _Batch, i: int, req: ExplainRequest, out: Justification, result: Any) -> str | None:
+    """Record one answer on ``out``; the reason it failed, or None when it passed."""
+    from agent.explain import check_grounding, first_sentence, quotes_prompt
+
+    out.llm_calls += 1
+    if isinstance(result, CallFailure):
+        return f"explain failed ({result.reason})"
+    out.raw.append(result.text)
+    out.prompt_tokens += result.prompt_tokens
+    out.completion_tokens += result.completion_tokens
+    written = cut_at_stop(result.text, batch.stop).strip()
+    prefix = batch.evidence[i].prefix()
+    sentence = _cap_words(first_sentence(f"{prefix} {written}".strip()))
+    if not written:
+        return "the model wrote nothing after the evidence"
+    if quotes_prompt(written, batch.instructions):
+        return "quotes the prompt's instructions or worked answers"
+    cited = batch.evidence[i].citations()
+    ok, note = check_grounding(
+        sentence, cited, req.item, req.user, req.others, require_citation=False, written=written
+    )
+    if not ok:
+        return f"LLM justification rejected: {note}"
+    out.text, out.cited, out.source, out.grounded = sentence, cited, "llm", True
+    out.note = f"evidence: {prefix or '(none)'}; {note}" if not out.note else f"{out.note}; re-asked: {note}"
+    return None
+
+
+def explain_fewshot(
+    engine: LLMEngine,
+    registry: PromptRegistry,
+    reqs: Sequence[ExplainRequest],
+    outs: Sequence[Justification],
+    timings: dict[str, float],
+) -> None:
+    """Fill ``outs`` for ``reqs`` (see the module doc); failures end as template justifications."""
+    from agent.explain import _use_template
+
+    batch = _Batch(registry, reqs)
+    for out, prompt in zip(outs, batch.prompts, strict=True):
+        out.prompt_version, out.layout = prompt.version_id, "fewshot"
+    todo = list(range(len(reqs)))
+    for attempt in ("explain", "explain_retry"):
+        if not todo:
+            break
+        retry = attempt == "explain_retry"
+        started = time.perf_counter()
+        results = _ask(engine, batch, todo, reqs, retry)
+        timings[attempt] = (time.perf_counter() - started) * 1000
+        failed = []
+        for i, result in zip(todo, results, strict=True):
+            reason = _judge(batch, i, reqs[i], outs[i], result)
+            if reason is None:
+                continue
+            if retry or (isinstance(result, CallFailure) and result.reason != "invalid_output"):
+                _use_template(outs[i], reqs[i], f"{reason}: template justification")
+            else:
+                outs[i].note, outs[i].flags = reason, [*outs[i].flags, "regenerated"]
+                failed.append(i)
+        todo = failed
