@@ -31,12 +31,25 @@ __all__ = [
     "item_values",
     "liked_history",
     "relevant_liked",
+    "short_title",
 ]
 
 MAX_VALUES = 2
 LIKED_POOL = 50
 STEM = 5
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+_PAREN_TAIL = re.compile(r"\s*\([^()]*\)\s*$")
+MIN_TITLE = 4
+
+
+def short_title(title: str) -> str:
+    """A title as a sentence names it: without a trailing parenthesis ("Heat (1995)" -> "Heat"), unless too
+    little would be left."""
+    title = clean_data(title)
+    short = _PAREN_TAIL.sub("", title)
+    return short if len(short) >= MIN_TITLE else title
 
 
 def _norm(value: Any) -> str:
@@ -143,7 +156,7 @@ def choose_evidence(item: CandidateItem, user: UserContext, liked: Sequence[Hist
             best = (len(shared), h, shared)
     _, chosen, shared = best
     return Evidence(
-        liked=clean_data(chosen.title) if chosen is not None else None,
+        liked=short_title(chosen.title) if chosen is not None else None,
         shared=tuple(shared),
         asked=tuple(_asked(item, user.need)),
         request=bool(user.need.strip()),
@@ -168,11 +181,13 @@ def example_answer(prefix: str, title: str, new_values: Sequence[str], shared: S
     return f"{prefix} {rest}."
 
 
-def fewshot_examples(pool: Iterable[CandidateItem], avoid: set[str], n: int) -> list[dict[str, Any]]:
+def fewshot_examples(
+    pool: Iterable[CandidateItem], avoid: set[str], n: int, *, with_request: bool = False
+) -> list[dict[str, Any]]:
     """Up to ``n`` worked examples from pairs of ``pool`` items (the batch's own catalog items) that share a
-    value; items whose id is in ``avoid`` (the ones being justified) never appear. Deterministic."""
-    items = [it for it in pool if it.id not in avoid]
-    unique = list({it.id: it for it in items}.values())
+    value; items whose id is in ``avoid`` (the ones being justified) never appear. With ``with_request`` the first
+    example is a request case (its request names two of the example item's own values). Deterministic."""
+    unique = list({it.id: it for it in pool if it.id not in avoid}.values())
     out: list[dict[str, Any]] = []
     used: set[str] = set()
     for x in unique:
@@ -181,19 +196,25 @@ def fewshot_examples(pool: Iterable[CandidateItem], avoid: set[str], n: int) -> 
         for liked in unique:
             if liked.id == x.id or liked.id in used or x.id in used:
                 continue
-            as_history = HistoryItem.from_item(liked.item)
-            shared = _shared(x, as_history)
+            shared = _shared(x, HistoryItem.from_item(liked.item))
             if not shared:
                 continue
-            evidence = Evidence(liked=clean_data(liked.title), shared=tuple(shared))
-            shared_keys = {(f, _norm(v)) for f, v in shared}
-            new = [v for f, v in item_values(x.item.metadata) if (f, _norm(v)) not in shared_keys]
+            request = with_request and not out
+            asked = tuple(item_values(x.item.metadata)[:MAX_VALUES]) if request else ()
+            evidence = Evidence(liked=None if request else short_title(liked.title), shared=tuple(shared),
+                                asked=asked, request=request)  # fmt: skip
+            named = {(f, _norm(v)) for f, v in (asked if request else shared)}
+            new = [v for f, v in item_values(x.item.metadata) if (f, _norm(v)) not in named]
             answer = example_answer(
-                evidence.prefix(), clean_data(x.title), new, [v for _, v in shared], _text_snippet(x.item.texts)
+                evidence.prefix(), short_title(x.title), new, [v for _, v in shared], _text_snippet(x.item.texts)
             )
             attributes = {k: v for k, v in x.item.metadata.items() if k != "title"}
-            out.append({"liked": clean_data(liked.title), "item": {"title": x.title, "attributes": attributes},
-                        "answer": answer})  # fmt: skip
+            out.append({
+                "liked": "(nothing yet)" if request else short_title(liked.title),
+                "need": " and ".join(v for _, v in asked).lower() if request else "",
+                "item": {"title": x.title, "attributes": attributes},
+                "answer": answer,
+            })  # fmt: skip
             used.update({x.id, liked.id})
             break
     return out

@@ -20,16 +20,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.evidence import Evidence, choose_evidence, fewshot_examples, relevant_liked
+from agent.evidence import Evidence, choose_evidence, fewshot_examples, relevant_liked, short_title
 from agent.llm.base import LLMEngine, cut_at_stop
 from agent.llm.batching import CallFailure, call_batch
 from agent.schemas import CandidateItem, UserContext
-from prompts import PromptRegistry, RenderedPrompt, clean_data
+from prompts import PromptRegistry, RenderedPrompt
 
 if TYPE_CHECKING:
     from agent.explain import ExplainRequest, Justification
 
-__all__ = ["MAX_WORDS", "LIKED_SHOWN", "explain_fewshot", "resolve_layout"]
+__all__ = ["LIKED_SHOWN", "MAX_WORDS", "explain_fewshot", "resolve_layout"]
 
 MAX_WORDS = 30
 LIKED_SHOWN = 3
@@ -66,7 +66,8 @@ class _Batch:
         assert spec is not None
         targets = {r.item.id for r in reqs}
         pool: list[CandidateItem] = [c for r in reqs for c in r.others]
-        self.examples = fewshot_examples(pool, targets, spec.examples)
+        needs = any(r.user.prompt_need() for r in reqs)
+        self.examples = fewshot_examples(pool, targets, spec.examples, with_request=needs)
         groups: dict[str, list[CandidateItem]] = {}
         for r in reqs:
             groups.setdefault(_user_key(r.user), []).append(r.item)
@@ -80,7 +81,7 @@ class _Batch:
                 "item": item_prompt_vars(r.item),
                 "history": [],
                 "need": r.user.prompt_need(),
-                "liked": "; ".join(clean_data(h.title) for h in shown) or "(nothing yet)",
+                "liked": "; ".join(short_title(h.title) for h in shown) or "(nothing yet)",
                 "examples": self.examples,
                 "evidence": ev.prefix(),
             }
@@ -119,6 +120,8 @@ def _judge(batch: _Batch, i: int, req: ExplainRequest, out: Justification, resul
     out.prompt_tokens += result.prompt_tokens
     out.completion_tokens += result.completion_tokens
     written = cut_at_stop(result.text, batch.stop).strip()
+    if written == result.text.strip() and result.finish_reason == "length" and not written.endswith((".", "!", "?")):
+        return "cut off by the token cap before the sentence ended"
     prefix = batch.evidence[i].prefix()
     sentence = _cap_words(first_sentence(f"{prefix} {written}".strip()))
     if not written:
@@ -126,9 +129,7 @@ def _judge(batch: _Batch, i: int, req: ExplainRequest, out: Justification, resul
     if quotes_prompt(written, batch.instructions):
         return "quotes the prompt's instructions or worked answers"
     cited = batch.evidence[i].citations()
-    ok, note = check_grounding(
-        sentence, cited, req.item, req.user, req.others, require_citation=False, written=written
-    )
+    ok, note = check_grounding(sentence, cited, req.item, req.user, req.others, require_citation=False, written=written)
     if not ok:
         return f"LLM justification rejected: {note}"
     out.text, out.cited, out.source, out.grounded = sentence, cited, "llm", True

@@ -23,7 +23,7 @@ from agent.evidence import item_values
 from agent.schemas import CandidateItem, UserContext
 from prompts import clean_data
 
-__all__ = ["References", "broken_text", "echoes_request", "false_values", "references"]
+__all__ = ["References", "broken_text", "echoes_request", "false_values", "references", "user_references"]
 
 _BROKEN = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f{}\[\]<>|\\^~`]|\*\*|__|##|(?<=\w)[#@$%*=+](?=\w)")
 _WORD = re.compile(r"[a-z0-9']+")
@@ -54,9 +54,11 @@ def _content_words(text: str) -> list[str]:
 def broken_text(text: str) -> str | None:
     """Why ``text`` is not clean prose (None when it is)."""
     found = _BROKEN.search(text)
-    if found is None:
-        return None
-    return f"broken characters or markup ({found.group(0)!r})"
+    if found is not None:
+        return f"broken characters or markup ({found.group(0)!r})"
+    if text.count("(") != text.count(")") or text.count('"') % 2:
+        return "unbalanced parentheses or quotes (a cut-off or garbled sentence)"
+    return None
 
 
 @dataclass
@@ -95,11 +97,22 @@ def references(text: str, item: CandidateItem, user: UserContext) -> References:
             out.item.append(w)
             if w not in need_words:
                 out.item_beyond_request.append(w)
-    for h in user.history:
-        if _mentions(said, h.title) or _mentions(said, re.sub(r"\s*\([^()]*\)\s*$", "", h.title)):
-            out.user.append(h.title)
-    out.user += [p.value for p in user.liked_attributes if _mentions(said, p.value)]
-    out.user += [w for w in dict.fromkeys(_content_words(said)) if w in need_words]
+    out.user = user_references(text, user)
+    return out
+
+
+def user_references(text: str, user: UserContext) -> list[str]:
+    """What of the user ``text`` names: history titles (with or without a trailing "(year)"), stated likes,
+    content words of the request."""
+    said = _norm(text)
+    need_words = set(_content_words(_norm(user.need)))
+    out = [
+        h.title
+        for h in user.history
+        if _mentions(said, h.title) or _mentions(said, re.sub(r"\s*\([^()]*\)\s*$", "", h.title))
+    ]
+    out += [p.value for p in user.liked_attributes if _mentions(said, p.value)]
+    out += [w for w in dict.fromkeys(_content_words(said)) if w in need_words]
     return out
 
 
