@@ -236,10 +236,8 @@ def test_the_evidence_never_names_a_value_the_item_lacks(
     item_genres: list[str], item_moods: list[str], history: list[tuple[list[str], float | None]], need: str
 ) -> None:
     item = _item(item_genres, item_moods)
-    user = UserContext(
-        history=[HistoryItem(title=f"Seen {i}", attributes={"genres": g}, rating=r) for i, (g, r) in enumerate(history)],
-        need=need,
-    )
+    seen = [HistoryItem(title=f"Seen {i}", attributes={"genres": g}, rating=r) for i, (g, r) in enumerate(history)]
+    user = UserContext(history=seen, need=need)
     liked = liked_history(user)
     evidence = choose_evidence(item, user, liked)
     for c in evidence.citations():
@@ -267,7 +265,9 @@ def test_base_model_gets_the_fewshot_layout_and_instruct_model_the_chat_template
     for name, engine in (("base", base), ("instruct", instruct)):
         original = engine.generate
 
-        def record(requests: Any, *a: Any, _name: str = name, _orig: Any = original, _e: Any = engine, **kw: Any) -> Any:
+        def record(
+            requests: Any, *a: Any, _name: str = name, _orig: Any = original, _e: Any = engine, **kw: Any
+        ) -> Any:
             ids = [encode_request(_e.tokenizer, LLMRequest.of(r)) for r in requests]
             seen[_name] += [_e.tokenizer.decode(i) for i in ids]
             return _orig(requests, *a, **kw)
