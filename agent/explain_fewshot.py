@@ -20,10 +20,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.evidence import Evidence, choose_evidence, fewshot_examples, relevant_liked, short_title
-from agent.llm.base import LLMEngine, cut_at_stop
+from agent.evidence import MIN_TITLE, Evidence, choose_evidence, fewshot_examples, relevant_liked, short_title
+from agent.llm.base import LLMEngine, accepts_stop, cut_at_stop
 from agent.llm.batching import CallFailure, call_batch
 from agent.schemas import CandidateItem, UserContext
+from agent.sentence_check import references
 from prompts import PromptRegistry, RenderedPrompt
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["LIKED_SHOWN", "MAX_WORDS", "explain_fewshot", "resolve_layout"]
 
 MAX_WORDS = 30
+REQUEST_WORDS = 5
 LIKED_SHOWN = 3
 
 
@@ -72,7 +74,9 @@ class _Batch:
         for r in reqs:
             groups.setdefault(_user_key(r.user), []).append(r.item)
         liked = {key: relevant_liked(r.user, groups[key], LIKED_SHOWN) for r in reqs for key in [_user_key(r.user)]}
+        shown_titles = {t for e in self.examples for t in (str(e["liked"]), str(e["item"]["title"]))}
         self.evidence: list[Evidence] = []
+        self.titles: list[set[str]] = []
         self.prompts: list[RenderedPrompt] = []
         for r in reqs:
             shown = liked[_user_key(r.user)]
@@ -86,6 +90,7 @@ class _Batch:
                 "evidence": ev.prefix(),
             }
             self.evidence.append(ev)
+            self.titles.append(shown_titles | {short_title(h.title) for h in shown})
             self.prompts.append(template.render(variables, allow_extra=True, layout="fewshot"))
         header = self.prompts[0].text.split("\n", 1)[0]
         self.instructions = "\n".join([header, *(str(e["answer"]) for e in self.examples)])
@@ -95,6 +100,7 @@ class _Batch:
 
 def _ask(engine: LLMEngine, batch: _Batch, todo: Sequence[int], reqs: Sequence[ExplainRequest], retry: bool) -> list:
     config = reqs[todo[0]].config
+    stop = {"stop": batch.stop} if accepts_stop(engine) else {}  # else cut after decoding
     outcome = call_batch(
         engine,
         len(todo),
@@ -103,10 +109,29 @@ def _ask(engine: LLMEngine, batch: _Batch, todo: Sequence[int], reqs: Sequence[E
             max_tokens=batch.max_tokens,
             temperature=config.retry_temperature if retry else config.temperature,
             seed=config.seed + (1 if retry else 0),
+            **stop,
         ),
         timeout=config.explain_timeout_s,
     )
     return list(outcome.results)
+
+
+def _written_problem(written: str, shown: set[str], req: ExplainRequest) -> str | None:
+    """What the model-written rest must do beyond the general check: name something of the item besides its
+    title, name no other title the prompt showed (liked items, worked examples), not copy the request."""
+    from agent.explain import quotes_prompt
+
+    own = {req.item.title, short_title(req.item.title)}
+    refs = references(written, req.item, req.user)
+    if not [r for r in refs.item if r not in own]:
+        return "says nothing about the item beyond its title"
+    said = f" {' '.join(written.casefold().split())} "
+    named = sorted(t for t in shown - own if len(t) >= MIN_TITLE and f" {t.casefold()}" in said)
+    if named:
+        return f"names another item from the prompt ({', '.join(map(repr, named[:2]))})"
+    if quotes_prompt(written, req.user.need, REQUEST_WORDS):
+        return "copies the request"
+    return None
 
 
 def _judge(batch: _Batch, i: int, req: ExplainRequest, out: Justification, result: Any) -> str | None:
@@ -128,6 +153,9 @@ def _judge(batch: _Batch, i: int, req: ExplainRequest, out: Justification, resul
         return "the model wrote nothing after the evidence"
     if quotes_prompt(written, batch.instructions):
         return "quotes the prompt's instructions or worked answers"
+    problem = _written_problem(written, batch.titles[i], req)
+    if problem:
+        return f"LLM justification rejected: {problem}"
     cited = batch.evidence[i].citations()
     ok, note = check_grounding(sentence, cited, req.item, req.user, req.others, require_citation=False, written=written)
     if not ok:
@@ -164,7 +192,8 @@ def explain_fewshot(
             if reason is None:
                 continue
             if retry or (isinstance(result, CallFailure) and result.reason != "invalid_output"):
-                _use_template(outs[i], reqs[i], f"{reason}: template justification")
+                first = f"{outs[i].note}; re-asked: " if retry and outs[i].note else ""
+                _use_template(outs[i], reqs[i], f"{first}{reason}: template justification")
             else:
                 outs[i].note, outs[i].flags = reason, [*outs[i].flags, "regenerated"]
                 failed.append(i)

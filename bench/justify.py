@@ -96,11 +96,12 @@ def main() -> None:
             result = rec.recommend(req)
             seconds = time.perf_counter() - t0
             stats = justification_stats(rec, req, result)
-            rows.append({"seconds": seconds, "prompt_tokens": result.prompt_tokens,
+            explain_s = sum(v for k, v in result.timings_ms.items() if k.startswith("explain")) / 1000
+            rows.append({"seconds": seconds, "explain_s": explain_s, "prompt_tokens": result.prompt_tokens,
                          "completion_tokens": result.completion_tokens, **stats})  # fmt: skip
-            print(f"[{fmt}] {req.user_id or req.query!r}: {seconds:.2f}s, llm+grounded {stats['llm']}/"
-                  f"{stats['n']}, user-linked {stats['linked']}", flush=True)  # fmt: skip
-            for s in stats["samples"][:2]:
+            print(f"[{fmt}] {req.user_id or req.query!r}: {seconds:.2f}s (justifications {explain_s:.2f}s), "
+                  f"llm+grounded {stats['llm']}/{stats['n']}, user-linked {stats['linked']}", flush=True)  # fmt: skip
+            for s in stats["samples"][:5]:
                 print(f"    {s}", flush=True)
         times = [r["seconds"] for r in rows]
         n = sum(r["n"] for r in rows)
@@ -109,6 +110,7 @@ def main() -> None:
             "requests": len(rows),
             "p50_s": round(statistics.median(times), 2),
             "p95_s": round(pct(times, 0.95), 2),
+            "explain_p50_s": round(statistics.median(r["explain_s"] for r in rows), 2),
             "justifications": n,
             "llm_grounded_share": round(llm / n, 3) if n else None,
             "user_linked_share_of_llm": round(sum(r["linked"] for r in rows) / llm, 3) if llm else None,

@@ -329,10 +329,13 @@ class CachingEngine(LLMEngine):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
+        stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         reqs = [LLMRequest.of(r) for r in requests]
         schemas = schemas_per_request(json_schema, len(reqs))
-        params = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        if stop:
+            params["stop"] = list(stop)  # only then part of the key: entries written without stop stay valid
         keys = [self._key("generate", r, {**params, "schema": s}) for r, s in zip(reqs, schemas, strict=True)]
 
         def send(idx: list[int]) -> list[Generation]:
@@ -344,6 +347,9 @@ class CachingEngine(LLMEngine):
             )
 
         return self._call("generate", keys, reqs, send, Generation.model_validate)
+
+    def has_chat_template(self) -> bool | None:
+        return self.inner.has_chat_template() if self.inner is not None else None
 
     def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:
         reqs = [LLMRequest.of(r) for r in requests]

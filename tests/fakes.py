@@ -18,6 +18,7 @@ from agent.llm.base import (
     RequestLike,
     SchemaArg,
     check_labels,
+    cut_at_stop,
     parse_outputs,
     schemas_per_request,
 )
@@ -39,6 +40,7 @@ class Call:
     max_tokens: int = 0
     temperature: float = 0.0
     seed: int = 0
+    stop: list[str] = field(default_factory=list)
 
 
 def text_of(request: LLMRequest) -> str:
@@ -126,16 +128,20 @@ class FakeEngine(LLMEngine):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
+        stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         reqs = [LLMRequest.of(r) for r in requests]
         schemas = schemas_per_request(json_schema, len(reqs))
-        self.calls.append(Call("generate", reqs, schemas, [], max_tokens, temperature, seed))
+        self.calls.append(Call("generate", reqs, schemas, [], max_tokens, temperature, seed, list(stop or [])))
         self._wait()
         if self.error is not None:
             raise self.error
         out = []
         for req, schema in zip(reqs, schemas, strict=True):
             got = self.generate_fn(req, schema)
+            if stop and isinstance(got, str) and cut_at_stop(got, stop) != got:
+                got = Generation(text=cut_at_stop(got, stop), prompt_tokens=len(text_of(req)) // 4,
+                                 completion_tokens=len(got) // 4 + 1, finish_reason="stop")  # fmt: skip
             gen = (
                 got
                 if isinstance(got, Generation)

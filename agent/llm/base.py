@@ -208,6 +208,16 @@ class StopFilter:
         return out
 
 
+def accepts_stop(engine: Any) -> bool:
+    """Whether ``engine.generate`` takes ``stop`` (wrappers written before it was added do not)."""
+    import inspect
+
+    try:
+        return "stop" in inspect.signature(engine.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def log_softmax_subset(logprobs: dict[str, float]) -> dict[str, float]:
     """Renormalise label log-probs over the labels only (a distribution over the options)."""
     finite = [v for v in logprobs.values() if math.isfinite(v)]
@@ -233,10 +243,12 @@ class LLMEngine(ABC):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
+        stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         """Generate one completion per request, batched. With ``json_schema`` (one for all requests, or one per
         request) decoding is constrained and the output validated (:class:`StructuredOutputError` carries the raw
-        text when it still fails)."""
+        text when it still fails). With ``stop``, decoding ends at the earliest stop string, which the text does
+        not include (``finish_reason`` "stop")."""
 
     @abstractmethod
     def score_options(self, requests: Sequence[RequestLike], labels: Sequence[str]) -> list[OptionScores]:

@@ -22,6 +22,7 @@ from agent.llm.base import (
     SchemaArg,
     StopFilter,
     check_labels,
+    cut_at_stop,
     parse_outputs,
     schemas_per_request,
 )
@@ -94,6 +95,7 @@ class HFEngine(LLMEngine):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
+        stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         torch = self._torch
         schemas = schemas_per_request(json_schema, len(requests))
@@ -109,6 +111,8 @@ class HFEngine(LLMEngine):
             new = out[0, len(ids) :].tolist()
             stopped = bool(new) and new[-1] in _as_list(eos)
             text = str(self.tokenizer.decode(new, skip_special_tokens=True))
+            if stop and cut_at_stop(text, stop) != text:
+                text, stopped = cut_at_stop(text, stop), True
             results.append(
                 Generation(
                     text=text,

@@ -156,9 +156,13 @@ class OpenAIServerEngine(LLMEngine):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
+        stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         schemas = schemas_per_request(json_schema, len(requests))
-        common = {"model": self.model_id, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        common: dict[str, Any] = {"model": self.model_id, "max_tokens": max_tokens, "temperature": temperature,
+                                  "seed": seed}  # fmt: skip
+        if stop:
+            common["stop"] = list(stop)
 
         def one(job: tuple[RequestLike, Schema | None]) -> Generation:
             request, schema = LLMRequest.of(job[0]), job[1]

@@ -191,6 +191,7 @@ class VLLMEngine(LLMEngine):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
+        stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
@@ -205,6 +206,7 @@ class VLLMEngine(LLMEngine):
                 max_tokens=max_tokens,
                 temperature=temperature,
                 seed=request_seed,
+                stop=list(stop) if stop else None,
                 structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
             )
             for schema in schemas

@@ -132,7 +132,7 @@ def test_a_justification_batch_is_one_engine_call_with_a_shared_user_prefix() ->
 
 def test_one_cheap_repair_then_the_template() -> None:
     answers = {"Book 0": [" Book 0 adds Fantasy.\n", " Book 0 adds Romance.\n"],  # wrong, then right
-               "Book 1": [" H}e don't care.\n", " H}e don't care.\n"]}  # fmt: skip
+               "Book 1": [" Book 1 adds Horror, H}e don't care.\n", " Book 1.\n"]}  # fmt: skip
 
     def script(req: LLMRequest, schema: Any) -> str:
         return answers[open_title(req)].pop(0)
@@ -143,7 +143,8 @@ def test_one_cheap_repair_then_the_template() -> None:
     assert [len(c.requests) for c in engine.calls] == [2, 2]
     assert engine.calls[1].temperature == RerankConfig().retry_temperature
     assert outs[0].source == "llm" and "regenerated" in outs[0].flags and outs[0].llm_calls == 2
-    assert outs[1].source == "template" and "broken characters" in (outs[1].note or "")
+    assert outs[1].source == "template" and "nothing about the item beyond its title" in (outs[1].note or "")
+    assert "broken characters" in (outs[1].note or "")  # the first answer's reason is kept in the note
     assert set(timings) == {"explain", "explain_retry"}
 
 
@@ -163,6 +164,24 @@ def test_an_answer_cut_by_the_token_cap_or_reciting_the_examples_is_refused() ->
 
     outs, _ = explain_many(BaseModelFake(cut), PromptRegistry(), requests_for([make_user()], items_per_user=1))
     assert outs[0].source == "template" and "cut off by the token cap" in (outs[0].note or "")
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (" Book 0 adds Comedy and Another Read.", "names another item from the prompt ('Another Read')"),
+        (" Book 0, for you.", "says nothing about the item beyond its title"),
+        (" Book 0 adds Comedy, something with dragons and knights.", "copies the request"),
+    ],
+)
+def test_the_written_rest_must_be_about_this_item(answer: str, reason: str) -> None:
+    engine = BaseModelFake(lambda req, schema: answer)
+    liked = [
+        HistoryItem(title=t, attributes={"genres": ["Comedy"]}, rating=5) for t in ("Earlier Book", "Another Read")
+    ]
+    user = make_user(need="something with dragons and knights for you", history=liked)
+    outs, _ = explain_many(engine, PromptRegistry(), requests_for([user], items_per_user=1))
+    assert outs[0].source == "template" and reason in (outs[0].note or ""), outs[0].note
 
 
 def test_worked_examples_come_from_the_batch_items_and_never_show_the_justified_ones() -> None:
