@@ -3,12 +3,14 @@
 Per batch (all items of all users) ONE engine call, plus at most one sampled repair of the answers that fail the
 check, then the template fallback:
 
-1. per user, the few most relevant liked items (:func:`agent.evidence.relevant_liked`) form the user's part of
-   the prompt, identical for all their items (a shared prefix: the engine's prefix cache reuses it);
-2. worked examples come from pairs of the batch's own candidates that share a value
-   (:func:`agent.evidence.fewshot_examples`), the same for the whole batch;
+1. worked examples come from pairs of the batch's own candidates that share a value
+   (:func:`agent.evidence.fewshot_examples`): with the header they are the same for the whole batch, and the
+   user's request follows them, so every prompt of a user shares one prefix (the engine's prefix cache reuses it);
+2. per item, the evidence is chosen among the user's few most relevant liked items
+   (:func:`agent.evidence.relevant_liked`); the open case shows that one liked item, as each example does;
 3. per item, the evidence (:func:`agent.evidence.choose_evidence`: the liked item sharing the most values, the
-   shared values, the values the request names) opens the answer line, and the model writes the short rest
+   shared values, the values the request names) and the item's title open the answer line ("Like Heat (Crime,
+   Thriller), Se7en"), and the model writes the short rest ("adds Mystery.")
    (the template's ``fewshot.max_tokens`` cap, cut at its stop string, first sentence, <= 30 words);
 4. the sentence is checked (:func:`agent.explain.check_grounding`, with the model-written part checked for values
    the item lacks) and must not recite the prompt's instructions or worked answers.
@@ -24,7 +26,7 @@ from agent.evidence import MIN_TITLE, Evidence, choose_evidence, fewshot_example
 from agent.llm.base import LLMEngine, accepts_stop, cut_at_stop
 from agent.llm.batching import CallFailure, call_batch
 from agent.schemas import CandidateItem, UserContext
-from agent.sentence_check import references
+from agent.sentence_check import references, repeats_itself
 from prompts import PromptRegistry, RenderedPrompt
 
 if TYPE_CHECKING:
@@ -85,12 +87,12 @@ class _Batch:
                 "item": item_prompt_vars(r.item),
                 "history": [],
                 "need": r.user.prompt_need(),
-                "liked": "; ".join(short_title(h.title) for h in shown) or "(nothing yet)",
+                "liked": ev.liked or "(nothing yet)",
                 "examples": self.examples,
-                "evidence": ev.prefix(),
+                "evidence": f"{ev.prefix()} {short_title(r.item.title)}".strip(),
             }
             self.evidence.append(ev)
-            self.titles.append(shown_titles | {short_title(h.title) for h in shown})
+            self.titles.append(shown_titles | ({ev.liked} if ev.liked else set()))
             self.prompts.append(template.render(variables, allow_extra=True, layout="fewshot"))
         header = self.prompts[0].text.split("\n", 1)[0]
         self.instructions = "\n".join([header, *(str(e["answer"]) for e in self.examples)])
@@ -121,10 +123,19 @@ def _written_problem(written: str, shown: set[str], req: ExplainRequest) -> str 
     title, name no other title the prompt showed (liked items, worked examples), not copy the request."""
     from agent.explain import quotes_prompt
 
-    own = {req.item.title, short_title(req.item.title)}
-    refs = references(written, req.item, req.user)
+    short = short_title(req.item.title)
+    own = {req.item.title, short}
+    rest = written
+    tail = req.item.title[len(short) :].strip() if req.item.title.startswith(short) else ""
+    if tail and rest.lstrip().startswith(tail):
+        rest = rest.lstrip()[len(tail) :]  # "(1994)" after the prefilled short title is the title's own year
+    for title in sorted(own, key=len, reverse=True):
+        rest = rest.replace(title, " ")  # the title's own words and year are not something said about it
+    refs = references(rest, req.item, req.user)
     if not [r for r in refs.item if r not in own]:
         return "says nothing about the item beyond its title"
+    if repeats_itself(written):
+        return "repeats itself"
     said = f" {' '.join(written.casefold().split())} "
     named = sorted(t for t in shown - own if len(t) >= MIN_TITLE and f" {t.casefold()}" in said)
     if named:
@@ -147,7 +158,7 @@ def _judge(batch: _Batch, i: int, req: ExplainRequest, out: Justification, resul
     written = cut_at_stop(result.text, batch.stop).strip()
     if written == result.text.strip() and result.finish_reason == "length" and not written.endswith((".", "!", "?")):
         return "cut off by the token cap before the sentence ended"
-    prefix = batch.evidence[i].prefix()
+    prefix = f"{batch.evidence[i].prefix()} {short_title(req.item.title)}".strip()
     sentence = _cap_words(first_sentence(f"{prefix} {written}".strip()))
     if not written:
         return "the model wrote nothing after the evidence"

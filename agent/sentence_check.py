@@ -23,7 +23,15 @@ from agent.evidence import item_values
 from agent.schemas import CandidateItem, UserContext
 from prompts import clean_data
 
-__all__ = ["References", "broken_text", "echoes_request", "false_values", "references", "user_references"]
+__all__ = [
+    "References",
+    "broken_text",
+    "echoes_request",
+    "false_values",
+    "references",
+    "repeats_itself",
+    "user_references",
+]
 
 _BROKEN = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f{}\[\]<>|\\^~`]|\*\*|__|##|(?<=\w)[#@$%*=+](?=\w)")
 _WORD = re.compile(r"[a-z0-9']+")
@@ -49,6 +57,13 @@ def _mentions(text: str, phrase: str) -> bool:
 
 def _content_words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text) if w not in _STOP and not w.isdigit()]
+
+
+def repeats_itself(text: str, n: int = 3) -> bool:
+    """Whether ``text`` says the same ``n`` words twice (a model stuck in a loop)."""
+    words = _WORD.findall(_norm(text))
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
 
 
 def broken_text(text: str) -> str | None:

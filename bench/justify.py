@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=len(REQUESTS), help="Free-text requests (besides users).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--notes", action="store_true", help="Print why each template justification was used.")
     args = ap.parse_args()
 
     from agent.llm import create_engine
@@ -103,6 +104,11 @@ def main() -> None:
                   f"llm+grounded {stats['llm']}/{stats['n']}, user-linked {stats['linked']}", flush=True)  # fmt: skip
             for s in stats["samples"][:5]:
                 print(f"    {s}", flush=True)
+            for it in result.items:
+                if args.notes and it.justification_source == "template":
+                    print(f"      why template ({it.title}): {it.grounding_note}", flush=True)
+            if args.notes:
+                print("      raw: " + " || ".join(repr(r) for r in result.rerank.raw[-12:]), flush=True)
         times = [r["seconds"] for r in rows]
         n = sum(r["n"] for r in rows)
         llm = sum(r["llm"] for r in rows)

@@ -44,7 +44,7 @@ def continues(req: LLMRequest, schema: Any) -> str:
     """A model that continues the pattern truthfully: '<title> adds <its first genre>.' then the next case."""
     title = open_title(req)
     genre = next(c for c in CANDS if c.title == title).item.metadata["genres"][0]
-    return f" {title} adds {genre}.\nLiked: something else"
+    return f" adds {genre}.\nLiked: something else"
 
 
 def requests_for(users: list[UserContext], items_per_user: int = 3, **cfg: Any) -> list[ExplainRequest]:
@@ -120,7 +120,7 @@ def test_a_justification_batch_is_one_engine_call_with_a_shared_user_prefix() ->
     prompts = [r.prompt or "" for r in engine.calls[0].requests]
     # the user's part (header, worked examples, liked items, request) is one prefix for all their items
     for group in (prompts[:3], prompts[3:]):
-        heads = {p[: p.rindex("\nItem: ")] for p in group}
+        heads = {p[: p.rindex("\nLiked: ")] for p in group}
         assert len(heads) == 1
     assert "Asked for: something dark and scary" in prompts[3]
     # the answer starts with the evidence: a liked item of the user and the values the item shares with it
@@ -131,8 +131,8 @@ def test_a_justification_batch_is_one_engine_call_with_a_shared_user_prefix() ->
 
 
 def test_one_cheap_repair_then_the_template() -> None:
-    answers = {"Book 0": [" Book 0 adds Fantasy.\n", " Book 0 adds Romance.\n"],  # wrong, then right
-               "Book 1": [" Book 1 adds Horror, H}e don't care.\n", " Book 1.\n"]}  # fmt: skip
+    answers = {"Book 0": [" adds Fantasy.\n", " adds Romance.\n"],  # wrong, then right
+               "Book 1": [" adds Horror, H}e don't care.\n", ", for you.\n"]}  # fmt: skip
 
     def script(req: LLMRequest, schema: Any) -> str:
         return answers[open_title(req)].pop(0)
@@ -150,7 +150,7 @@ def test_one_cheap_repair_then_the_template() -> None:
 
 def test_an_answer_cut_by_the_token_cap_or_reciting_the_examples_is_refused() -> None:
     def script(req: LLMRequest, schema: Any) -> str:
-        return " Book 0 adds Comedy and then it goes on and on" if "Book 0" in open_title(req) else " Book 1\n"
+        return " adds Comedy and then it goes on and on" if "Book 0" in open_title(req) else " adds Drama\n"
 
     engine = BaseModelFake(script)
     outs, _ = explain_many(engine, PromptRegistry(), requests_for([make_user()], items_per_user=2))
@@ -159,7 +159,7 @@ def test_an_answer_cut_by_the_token_cap_or_reciting_the_examples_is_refused() ->
     from agent.llm.base import Generation
 
     def cut(req: LLMRequest, schema: Any) -> Generation:
-        return Generation(text=" Book 0 adds Comedy and then", prompt_tokens=9, completion_tokens=28,
+        return Generation(text=" adds Comedy and then", prompt_tokens=9, completion_tokens=28,
                           finish_reason="length")  # fmt: skip
 
     outs, _ = explain_many(BaseModelFake(cut), PromptRegistry(), requests_for([make_user()], items_per_user=1))
@@ -169,12 +169,13 @@ def test_an_answer_cut_by_the_token_cap_or_reciting_the_examples_is_refused() ->
 @pytest.mark.parametrize(
     ("answer", "reason"),
     [
-        (" Book 0 adds Comedy and Another Read.", "names another item from the prompt ('Another Read')"),
-        (" Book 0, for you.", "says nothing about the item beyond its title"),
-        (" Book 0 adds Comedy, something with dragons and knights.", "copies the request"),
+        (" adds Comedy and Book 5.", "names another item from the prompt ('Book 5')"),  # a worked example's
+        (", for you.", "says nothing about the item beyond its title"),
+        (" adds Comedy, something with dragons and knights.", "copies the request"),
     ],
 )
 def test_the_written_rest_must_be_about_this_item(answer: str, reason: str) -> None:
+    assert "Book 5" in {e["liked"] for e in fewshot_examples(CANDS, {"b0"}, 2, with_request=True)}
     engine = BaseModelFake(lambda req, schema: answer)
     liked = [
         HistoryItem(title=t, attributes={"genres": ["Comedy"]}, rating=5) for t in ("Earlier Book", "Another Read")
