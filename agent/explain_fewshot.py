@@ -102,7 +102,7 @@ class _Batch:
 
 def _ask(engine: LLMEngine, batch: _Batch, todo: Sequence[int], reqs: Sequence[ExplainRequest], retry: bool) -> list:
     config = reqs[todo[0]].config
-    stop = {"stop": batch.stop} if accepts_stop(engine) else {}  # else cut after decoding
+    stop: dict[str, Any] = {"stop": batch.stop} if accepts_stop(engine) else {}  # else cut after decoding
     outcome = call_batch(
         engine,
         len(todo),
