@@ -83,8 +83,9 @@ report-tags: setup  ## a second log through a mapping alone (MovieLens tags.csv,
 	PY=$(PY) bash eval/reports/movielens_tags.sh
 
 # docs/eval/redial-folds.md: the conversation sources on ReDial dev, 5 folds by dialogue, iEvaLM-CRS protocol
+# with the bundled MovieLens ratings linked to the ReDial catalog by title (--log; agent/log_link.py)
 # (retrieval only, no LLM; ~25 min the first time on 2 cores: the catalog is embedded once, then ~5 min)
 REDIAL ?= ../shared/data/redial-dev
 .PHONY: redial-folds
 redial-folds: setup  ## docs/eval/redial-folds.md numbers: recagent eval folds on ReDial dev (see the doc)
-	$(VENV)/bin/recagent eval folds $(REDIAL) --folds 5 --seed 0 --out runs/redial-folds
+	$(VENV)/bin/recagent eval folds $(REDIAL) --folds 5 --seed 0 --out runs/redial-folds --log data/movielens-latest-small

@@ -28,7 +28,7 @@ from retrieval.dialogue_log import DialogueLog
 from retrieval.dialogue_sources import DialogueSourceConfig, dialogue_sources, fit_dialogue_model
 from retrieval.types import UserQuery
 
-__all__ = ["CONFIG_GRID", "FoldResult", "default_arms", "run_folds"]
+__all__ = ["CONFIG_GRID", "LOG_ARM", "LOG_WEIGHTS", "FoldResult", "default_arms", "run_folds"]
 
 CONFIG_GRID: tuple[DialogueSourceConfig, ...] = tuple(
     DialogueSourceConfig(pairs=p, window=w, normalisation=n, prior=prior)
@@ -41,9 +41,19 @@ PREVIOUS_WEIGHTS = {"semantic": 1.0, "item2item": 1.0, "comention": 2.0, "recomm
 """The fused default of the first redial-folds report (docs/eval/redial-folds.md), kept as the paired baseline."""
 
 
-def default_arms() -> dict[str, dict[str, float]]:
-    """Today's content-only retrieval, each dialogue source alone, the previous and the current fused default."""
+LOG_SOURCES = ("ease", "transition")
+LOG_WEIGHTS = {"ease": 1.0, "transition": 1.0}
+"""Weights of an interaction log's item-to-item sources (linked to the catalog by title) in the conversation
+default, chosen on the validation parts (bench/redial_log_grid.py, docs/eval/redial-folds.md)."""
+FUSED_DEFAULT = "fused default"
+LOG_ARM = "fused default + title-linked log (ease 1, transition 1)"
+
+
+def default_arms(with_log: bool = False) -> dict[str, dict[str, float]]:
+    """Today's content-only retrieval, each dialogue source alone, the previous and the current fused default;
+    ``with_log``: the title-linked log's sources alone and added to the fused default."""
     fused = {s: DEFAULT_SOURCE_WEIGHTS[s] for s in CONTENT_SOURCES + DIALOGUE_SOURCES}
+    log_arms = {"title-linked log alone (ease + transition)": dict(LOG_WEIGHTS), LOG_ARM: {**fused, **LOG_WEIGHTS}}
     return {
         "content only (semantic + item2item)": {"semantic": 1.0, "item2item": 1.0},
         "comention alone": {"comention": 1.0},
@@ -51,7 +61,8 @@ def default_arms() -> dict[str, dict[str, float]]:
         "attribute alone": {"attribute": 1.0},
         "comention + recommended_popularity": {"comention": 1.0, "recommended_popularity": 1.0},
         PREVIOUS_DEFAULT: dict(PREVIOUS_WEIGHTS),
-        "fused default": fused,
+        FUSED_DEFAULT: fused,
+        **(log_arms if with_log else {}),
     }
 
 

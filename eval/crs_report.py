@@ -10,23 +10,34 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.settings import Settings
 from eval.compare import paired_bootstrap_ci
 from eval.crs import IEVALM_KS, per_gold_hits
-from eval.crs_folds import CONTENT_SOURCES, PREVIOUS_DEFAULT, FoldResult, default_arms, run_folds
+from eval.crs_folds import (
+    CONTENT_SOURCES,
+    FUSED_DEFAULT,
+    LOG_ARM,
+    PREVIOUS_DEFAULT,
+    FoldResult,
+    default_arms,
+    run_folds,
+)
 from eval.datasets import EvalCase, EvalDataset, file_sha256, load_dataset
 from eval.provenance import git_commit
 from eval.report import markdown_to_html
 from retrieval.attribute_source import AttributeIndex
 from retrieval.candidates import CandidateGenerator, ItemToItemSource, Scored, SemanticSource
-from retrieval.catalog import read_catalog
+from retrieval.catalog import Catalog, read_catalog
+from retrieval.ease import EaseSource
 from retrieval.embed import make_embedder
 from retrieval.store import Store
+from retrieval.transition import TransitionSource
 
-__all__ = ["PUBLISHED", "folds_report"]
+__all__ = ["PUBLISHED", "LogOption", "folds_report"]
 
 PUBLISHED: dict[str, tuple[float | None, float | None, float | None]] = {
     "KBRD (published)": (0.028, 0.169, 0.366),
@@ -87,6 +98,34 @@ def _query_for(case: EvalCase) -> Any:
     return _query(case, 100)
 
 
+@dataclass(frozen=True)
+class LogOption:
+    """An interaction log keyed by its own ids (``ratings``), linked to the catalog by the titles in ``titles``."""
+
+    ratings: Path
+    titles: Path
+    id_col: str = "movieId"
+    title_col: str = "title"
+    year_col: str | None = None
+
+
+def _with_log(content: Any, log: LogOption, catalog: Catalog) -> tuple[Any, str]:
+    """``content`` plus the ``ease`` and ``transition`` lists of the title-linked log (not learned from the
+    dialogues, so computed once per turn like the content lists), and the link summary."""
+    from agent.log_link import linked_log
+    from eval.crs_folds import _request
+
+    interactions, report = linked_log(log.ratings, log.titles, {i.id: i.title for i in catalog.items},
+                                      id_col=log.id_col, title_col=log.title_col, year_col=log.year_col)  # fmt: skip
+    sources = [EaseSource(interactions), TransitionSource(interactions)]
+
+    def both(case: EvalCase) -> dict[str, Scored]:
+        request = _request(case, 100, None)
+        return {**content(case), **{s.name: s.retrieve(request) for s in sources}}
+
+    return both, report.summary()
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -109,7 +148,8 @@ def paired_vs(cases: list[EvalCase], folds: list[FoldResult], base: str, arm: st
 
 
 def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: dict[str, Any],
-           paired: dict[str, dict[str, float]] | None = None) -> str:  # fmt: skip
+           paired: dict[str, dict[str, float]] | None = None,
+           paired_log: dict[str, dict[str, float]] | None = None) -> str:  # fmt: skip
     lines = [
         f"# iEvaLM-CRS protocol, {meta['folds']} folds by dialogue: {meta['dataset']}",
         "",
@@ -136,6 +176,11 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
     if paired:
         lines += ["", f"Fused default minus {PREVIOUS_DEFAULT}, paired bootstrap 95% CI over the samples:", ""]
         lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in paired.items()]
+    if paired_log:
+        lines += ["", f"{LOG_ARM} minus {FUSED_DEFAULT}, paired bootstrap 95% CI over the samples:", ""]
+        lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in paired_log.items()]
+    if meta.get("log"):
+        lines += ["", "Interaction log linked to the catalog by title:", "", "```", meta["log"], "```"]
     lines += [
         "",
         "## Per fold",
@@ -155,20 +200,32 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
 
 
 def folds_report(
-    settings: Settings, dataset_path: Path, out: Path, *, folds: int, seed: int, command: str, progress: bool = True
+    settings: Settings,
+    dataset_path: Path,
+    out: Path,
+    *,
+    folds: int,
+    seed: int,
+    command: str,
+    progress: bool = True,
+    log: LogOption | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(dataset_path)
     content, allowed, collection = _content_fn(settings, dataset, out)
-    arms = default_arms()
-    attributes = AttributeIndex(read_catalog(dataset.catalog_path, format=dataset.catalog_format,
-                                             mapping=dataset.mapping).items)  # fmt: skip
+    arms = default_arms(with_log=log is not None)
+    catalog = read_catalog(dataset.catalog_path, format=dataset.catalog_format, mapping=dataset.mapping)
+    attributes = AttributeIndex(catalog.items)
+    log_summary = None
+    if log is not None:
+        content, log_summary = _with_log(content, log, catalog)
     results, fold_results = run_folds(
         dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed, progress=progress,
         attributes=attributes,
     )  # fmt: skip
-    paired = paired_vs(dataset.cases, fold_results, PREVIOUS_DEFAULT, "fused default")
+    paired = paired_vs(dataset.cases, fold_results, PREVIOUS_DEFAULT, FUSED_DEFAULT)
+    paired_log = paired_vs(dataset.cases, fold_results, FUSED_DEFAULT, LOG_ARM) if log is not None else None
     meta = {
         "dataset": dataset.name,
         "folds": folds,
@@ -180,12 +237,14 @@ def folds_report(
         "arms": arms,
         "dialogues": len({c.meta.get("dialog_id") for c in dataset.cases}),
         "seconds": time.perf_counter() - started,
+        "log": log_summary,
     }
     doc = {
         "meta": meta,
         "results": results,
         "published": PUBLISHED,
         "paired": paired,
+        "paired_log": paired_log,
         "folds": [
             {
                 "fold": f.fold,
@@ -199,7 +258,7 @@ def folds_report(
         ],
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    markdown = render(results, fold_results, meta, paired)
+    markdown = render(results, fold_results, meta, paired, paired_log)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     (out / "report.html").write_text(markdown_to_html(markdown, title="recagent eval folds"), encoding="utf-8")
     return doc

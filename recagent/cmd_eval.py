@@ -248,6 +248,18 @@ def folds_cmd(
     folds: int = typer.Option(5, "--folds", min=2, help="K: folds by dialogue (each fold scored once)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the fold assignment and the validation parts."),
     out: Path = typer.Option(Path("eval-out/folds"), "--out", help="Output folder (results.json, report.md/html)."),
+    log: Path | None = typer.Option(
+        None,
+        "--log",
+        help="Interaction log with its own item ids (ratings file or MovieLens folder), linked to the "
+        "catalog by title; adds its ease + transition sources to the fused default (an extra arm).",
+    ),
+    log_titles: Path | None = typer.Option(
+        None, "--log-titles", help="CSV of the log's item titles (default: movies.csv beside --log)."
+    ),
+    log_id_col: str = typer.Option("movieId", "--log-id-col", help="Item id column of --log-titles."),
+    log_title_col: str = typer.Option("title", "--log-title-col", help="Title column of --log-titles."),
+    log_year_col: str | None = typer.Option(None, "--log-year-col", help="Optional year column of --log-titles."),
 ) -> None:
     """iEvaLM-CRS protocol (Recall@1/10/50 per gold movie, mentioned movies excluded) with K-fold cross-validation
     by dialogue: the dialogue sources (comention, recommended_popularity) are fitted on the other folds only and
@@ -255,9 +267,17 @@ def folds_cmd(
     import shlex
     import sys
 
-    from eval.crs_report import folds_report
+    from agent.errors import InputError
+    from eval.crs_report import LogOption, folds_report
 
     command = "recagent eval folds " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-    folds_report(ctx.obj.settings, dataset, out, folds=folds, seed=seed, command=command)
+    linked = None
+    if log is not None:
+        titles = log_titles or (log if log.is_dir() else log.parent) / "movies.csv"
+        if not titles.is_file():
+            raise InputError(f"--log {log}: no titles file {titles}",
+                             hint="give the log's item titles with --log-titles FILE.csv")  # fmt: skip
+        linked = LogOption(log, titles, log_id_col, log_title_col, log_year_col)
+    folds_report(ctx.obj.settings, dataset, out, folds=folds, seed=seed, command=command, log=linked)
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"written: {out}/results.json, report.md, report.html")
