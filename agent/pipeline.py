@@ -248,7 +248,20 @@ class Recommender:
         if self._interactions is not None:
             return self._interactions
         path = self.settings.interactions
+        if path and self.settings.interactions_titles:
+            return self._title_linked_log(Path(path), self.settings.interactions_titles)
         return read_interactions(Path(path)) if path else None
+
+    def _title_linked_log(self, path: Path, titles: Path) -> Interactions:
+        """The log keyed by its own ids, linked to this collection's items by title (agent/log_link.py)."""
+        from agent.log_link import linked_log
+
+        items = self.collection.get_items(self.collection.ids())
+        id_col, title_col = self.settings.interactions_title_columns
+        linked, report = linked_log(path, titles, {i: item.title for i, item in items.items()}, id_col=id_col,
+                                    title_col=title_col)  # fmt: skip
+        log.info("interaction log linked to the catalog by title:\n%s", report.summary())
+        return linked
 
     @cached_property
     def grounder(self) -> Grounder:

@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     interactions: Path | None = Field(
         None, description="Interaction log (MovieLens ratings file/folder or CSV user,item[,rating][,timestamp])."
     )
+    interactions_titles: Path | None = Field(
+        None,
+        description="CSV of the interaction log's item titles (columns interactions_title_columns): for a log keyed "
+        "by its own ids, linked to the catalog BY TITLE (agent/log_link.py) before its sources are fitted.",
+    )
+    interactions_title_columns: tuple[str, str] = Field(
+        ("movieId", "title"), description="Item id and title columns of interactions_titles."
+    )
     sequential_model: Path | None = Field(
         None,
         description="Folder of a trained sequential model (`recagent train sequential`); default: the collection's "

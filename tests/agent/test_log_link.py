@@ -15,7 +15,7 @@ from agent.settings import load_settings
 from recagent import cmd_eval
 from retrieval.candidates import SourceRequest
 from retrieval.ease import EaseSource
-from retrieval.interactions import Interactions
+from retrieval.interactions import Interactions, read_interactions
 from retrieval.transition import TransitionSource
 from retrieval.types import UserQuery
 
@@ -138,3 +138,31 @@ def test_eval_folds_with_a_title_linked_log(tmp_path: Path) -> None:
     assert doc["paired_log"] is not None and "unlinked (not used): 1 items, 1 rows" in doc["meta"]["log"]
     missing = CliRunner().invoke(app, ["eval", "folds", str(data), "--out", str(out), "--log", str(tmp_path / "x.csv")])
     assert isinstance(missing.exception, InputError) and "--log-titles" in missing.exception.hint
+
+
+@pytest.mark.slow
+def test_recommender_links_a_foreign_log_by_title(ml_sample: Path, tmp_path: Path) -> None:
+    """Settings.interactions_titles: a log keyed by its own ids ("x<id>") serves the catalog's ids (real Chroma,
+    real embedder), and a conversation's mentioned movie seeds the linked log's sources."""
+    from agent.pipeline import Recommender
+    from retrieval.ingest import ingest
+
+    settings = load_settings(home=tmp_path / "home", collection="linked")
+    ingest(ml_sample, store_config=settings.store_config(), embed_config=settings.embed_config(progress=False),
+           collection="linked")  # fmt: skip
+    lines = (ml_sample / "movies.csv").read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:]
+    (tmp_path / "titles.csv").write_text("\n".join([header, *(f"x{r}" for r in rows)]) + "\n", "utf-8")
+    ratings = (ml_sample / "ratings.csv").read_text(encoding="utf-8").splitlines()
+    foreign = [ratings[0]] + [",".join([u, "x" + m, *rest]) for u, m, *rest in (r.split(",") for r in ratings[1:])]
+    (tmp_path / "ratings.csv").write_text("\n".join(foreign) + "\n", "utf-8")  # MovieLens columns, own ids
+    linked = settings.model_copy(update={"interactions": tmp_path / "ratings.csv",
+                                         "interactions_titles": tmp_path / "titles.csv"})  # fmt: skip
+    interactions = Recommender(linked).interactions
+    plain = read_interactions(ml_sample / "ratings.csv")
+    assert interactions is not None and set(interactions.item_ids) <= set(plain.item_ids)
+    assert len(interactions) >= 0.95 * len(plain)  # the sample's own titles: (nearly) every row links
+    seed = plain.item_ids[int(plain.items[0])]
+    query = UserQuery(need="more like that", liked=[seed], n=5)
+    found = TransitionSource(interactions).retrieve(SourceRequest(query=query, k=5))
+    assert found and seed not in [i for i, _ in found]
