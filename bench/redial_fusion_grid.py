@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from eval.crs import dialogue_folds, ievalm_recall
-from eval.crs_folds import dialogue_lists, fuse
+from eval.crs_folds import dialogue_lists, fuse, validation_part
 from eval.datasets import EvalCase, load_dataset
 from eval.dialogue_log import log_from_cases
 from retrieval.attribute_source import AttributeIndex
@@ -61,12 +60,8 @@ def main(dataset: Path, content_path: Path, folds: int = 5, seed: int = 0) -> No
     ranked: dict[tuple[str, int], dict[str, list[str]]] = {(m, i): {} for m in methods for i in range(len(grid))}
     golds: dict[str, list[str]] = {}
     for number, fold in enumerate(dialogue_folds(cases, folds, seed)):
-        training = log.without(fold)
-        dialogues = sorted(training.dialog_ids)
-        random.Random(seed + number).shuffle(dialogues)
-        valid = set(dialogues[: max(1, len(dialogues) // max(1, folds - 1))])
-        valid_cases = [c for c in cases if str(c.meta.get("dialog_id")) in valid]
-        learned = dialogue_lists(training.without(valid), DialogueSourceConfig(), valid_cases, 100, None, attributes)
+        fit_log, valid_cases = validation_part(log.without(fold), cases, folds, seed + number)
+        learned = dialogue_lists(fit_log, DialogueSourceConfig(), valid_cases, 100, None, attributes)
         for c in valid_cases:
             golds[c.case_id] = list(c.gold)
             lists = {**content[c.case_id], **learned[c.case_id]}

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import sys
 from pathlib import Path
 
 from agent.log_link import link_titles, read_titles, relabel
 from eval.crs import dialogue_folds, ievalm_recall
-from eval.crs_folds import CONTENT_SOURCES, DIALOGUE_SOURCES, _request, dialogue_lists, fuse
+from eval.crs_folds import CONTENT_SOURCES, DIALOGUE_SOURCES, _request, dialogue_lists, fuse, validation_part
 from eval.datasets import load_dataset
 from eval.dialogue_log import log_from_cases
 from retrieval.attribute_source import AttributeIndex
@@ -57,12 +56,8 @@ def main(dataset: Path, content_path: Path, movielens: Path, folds: int = 5, see
     golds: dict[str, list[str]] = {}
     seeded: dict[str, bool] = {}
     for number, fold in enumerate(dialogue_folds(cases, folds, seed)):
-        training = log.without(fold)
-        dialogues = sorted(training.dialog_ids)
-        random.Random(seed + number).shuffle(dialogues)
-        valid = set(dialogues[: max(1, len(dialogues) // max(1, folds - 1))])
-        valid_cases = [c for c in cases if str(c.meta.get("dialog_id")) in valid]
-        learned = dialogue_lists(training.without(valid), DialogueSourceConfig(), valid_cases, 100, None, attributes)
+        fit_log, valid_cases = validation_part(log.without(fold), cases, folds, seed + number)
+        learned = dialogue_lists(fit_log, DialogueSourceConfig(), valid_cases, 100, None, attributes)
         for c in valid_cases:
             golds[c.case_id] = list(c.gold)
             request = _request(c, 100, None)

@@ -110,15 +110,23 @@ def _golds(cases: Sequence[EvalCase]) -> dict[str, list[str]]:
     return {c.case_id: list(c.gold) for c in cases}
 
 
-def choose_config(log: DialogueLog, cases: Sequence[EvalCase], folds: int, seed: int, k: int,
-                  allowed: frozenset[str] | None) -> tuple[DialogueSourceConfig, list[dict[str, Any]]]:  # fmt: skip
-    """The grid setting with the best comention Recall@10 (then @50) on a validation part of ``log``'s
-    dialogues, fitted on the rest."""
+def validation_part(
+    log: DialogueLog, cases: Sequence[EvalCase], folds: int, seed: int
+) -> tuple[DialogueLog, list[EvalCase]]:
+    """A seeded validation part of ``log``'s dialogues (the size of one of ``folds`` folds): the log without them
+    (to fit on) and the cases of those dialogues (to score). Settings are chosen there, never on a held-out fold."""
     dialogues = sorted(log.dialog_ids)
     random.Random(seed).shuffle(dialogues)
     valid = set(dialogues[: max(1, len(dialogues) // max(1, folds - 1))])
     valid_cases = [c for c in cases if str(c.meta.get("dialog_id") or c.case_id) in valid]
-    fit_log = log.without(valid)
+    return log.without(valid), valid_cases
+
+
+def choose_config(log: DialogueLog, cases: Sequence[EvalCase], folds: int, seed: int, k: int,
+                  allowed: frozenset[str] | None) -> tuple[DialogueSourceConfig, list[dict[str, Any]]]:  # fmt: skip
+    """The grid setting with the best comention Recall@10 (then @50) on a validation part of ``log``'s
+    dialogues, fitted on the rest."""
+    fit_log, valid_cases = validation_part(log, cases, folds, seed)
     rows = []
     for config in CONFIG_GRID:
         lists = dialogue_lists(fit_log, config, valid_cases, k, allowed)
