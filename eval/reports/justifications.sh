@@ -8,8 +8,8 @@
 # by reason and latency, with 95% CIs and paired differences, plus 20 sample justifications per dataset printed
 # verbatim (drawn with the seed, good and bad alike). Definitions: eval/text_metrics.py, docs/evaluation.md.
 #
-# Arms: `today` (the configured explain prompt) and, when the checkout has the `prompt_format` setting, `chat`
-# (prompt_format=chat) and `fewshot` (prompt_format=fewshot). Every arm keeps the fused retrieval order
+# Arms: `chat` (prompt_format=chat: the instruction prompt, as before the few-shot layout) and `fewshot`
+# (prompt_format=fewshot, what `auto` picks for a base model); `today` alone on a checkout without prompt_format. Every arm keeps the fused retrieval order
 # (strategy=retrieval), so all arms justify the same K items of the same cases and the comparisons are paired.
 # An interrupted run continues where it stopped (--resume); after changing the arms, give another OUT.
 # Environment: PY (python with recagent importable, default .venv/bin/python), OUT (run folders), DOCS (where the
@@ -31,12 +31,14 @@ BATCH=${BATCH:-8}
 DATASETS=${DATASETS:-movielens redial}
 
 BASE="strategy=retrieval,explain=llm"
-VARIANTS=(--variant "today:$BASE")
 if "$PY" -c "import sys; from agent.settings import Settings; sys.exit('prompt_format' not in Settings.model_fields)"
 then
-  VARIANTS+=(--variant "chat:$BASE,prompt_format=chat" --variant "fewshot:$BASE,prompt_format=fewshot")
-  FORMATS="today's configured prompt vs prompt_format=chat and prompt_format=fewshot"
+  # prompt_format=auto (the default) is fewshot for the bundled base model, so `today` would repeat that arm:
+  # the earlier prompt is prompt_format=chat (the instruction prompt flattened to text for a base model)
+  VARIANTS=(--variant "chat:$BASE,prompt_format=chat" --variant "fewshot:$BASE,prompt_format=fewshot")
+  FORMATS="the earlier prompt (prompt_format=chat) vs the new few-shot layout (prompt_format=fewshot)"
 else
+  VARIANTS=(--variant "today:$BASE")
   FORMATS="today's prompt only: this checkout has no prompt_format setting, so the chat and few-shot arms were not run"
 fi
 for spec in ${ARMS:-}; do VARIANTS+=(--variant "$spec"); done
