@@ -207,7 +207,11 @@ def fallback_reasons(note: str | None) -> list[str]:
     failed = _FAILED.findall(note)
     if failed:
         return [_reason_key(failed[-1])]
-    return [_reason_key(note.rsplit("; ", 1)[-1])]
+    # the few-shot path: "<first answer's problem>; re-asked: LLM justification rejected: <problem>: template
+    # justification" -> the problem of the answer that was finally refused
+    last = note.rsplit("re-asked: ", 1)[-1] if "re-asked: " in note else note.rsplit("; ", 1)[-1]
+    last = last.removesuffix(": template justification").removeprefix("LLM justification rejected: ")
+    return [_reason_key(last)]
 
 
 # ------------------------------------------------------------------------------------------------ one case

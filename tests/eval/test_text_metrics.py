@@ -102,6 +102,16 @@ def test_fallback_reasons_from_notes() -> None:
     assert fallback_reasons("no LLM engine: template justification") == ["no engine"]
     assert fallback_reasons("something new happened: template justification") == ["something new happened"]
     assert fallback_reasons(None) == ["unknown"]
+    # the few-shot path (agent/explain_fewshot.py): the problem of the re-asked answer, the one finally refused
+    fewshot = (
+        "cut off by the token cap before the sentence ended; re-asked: LLM justification rejected: broken "
+        "characters or markup ('|'): template justification"
+    )
+    assert fallback_reasons(fewshot) == ["broken characters or markup"]
+    assert fallback_reasons(
+        "LLM justification rejected: names nothing of the item (no title); re-asked: cut off by the token cap "
+        "before the sentence ended: template justification"
+    ) == ["cut off by the token"]
 
 
 def test_fallback_reasons_read_the_explain_modules_own_notes() -> None:
