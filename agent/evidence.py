@@ -30,6 +30,7 @@ __all__ = [
     "fewshot_examples",
     "item_values",
     "liked_history",
+    "norm",
     "relevant_liked",
     "short_title",
 ]
@@ -52,7 +53,8 @@ def short_title(title: str) -> str:
     return short if len(short) >= MIN_TITLE else title
 
 
-def _norm(value: Any) -> str:
+def norm(value: Any) -> str:
+    """A value as the checks compare it: cleaned, casefolded, whitespace collapsed."""
     return " ".join(clean_data(value).casefold().split())
 
 
@@ -67,7 +69,7 @@ def item_values(attributes: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _value_set(attributes: dict[str, Any]) -> set[tuple[str, str]]:
-    return {(name, _norm(v)) for name, v in item_values(attributes)}
+    return {(name, norm(v)) for name, v in item_values(attributes)}
 
 
 def liked_history(user: UserContext) -> list[HistoryItem]:
@@ -81,7 +83,7 @@ def liked_history(user: UserContext) -> list[HistoryItem]:
 
 def _shared(item: CandidateItem, liked: HistoryItem) -> list[tuple[str, str]]:
     theirs = _value_set(liked.attributes)
-    return [(name, v) for name, v in item_values(item.item.metadata) if (name, _norm(v)) in theirs]
+    return [(name, v) for name, v in item_values(item.item.metadata) if (name, norm(v)) in theirs]
 
 
 def relevant_liked(user: UserContext, items: Sequence[CandidateItem], n: int = 3) -> list[HistoryItem]:
@@ -203,8 +205,8 @@ def fewshot_examples(
             asked = tuple(item_values(x.item.metadata)[:MAX_VALUES]) if request else ()
             evidence = Evidence(liked=None if request else short_title(liked.title), shared=tuple(shared),
                                 asked=asked, request=request)  # fmt: skip
-            named = {(f, _norm(v)) for f, v in (asked if request else shared)}
-            new = [v for f, v in item_values(x.item.metadata) if (f, _norm(v)) not in named]
+            named = {(f, norm(v)) for f, v in (asked if request else shared)}
+            new = [v for f, v in item_values(x.item.metadata) if (f, norm(v)) not in named]
             answer = example_answer(
                 evidence.prefix(), short_title(x.title), new, [v for _, v in shared], _text_snippet(x.item.texts)
             )

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent.evidence import norm
 from agent.llm.base import Generation, LLMEngine
 from agent.llm.batching import CallFailure, call_batch, json_value
 from agent.schemas import CandidateItem, Citation, JustificationSource, RerankConfig, UserContext
@@ -117,7 +118,7 @@ class _ExplainOutput(BaseModel):
 
 # ------------------------------------------------------------------------------------------------ grounding
 def _norm(value: Any) -> str:
-    return " ".join(clean_data(value).casefold().split()).strip(_PUNCT)
+    return norm(value).strip(_PUNCT)
 
 
 def _field_value(item: CandidateItem, name: str) -> Any:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from agent.evidence import item_values
+from agent.evidence import item_values, norm
 from agent.schemas import CandidateItem, UserContext
 from prompts import clean_data
 
@@ -46,12 +45,8 @@ _STOP = frozenset(
 )
 
 
-def _norm(value: Any) -> str:
-    return " ".join(clean_data(value).casefold().split())
-
-
 def _mentions(text: str, phrase: str) -> bool:
-    p = _norm(phrase)
+    p = norm(phrase)
     return len(p) >= MIN_VALUE_CHARS and re.search(rf"(?<!\w){re.escape(p)}(?!\w)", text) is not None
 
 
@@ -61,7 +56,7 @@ def _content_words(text: str) -> list[str]:
 
 def repeats_itself(text: str, n: int = 3) -> bool:
     """Whether ``text`` says the same ``n`` words twice (a model stuck in a loop)."""
-    words = _WORD.findall(_norm(text))
+    words = _WORD.findall(norm(text))
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(grams) != len(set(grams))
 
@@ -96,15 +91,15 @@ def _item_phrases(item: CandidateItem) -> list[str]:
 
 def references(text: str, item: CandidateItem, user: UserContext) -> References:
     """The item and user references in ``text`` (case-insensitive, whole words)."""
-    said = _norm(text)
-    need = _norm(user.need)
+    said = norm(text)
+    need = norm(user.need)
     out = References()
     for phrase in dict.fromkeys(_item_phrases(item)):
         if _mentions(said, phrase):
             out.item.append(phrase)
             if not _mentions(need, phrase):
                 out.item_beyond_request.append(phrase)
-    item_text = " ".join(_norm(t) for t in item.item.texts.values())
+    item_text = " ".join(norm(t) for t in item.item.texts.values())
     text_words = {w for w in _content_words(item_text) if len(w) >= MIN_TEXT_WORD}
     need_words = set(_content_words(need))
     for w in dict.fromkeys(_content_words(said)):
@@ -119,8 +114,8 @@ def references(text: str, item: CandidateItem, user: UserContext) -> References:
 def user_references(text: str, user: UserContext) -> list[str]:
     """What of the user ``text`` names: history titles (with or without a trailing "(year)"), stated likes,
     content words of the request."""
-    said = _norm(text)
-    need_words = set(_content_words(_norm(user.need)))
+    said = norm(text)
+    need_words = set(_content_words(norm(user.need)))
     out = [
         h.title
         for h in user.history
@@ -147,9 +142,9 @@ def echoes_request(text: str, refs: References, user: UserContext) -> bool:
     request did not already say, nor any liked item."""
     if not user.need.strip() or refs.item_beyond_request:
         return False
-    if any(not _mentions(_norm(user.need), u) for u in refs.user):
+    if any(not _mentions(norm(user.need), u) for u in refs.user):
         return False  # names a liked item or a stated like: not only the request
-    return _longest_run(_WORD.findall(_norm(text)), _WORD.findall(_norm(user.need))) >= ECHO_RUN
+    return _longest_run(_WORD.findall(norm(text)), _WORD.findall(norm(user.need))) >= ECHO_RUN
 
 
 def false_values(
@@ -158,17 +153,17 @@ def false_values(
     """Categorical values of the ``pool`` items (same field kinds as the item's) that ``text`` names although
     the item has none of them in any field and the user did not mention them (request, stated likes, and with
     ``history`` the values of their history items: "like your Comedy favourites" is about the user)."""
-    said = _norm(text)
-    own = {_norm(v) for _, v in item_values(item.item.metadata)}
-    own_text = _norm(item.title) + " " + " ".join(_norm(t) for t in item.item.texts.values())
-    user_said = _norm(user.need) + " " + " ".join(_norm(p.value) for p in user.liked_attributes)
+    said = norm(text)
+    own = {norm(v) for _, v in item_values(item.item.metadata)}
+    own_text = norm(item.title) + " " + " ".join(norm(t) for t in item.item.texts.values())
+    user_said = norm(user.need) + " " + " ".join(norm(p.value) for p in user.liked_attributes)
     if history:
-        user_said += " " + " ".join(_norm(v) for h in user.history for _, v in item_values(h.attributes))
+        user_said += " " + " ".join(norm(v) for h in user.history for _, v in item_values(h.attributes))
     fields = {name for name, _ in item_values(item.item.metadata)}
     vocabulary = {v for other in pool for name, v in item_values(other.item.metadata) if name in fields}
     wrong = []
     for v in sorted(vocabulary):
-        n = _norm(v)
+        n = norm(v)
         if n in own or len(n) < MIN_VALUE_CHARS + 1 or _mentions(own_text, v) or _mentions(user_said, v):
             continue
         if _mentions(said, v):

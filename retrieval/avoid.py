@@ -154,10 +154,14 @@ class ConceptMatcher:
                 return ConceptHit("exact", piece.field, piece.text, piece.is_text, 1.0)
         return None
 
-    def best(self, concept: str, items: Sequence[Item]) -> list[ConceptHit | None]:
+    def best(
+        self, concept: str, items: Sequence[Item], pieces: Sequence[Sequence[Piece]] | None = None
+    ) -> list[ConceptHit | None]:
         """Per item, its piece most similar to ``concept`` (kind ``similar``, any score; None without pieces or
-        embedder). Used by :meth:`match` and by the threshold calibration."""
-        pieces = [item_pieces(it) for it in items]
+        embedder). Used by :meth:`match` and by the threshold calibration. ``pieces``: the items' pieces when
+        already computed."""
+        if pieces is None:
+            pieces = [item_pieces(it) for it in items]
         if self.embedder is None or not concept_words(concept):
             return [None] * len(items)
         vectors = self.vectors([concept, *{p.text for ps in pieces for p in ps}])
@@ -175,10 +179,12 @@ class ConceptMatcher:
 
     def match(self, concept: str, items: Sequence[Item]) -> list[ConceptHit | None]:
         """Per item: an exact hit, else a similar piece at or above the threshold, else None."""
-        out: list[ConceptHit | None] = [self.exact(concept, it) for it in items]
+        pieces = [item_pieces(it) for it in items]
+        out: list[ConceptHit | None] = [self.exact(concept, it, ps) for it, ps in zip(items, pieces, strict=True)]
         todo = [i for i, hit in enumerate(out) if hit is None]
         if todo:
-            for i, hit in zip(todo, self.best(concept, [items[i] for i in todo]), strict=True):
+            similar = self.best(concept, [items[i] for i in todo], [pieces[i] for i in todo])
+            for i, hit in zip(todo, similar, strict=True):
                 if hit is not None and hit.score >= self.threshold:
                     out[i] = hit
         return out
