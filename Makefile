@@ -86,7 +86,7 @@ report-tags: setup  ## a second log through a mapping alone (MovieLens tags.csv,
 # with the bundled MovieLens ratings linked to the ReDial catalog by title (--log; agent/log_link.py) and the
 # learned ranker fitted per fold on the training dialogues (--learned; train/crs_ltr.py); then the default LLM
 # strategy on a seeded sample of 200 gold samples of the fused default (folds-llm; eval/crs_llm.py)
-# (~25 min the first time on 2 cores: the catalog is embedded once; then ~20 min for the folds, ~10 for the LLM)
+# (~25 min the first time on 2 cores: the catalog is embedded once; then ~20-27 min for the folds, 10-30 for the LLM)
 REDIAL ?= ../shared/data/redial-dev
 .PHONY: redial-folds
 redial-folds: setup  ## docs/eval/redial-folds.md numbers: recagent eval folds on ReDial dev (see the doc)
