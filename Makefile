@@ -83,9 +83,13 @@ report-tags: setup  ## a second log through a mapping alone (MovieLens tags.csv,
 	PY=$(PY) bash eval/reports/movielens_tags.sh
 
 # docs/eval/redial-folds.md: the conversation sources on ReDial dev, 5 folds by dialogue, iEvaLM-CRS protocol
-# with the bundled MovieLens ratings linked to the ReDial catalog by title (--log; agent/log_link.py)
-# (retrieval only, no LLM; ~25 min the first time on 2 cores: the catalog is embedded once, then ~5 min)
+# with the bundled MovieLens ratings linked to the ReDial catalog by title (--log; agent/log_link.py) and the
+# learned ranker fitted per fold on the training dialogues (--learned; train/crs_ltr.py); then the default LLM
+# strategy on a seeded sample of 200 gold samples of the fused default (folds-llm; eval/crs_llm.py)
+# (~25 min the first time on 2 cores: the catalog is embedded once; then ~20-27 min for the folds, 10-30 for the LLM)
 REDIAL ?= ../shared/data/redial-dev
 .PHONY: redial-folds
 redial-folds: setup  ## docs/eval/redial-folds.md numbers: recagent eval folds on ReDial dev (see the doc)
-	$(VENV)/bin/recagent eval folds $(REDIAL) --folds 5 --seed 0 --out runs/redial-folds --log data/movielens-latest-small
+	$(VENV)/bin/recagent eval folds $(REDIAL) --folds 5 --seed 0 --out runs/redial-folds --log data/movielens-latest-small \
+		--learned
+	$(VENV)/bin/recagent eval folds-llm $(REDIAL) --out runs/redial-folds --samples 200 --seed 0

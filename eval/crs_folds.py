@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from agent.errors import InputError
 from eval.crs import IEVALM_KS, dialogue_folds, fold_cases, ievalm_recall, train_log
 from eval.datasets import EvalCase
 from eval.dialogue_log import log_from_cases
@@ -28,7 +29,18 @@ from retrieval.dialogue_log import DialogueLog
 from retrieval.dialogue_sources import DialogueSourceConfig, dialogue_sources, fit_dialogue_model
 from retrieval.types import UserQuery
 
-__all__ = ["CONFIG_GRID", "LOG_ARM", "LOG_WEIGHTS", "FoldResult", "default_arms", "run_folds"]
+__all__ = [
+    "CONFIG_GRID",
+    "LOG_ARM",
+    "LOG_WEIGHTS",
+    "FoldArm",
+    "FoldArmResult",
+    "FoldContext",
+    "FoldLeakError",
+    "FoldResult",
+    "default_arms",
+    "run_folds",
+]
 
 CONFIG_GRID: tuple[DialogueSourceConfig, ...] = tuple(
     DialogueSourceConfig(pairs=p, window=w, normalisation=n, prior=prior)
@@ -76,6 +88,44 @@ class FoldResult:
     validation: list[dict[str, Any]]
     leaked_dialogues: int
     rankings: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What each fold-level arm reported about its fold (e.g. a learned ranker's fit time and settings)."""
+
+
+class FoldLeakError(InputError):
+    """A fold-level arm asked for lists fitted on a log that holds the held-out fold's dialogues."""
+
+
+@dataclass
+class FoldContext:
+    """What a fold-level arm (one that learns per fold, e.g. a learned ranker) gets: the fold's training side, and
+    the held-out cases to rank. ``lists_for(log, cases)`` gives each case's content lists plus the dialogue
+    sources' lists fitted on ``log`` with the fold's chosen settings; it refuses (:class:`FoldLeakError`) a log that
+    holds any held-out dialogue, so nothing an arm fits can see the fold it is scored on."""
+
+    number: int
+    fold: frozenset[str]
+    training: DialogueLog
+    train_cases: list[EvalCase]
+    test: list[EvalCase]
+    test_lists: dict[str, dict[str, Scored]]
+    config: DialogueSourceConfig
+    folds: int
+    seed: int
+    n: int
+    rrf_k: int
+    lists_for: Callable[[DialogueLog, Sequence[EvalCase]], dict[str, dict[str, Scored]]]
+
+
+@dataclass
+class FoldArmResult:
+    """A fold-level arm's output: arm name -> held-out case id -> ranking, and notes for the report."""
+
+    rankings: dict[str, dict[str, list[str]]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+FoldArm = Callable[[FoldContext], FoldArmResult]
 
 
 def _query(case: EvalCase, n: int) -> UserQuery:
@@ -137,6 +187,25 @@ def choose_config(log: DialogueLog, cases: Sequence[EvalCase], folds: int, seed:
     return CONFIG_GRID[best], rows
 
 
+ListsFor = Callable[[DialogueLog, Sequence[EvalCase]], dict[str, dict[str, Scored]]]
+
+
+def _lists_for(content_lists: Mapping[str, dict[str, Scored]], fold: frozenset[str], config: DialogueSourceConfig,
+               k: int, allowed: frozenset[str] | None, attributes: AttributeIndex | None) -> ListsFor:  # fmt: skip
+    def lists_for(log: DialogueLog, wanted: Sequence[EvalCase]) -> dict[str, dict[str, Scored]]:
+        leaked = sorted(log.dialog_ids & fold)
+        if leaked:
+            raise FoldLeakError(
+                f"a fold-level arm asked for sources fitted on {len(leaked)} held-out dialogues (e.g. "
+                f"{', '.join(leaked[:3])})",
+                hint="fit only on the fold's training log (FoldContext.training) or a part of it",
+            )
+        learned = dialogue_lists(log, config, wanted, k, allowed, attributes)
+        return {c.case_id: {**content_lists[c.case_id], **learned[c.case_id]} for c in wanted}
+
+    return lists_for
+
+
 def run_folds(
     cases: Sequence[EvalCase],
     content: Callable[[EvalCase], dict[str, Scored]],
@@ -149,11 +218,13 @@ def run_folds(
     rrf_k: int = 60,
     progress: bool = True,
     attributes: AttributeIndex | None = None,
+    fold_arms: Sequence[FoldArm] = (),
 ) -> tuple[dict[str, dict[str, float]], list[FoldResult]]:
     """iEvaLM-CRS recall of each arm over all folds (pooled samples), and the per-fold details.
 
     ``content(case)`` returns the content sources' lists for a case (not learned from the log); ``attributes``
-    (the catalog's field values) adds the attribute source, its prior counted on each fold's training log."""
+    (the catalog's field values) adds the attribute source, its prior counted on each fold's training log;
+    ``fold_arms`` learn per fold from a :class:`FoldContext` (the fold's training side only) and add their arms."""
     arms = dict(arms or default_arms())
     n = max(IEVALM_KS)
     log = log_from_cases(cases)
@@ -173,6 +244,18 @@ def run_folds(
                       for c in test}  # fmt: skip
             result.rankings[name] = ranked
             pooled[name].update(ranked)
+        frozen = frozenset(fold)
+        context = FoldContext(
+            number, frozen, training, train_cases, test,
+            {c.case_id: {**content_lists[c.case_id], **learned[c.case_id]} for c in test}, config, folds,
+            seed + number, n, rrf_k, _lists_for(content_lists, frozen, config, k_per_source, allowed, attributes),
+        )  # fmt: skip
+        for arm in fold_arms:
+            done = arm(context)
+            for name, ranked in done.rankings.items():
+                result.rankings[name] = ranked
+                pooled.setdefault(name, {}).update(ranked)
+            result.extra.update(done.info)
         results.append(result)
     golds = _golds(cases)
     return {name: ievalm_recall(golds, ranked) for name, ranked in pooled.items()}, results

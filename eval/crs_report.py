@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.settings import Settings
 from eval.compare import paired_bootstrap_ci
@@ -21,7 +21,9 @@ from eval.crs_folds import (
     CONTENT_SOURCES,
     FUSED_DEFAULT,
     LOG_ARM,
+    LOG_WEIGHTS,
     PREVIOUS_DEFAULT,
+    FoldArm,
     FoldResult,
     default_arms,
     run_folds,
@@ -34,10 +36,12 @@ from retrieval.candidates import CandidateGenerator, ItemToItemSource, Scored, S
 from retrieval.catalog import Catalog, read_catalog
 from retrieval.ease import EaseSource
 from retrieval.embed import make_embedder
+from retrieval.interactions import Interactions
 from retrieval.store import Store
 from retrieval.transition import TransitionSource
+from retrieval.types import Item
 
-__all__ = ["PUBLISHED", "LogOption", "folds_report"]
+__all__ = ["PUBLISHED", "LogOption", "RankerFactory", "folds_report"]
 
 PUBLISHED: dict[str, tuple[float | None, float | None, float | None]] = {
     "KBRD (published)": (0.028, 0.169, 0.366),
@@ -109,9 +113,17 @@ class LogOption:
     year_col: str | None = None
 
 
-def _with_log(content: Any, log: LogOption, catalog: Catalog) -> tuple[Any, str]:
+class RankerFactory(Protocol):
+    """Makes the learned-ranker arm (a fold-level arm) over the fused order of ``weights``, for the catalog
+    ``items`` and the title-linked interaction ``log`` (None without ``--log``). The implementation lives in
+    ``train`` (``train.crs_ltr.ConversationRanker``), which ``eval`` does not import."""
+
+    def __call__(self, weights: dict[str, float], items: dict[str, Item], log: Interactions | None) -> FoldArm: ...
+
+
+def _with_log(content: Any, log: LogOption, catalog: Catalog) -> tuple[Any, str, Interactions]:
     """``content`` plus the ``ease`` and ``transition`` lists of the title-linked log (not learned from the
-    dialogues, so computed once per turn like the content lists), and the link summary."""
+    dialogues, so computed once per turn like the content lists), the link summary and the linked log."""
     from agent.log_link import linked_log
     from eval.crs_folds import _request
 
@@ -123,7 +135,7 @@ def _with_log(content: Any, log: LogOption, catalog: Catalog) -> tuple[Any, str]
         request = _request(case, 100, None)
         return {**content(case), **{s.name: s.retrieve(request) for s in sources}}
 
-    return both, report.summary()
+    return both, report.summary(), interactions
 
 
 def _fmt(value: float | None) -> str:
@@ -149,7 +161,8 @@ def paired_vs(cases: list[EvalCase], folds: list[FoldResult], base: str, arm: st
 
 def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: dict[str, Any],
            paired: dict[str, dict[str, float]] | None = None,
-           paired_log: dict[str, dict[str, float]] | None = None) -> str:  # fmt: skip
+           paired_log: dict[str, dict[str, float]] | None = None,
+           paired_ltr: tuple[str, str, dict[str, dict[str, float]]] | None = None) -> str:  # fmt: skip
     lines = [
         f"# iEvaLM-CRS protocol, {meta['folds']} folds by dialogue: {meta['dataset']}",
         "",
@@ -179,6 +192,10 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
     if paired_log:
         lines += ["", f"{LOG_ARM} minus {FUSED_DEFAULT}, paired bootstrap 95% CI over the samples:", ""]
         lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in paired_log.items()]
+    if paired_ltr:
+        arm, base, diffs = paired_ltr
+        lines += ["", f"{arm} minus {base}, paired bootstrap 95% CI over the samples:", ""]
+        lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in diffs.items()]
     if meta.get("log"):
         lines += ["", "Interaction log linked to the catalog by title:", "", "```", meta["log"], "```"]
     lines += [
@@ -194,6 +211,25 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
             f"| {f.fold} | {f.test_dialogues} | {f.test_turns} | {f.train_turns} | pairs={c.pairs}, "
             f"window={c.window}, normalisation={c.normalisation}, prior={c.prior} |"
         )
+    ltr = [(f.fold, f.extra["ltr"]) for f in folds if "ltr" in f.extra]
+    if ltr:
+        lines += [
+            "",
+            "### Learned ranker per fold (fitted on the fold's training dialogues; pool chosen on its validation part)",
+            "",
+            "| fold | training groups | pool | best iteration | validation R@10 / R@50 (fused pool order) "
+            "| fit s | total s | top features (gain) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for number, info in ltr:
+            chosen = next(t for t in info["tried"] if t["pool"] == info["pool"])
+            v, fp = chosen["validation"], chosen["validation_fused_pool"]
+            tops = ", ".join(f"{n}" for n, _ in info["top_features"][:4])
+            lines.append(
+                f"| {number} | {info['train_groups']} | {info['pool']} | {chosen['best_iteration']} | "
+                f"{v['recall@10']:.3f} / {v['recall@50']:.3f} ({fp['recall@10']:.3f} / {fp['recall@50']:.3f}) | "
+                f"{info['fit_seconds']:.1f} | {info['total_seconds']:.1f} | {tops} |"
+            )
     lines += ["", "## Arms (fusion weights)", ""]
     lines += [f"- {name}: {json.dumps(w)}" for name, w in meta["arms"].items()]
     return "\n".join(lines) + "\n"
@@ -209,7 +245,10 @@ def folds_report(
     command: str,
     progress: bool = True,
     log: LogOption | None = None,
+    ranker: RankerFactory | None = None,
 ) -> dict[str, Any]:
+    """``ranker``: adds the learned ranker's arm (over the pool of the fused default, with the log's sources when
+    ``log`` is given), paired against that fused order."""
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(dataset_path)
@@ -217,13 +256,26 @@ def folds_report(
     arms = default_arms(with_log=log is not None)
     catalog = read_catalog(dataset.catalog_path, format=dataset.catalog_format, mapping=dataset.mapping)
     attributes = AttributeIndex(catalog.items)
-    log_summary = None
+    log_summary, interactions = None, None
     if log is not None:
-        content, log_summary = _with_log(content, log, catalog)
+        content, log_summary, interactions = _with_log(content, log, catalog)
+    base_arm = LOG_ARM if log is not None else FUSED_DEFAULT
+    fold_arms = []
+    if ranker is not None:
+        weights = {**arms[FUSED_DEFAULT], **(LOG_WEIGHTS if log is not None else {})}
+        fold_arms.append(ranker(weights, {i.id: i for i in catalog.items}, interactions))
     results, fold_results = run_folds(
         dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed, progress=progress,
-        attributes=attributes,
+        attributes=attributes, fold_arms=fold_arms,
     )  # fmt: skip
+    extra_arms = [name for name in results if name not in arms]
+    paired_ltr = (extra_arms[0], base_arm, paired_vs(dataset.cases, fold_results, base_arm, extra_arms[0])) \
+        if extra_arms else None  # fmt: skip
+    with (out / "rankings.jsonl").open("w", encoding="utf-8") as fh:  # the held-out rankings, for later arms
+        for f in fold_results:
+            for name, ranked in f.rankings.items():
+                for case_id, ids in ranked.items():
+                    fh.write(json.dumps({"fold": f.fold, "arm": name, "case_id": case_id, "ranking": ids}) + "\n")
     paired = paired_vs(dataset.cases, fold_results, PREVIOUS_DEFAULT, FUSED_DEFAULT)
     paired_log = paired_vs(dataset.cases, fold_results, FUSED_DEFAULT, LOG_ARM) if log is not None else None
     meta = {
@@ -245,6 +297,7 @@ def folds_report(
         "published": PUBLISHED,
         "paired": paired,
         "paired_log": paired_log,
+        "paired_ltr": {"arm": paired_ltr[0], "base": paired_ltr[1], "diff": paired_ltr[2]} if paired_ltr else None,
         "folds": [
             {
                 "fold": f.fold,
@@ -253,12 +306,13 @@ def folds_report(
                 "train_turns": f.train_turns,
                 "leaked_dialogues": f.leaked_dialogues,
                 "validation": f.validation,
+                **f.extra,
             }
             for f in fold_results
         ],
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    markdown = render(results, fold_results, meta, paired, paired_log)
+    markdown = render(results, fold_results, meta, paired, paired_log, paired_ltr)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     (out / "report.html").write_text(markdown_to_html(markdown, title="recagent eval folds"), encoding="utf-8")
     return doc

@@ -260,6 +260,12 @@ def folds_cmd(
     log_id_col: str = typer.Option("movieId", "--log-id-col", help="Item id column of --log-titles."),
     log_title_col: str = typer.Option("title", "--log-title-col", help="Title column of --log-titles."),
     log_year_col: str | None = typer.Option(None, "--log-year-col", help="Optional year column of --log-titles."),
+    learned: bool = typer.Option(
+        False,
+        "--learned",
+        help="Add the learned ranker (LightGBM lambdarank on conversation features), fitted per fold on the "
+        "training dialogues only and reranking a pool of the fused default (pool size chosen on validation).",
+    ),
 ) -> None:
     """iEvaLM-CRS protocol (Recall@1/10/50 per gold movie, mentioned movies excluded) with K-fold cross-validation
     by dialogue: the dialogue sources (comention, recommended_popularity) are fitted on the other folds only and
@@ -268,7 +274,7 @@ def folds_cmd(
     import sys
 
     from agent.errors import InputError
-    from eval.crs_report import LogOption, folds_report
+    from eval.crs_report import LogOption, RankerFactory, folds_report
 
     command = "recagent eval folds " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     linked = None
@@ -278,6 +284,35 @@ def folds_cmd(
             raise InputError(f"--log {log}: no titles file {titles}",
                              hint="give the log's item titles with --log-titles FILE.csv")  # fmt: skip
         linked = LogOption(log, titles, log_id_col, log_title_col, log_year_col)
-    folds_report(ctx.obj.settings, dataset, out, folds=folds, seed=seed, command=command, log=linked)
+    ranker: RankerFactory | None = None
+    if learned:
+        from train.crs_ltr import ConversationRanker
+
+        ranker = ConversationRanker
+
+    folds_report(ctx.obj.settings, dataset, out, folds=folds, seed=seed, command=command, log=linked, ranker=ranker)
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"written: {out}/results.json, report.md, report.html")
+
+
+@app.command("folds-llm")
+def folds_llm_cmd(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(..., help="The dataset of the folds run."),
+    out: Path = typer.Option(Path("eval-out/folds"), "--out", help="The folds run's output folder."),
+    samples: int = typer.Option(200, "--samples", min=1, help="Gold samples drawn (seeded) from the held-out ones."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    base: str = typer.Option("fused default", "--base", help="The arm whose held-out ranking is reranked."),
+    batch: int = typer.Option(16, "--batch-size", min=1, help="Turns per engine batch."),
+) -> None:
+    """The default LLM strategy (the settings' strategy, by default option-logit blended with the retrieval order)
+    on a seeded sample of a `recagent eval folds` run's gold samples, paired against the ranking it reranks:
+    writes llm_arm.json / .md / .html in --out."""
+    import shlex
+    import sys
+
+    from eval.crs_llm import llm_arm
+
+    command = "recagent eval folds-llm " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    llm_arm(ctx.obj.settings, dataset, out, samples=samples, seed=seed, base=base, batch=batch, command=command)
+    typer.echo((out / "llm_arm.md").read_text(encoding="utf-8"))
