@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from agent.evidence import choose_evidence, fewshot_examples, liked_history
 from agent.explain import ExplainRequest, check_grounding, explain_many, value_in_field
-from agent.explain_fewshot import resolve_layout
+from agent.explain_fewshot import continuation_verb, resolve_layout
 from agent.llm.base import LLMRequest
 from agent.schemas import HistoryItem, RerankConfig, UserContext
 from core.errors import PromptError
@@ -131,7 +131,7 @@ def test_a_justification_batch_is_one_engine_call_with_a_shared_user_prefix() ->
 
 
 def test_one_cheap_repair_then_the_template() -> None:
-    answers = {"Book 0": [" adds Fantasy.\n", " adds Romance.\n"],  # wrong, then right
+    answers = {"Book 0": [" adds Fantasy.\n", " Romance.\n"],  # wrong, then right
                "Book 1": [" adds Horror, H}e don't care.\n", ", for you.\n"]}  # fmt: skip
 
     def script(req: LLMRequest, schema: Any) -> str:
@@ -141,29 +141,81 @@ def test_one_cheap_repair_then_the_template() -> None:
     reqs = requests_for([make_user()], items_per_user=2)
     outs, timings = explain_many(engine, PromptRegistry(), reqs)
     assert [len(c.requests) for c in engine.calls] == [2, 2]
-    assert engine.calls[1].temperature == RerankConfig().retry_temperature
+    # the repair continues a longer lead (the verb the item's real values allow), so it is greedy like the first
+    assert engine.calls[1].temperature == RerankConfig().temperature
+    repair_prompts = [r.prompt or "" for r in engine.calls[1].requests]
+    assert repair_prompts[0].endswith("\nWhy: Like Earlier Book (Comedy, Romance), Book 0 adds")
     assert outs[0].source == "llm" and "regenerated" in outs[0].flags and outs[0].llm_calls == 2
+    assert outs[0].text == "Like Earlier Book (Comedy, Romance), Book 0 adds Romance."
     assert outs[1].source == "template" and "nothing about the item beyond its title" in (outs[1].note or "")
     assert "broken characters" in (outs[1].note or "")  # the first answer's reason is kept in the note
     assert set(timings) == {"explain", "explain_retry"}
 
 
-def test_an_answer_cut_by_the_token_cap_or_reciting_the_examples_is_refused() -> None:
+def test_the_repair_verb_follows_the_items_real_values() -> None:
+    item = CANDS[0]  # genres Comedy, Romance (make_candidates), author Author 0
+    user = make_user()
+    liked = liked_history(user)
+    evidence = choose_evidence(item, user, liked)
+    assert continuation_verb(item, evidence) == "adds"  # the author is a value the evidence did not name
+    only = item.model_copy(deep=True)
+    only.item.metadata = {"genres": ["Comedy", "Romance"], "year": 1980}
+    assert continuation_verb(only, choose_evidence(only, user, liked)) == "is another"
+    bare = item.model_copy(deep=True)
+    bare.item.metadata = {"year": 1980}
+    assert continuation_verb(bare, choose_evidence(bare, user, liked)) == "is"
+
+
+def test_a_title_ending_in_punctuation_does_not_end_the_sentence() -> None:
+    """A liked title ending in "?" (O Brother, Where Art Thou?) cut the sentence before the item, which was refused."""
+    user = make_user(history=[HistoryItem(title="Where Art Thou?", attributes={"genres": ["Comedy"]}, rating=5)])
+    engine = BaseModelFake(lambda req, schema: " adds Romance.\n")
+    outs, _ = explain_many(engine, PromptRegistry(), requests_for([user], items_per_user=1))
+    assert outs[0].source == "llm", outs[0].note
+    assert outs[0].text == "Like Where Art Thou? (Comedy), Book 0 adds Romance."
+
+
+def test_an_answer_cut_by_the_token_cap_keeps_only_its_complete_part() -> None:
     def script(req: LLMRequest, schema: Any) -> str:
         return " adds Comedy and then it goes on and on" if "Book 0" in open_title(req) else " adds Drama\n"
 
     engine = BaseModelFake(script)
     outs, _ = explain_many(engine, PromptRegistry(), requests_for([make_user()], items_per_user=2))
-    # the fake reports finish_reason stop; the words were fine: accepted. A 'length' finish is refused:
+    # the fake reports finish_reason stop; the words were fine: accepted. A 'length' finish is cut back:
     assert outs[0].source == "llm"
     from agent.llm.base import Generation
 
-    def cut(req: LLMRequest, schema: Any) -> Generation:
-        return Generation(text=" adds Comedy and then", prompt_tokens=9, completion_tokens=28,
-                          finish_reason="length")  # fmt: skip
+    def cut(text: str) -> Any:
+        return lambda req, schema: Generation(text=text, prompt_tokens=9, completion_tokens=28, finish_reason="length")
 
-    outs, _ = explain_many(BaseModelFake(cut), PromptRegistry(), requests_for([make_user()], items_per_user=1))
+    one = requests_for([make_user()], items_per_user=1)
+    outs, _ = explain_many(BaseModelFake(cut(" adds Comedy and then")), PromptRegistry(), one)
     assert outs[0].source == "template" and "cut off by the token cap" in (outs[0].note or "")
+    # its complete part: up to the last comma, or the first sentence when one ended before the cap
+    outs, _ = explain_many(BaseModelFake(cut(" adds Romance and Author 0, then the")), PromptRegistry(), one)
+    assert outs[0].source == "llm"
+    assert outs[0].text == "Like Earlier Book (Comedy, Romance), Book 0 adds Romance and Author 0."
+    outs, _ = explain_many(BaseModelFake(cut(" adds Romance. Then it goes on")), PromptRegistry(), one)
+    assert outs[0].source == "llm" and outs[0].text == "Like Earlier Book (Comedy, Romance), Book 0 adds Romance."
+    # the part kept is checked like any answer: a cut list of values the item lacks is still refused
+    outs, _ = explain_many(BaseModelFake(cut(" adds Fantasy and War, then the")), PromptRegistry(), one)
+    assert outs[0].source == "template" and "nothing about the item beyond its title" in (outs[0].note or "")
+
+
+def test_items_with_markup_in_their_titles_are_not_worked_examples() -> None:
+    odd = make_candidates(12)
+    odd[5] = odd[5].model_copy(deep=True)
+    odd[5].item.title = "B*A*P*S (1997)"
+    seen: list[str] = []
+
+    def script(req: LLMRequest, schema: Any) -> str:
+        seen.append(req.prompt or "")
+        return " adds Romance.\n"
+
+    user = make_user()
+    reqs = [ExplainRequest(user=user, item=odd[0], others=odd, config=RerankConfig())]
+    explain_many(BaseModelFake(script), PromptRegistry(), reqs)
+    assert seen and "B*A*P*S" not in seen[0]
 
 
 @pytest.mark.parametrize(
