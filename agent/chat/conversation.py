@@ -32,6 +32,7 @@ stream the reply, then fill in the LLM justifications (``justification`` events)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -49,10 +50,13 @@ from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
 from agent.chat.preferences import PreferenceUpdate, apply_update, content_words, parse_message
 from agent.chat.reply import (
     REPLY_STOP,
+    Exchange,
     ReplyShaper,
     check_reply,
     clarifying_reply,
     clean_reply,
+    reply_item,
+    reply_messages,
     template_reply,
     which_one_reply,
 )
@@ -72,7 +76,6 @@ __all__ = ["ChatEvent", "ChatReply", "Conversation", "history_messages", "stable
 log = logging.getLogger(__name__)
 
 EXTRACT_TEMPLATE = "extract_preferences"
-REPLY_TEMPLATE = "chat_reply"
 
 
 class ChatReply(BaseModel):
@@ -643,25 +646,24 @@ class Conversation:
             yield "replace", {"text": w.reply, "reason": failure or "cleaned"}
 
     def _reply_prompt(self, w: _Work) -> list[dict[str, str]]:
+        """The reply prompt: an append-only transcript (:func:`agent.chat.reply.reply_messages`) of the window's
+        earlier turns, then this turn's message and items."""
         assert w.state is not None and w.recommendation is not None
-        items = [
-            {
-                "title": it.title,
-                "attributes": {k: v for k, v in list(it.metadata.items())[:4]},
-                "justification": it.justification or "",
-            }
-            for it in w.recommendation.items
-        ]
-        rendered = self.recommender.registry.render(
-            REPLY_TEMPLATE,
-            {
-                "conversation": self.history_vars(w.state),
-                "message": w.message,
-                "items": items,
-                "need": w.state.preferences.need or "",
-            },
-        )
-        return rendered.chat_messages()
+        items = [reply_item(it.title, it.metadata) for it in w.recommendation.items]
+        return reply_messages(self.recommender.registry, self.exchanges(w.state), w.message, items)
+
+    def exchanges(self, state: SessionState) -> list[Exchange]:
+        """The session's earlier turns in the history window (:func:`stable_window`) as the reply prompt shows
+        them: each user message with the items shown for it (read from the catalog by id) and the reply sent."""
+        window = stable_window(state.turns, self.settings.chat_history_turns)
+        ids = list(dict.fromkeys(i for t in window if t.role == "assistant" for i in t.item_ids))
+        found = self.recommender.collection.get_items(ids) if ids else {}
+        out: list[Exchange] = []
+        for user, answer in itertools.pairwise(window):
+            if user.role == "user" and answer.role == "assistant":
+                items = [reply_item(found[i].title, found[i].metadata) for i in answer.item_ids if i in found]
+                out.append(Exchange(user.content, items, answer.content))
+        return out
 
     def history_vars(self, state: SessionState) -> list[dict[str, str]]:
         """The session's earlier turns as prompt variables (oldest first, the last ``chat_history_turns``)."""
