@@ -119,8 +119,9 @@ def main() -> None:
               f"{cell(r, 'extract'):>12}")  # fmt: skip
     later = rows[1:]
     for kind in ARMS:
-        share = sum(r[f"{kind}_shared"] for r in later) / max(1, sum(r[f"{kind}_tokens"] for r in later))
-        print(f"{kind}: {share:.0%} of the tokens of turns >= 2 are a cached prefix")
+        shared, total = sum(r[f"{kind}_shared"] for r in later), sum(r[f"{kind}_tokens"] for r in later)
+        print(f"{kind}: {shared / max(1, total):.0%} of the tokens of turns >= 2 are a cached prefix; "
+              f"{total - shared} tokens to compute over turns 2-{rows[-1]['turn']}")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({"history_turns": args.history_turns, "rows": rows}, indent=2))
 

@@ -127,18 +127,19 @@ def history_messages(turns: Sequence[Turn], max_turns: int | None = None) -> lis
     return list(trim_messages(messages, max_tokens=max_turns, token_counter=len, strategy="last", start_on="human"))
 
 
-def stable_window(turns: Sequence[Turn], max_turns: int) -> list[Turn]:
+def stable_window(turns: Sequence[Turn], max_turns: int, step: int | None = None) -> list[Turn]:
     """The earlier turns a prompt shows: all while they fit in ``max_turns``; then a window that starts at a
-    multiple of a step of about half the window (whole user/assistant pairs) and grows until it is full, so
-    that consecutive turns' prompts share the shown history byte for byte (an engine's prefix cache serves it)
-    except when the window moves. Starts on a user turn; never more than ``max_turns`` turns."""
+    multiple of ``step`` turns (whole user/assistant pairs; default about half the window) and grows until it is
+    full, so that consecutive turns' prompts share the shown history byte for byte (an engine's prefix cache
+    serves it) except when the window moves. Starts on a user turn; never more than ``max_turns`` turns."""
     if max_turns <= 0:
         return []
     n = len(turns)
     if n <= max_turns:
         start = 0
     else:
-        step = 2 * max(1, (max_turns // 2 + 1) // 2)  # whole pairs, about half the window
+        pairs = (max_turns // 2 + 1) // 2 if step is None else min(step, max_turns) // 2
+        step = 2 * max(1, pairs)
         start = -(-(n - max_turns) // step) * step
     while start < n and turns[start].role != "user":
         start += 1
@@ -652,10 +653,18 @@ class Conversation:
         items = [reply_item(it.title, it.metadata) for it in w.recommendation.items]
         return reply_messages(self.recommender.registry, self.exchanges(w.state), w.message, items)
 
+    def reply_window(self, state: SessionState) -> list[Turn]:
+        """The earlier turns the reply prompt shows: at most ``chat_history_turns``, in a window that moves by its
+        whole size (:func:`stable_window` with ``step=chat_history_turns``). Each earlier turn brings its items,
+        so a move costs the whole shown history: moving by the whole window keeps moves rare (after a move the
+        transcript holds the latest pair, then grows by one pair per message until it is full)."""
+        limit = self.settings.chat_history_turns
+        return stable_window(state.turns, limit, step=limit)
+
     def exchanges(self, state: SessionState) -> list[Exchange]:
-        """The session's earlier turns in the history window (:func:`stable_window`) as the reply prompt shows
-        them: each user message with the items shown for it (read from the catalog by id) and the reply sent."""
-        window = stable_window(state.turns, self.settings.chat_history_turns)
+        """The session's earlier turns in the reply window (:meth:`reply_window`) as the reply prompt shows them:
+        each user message with the items shown for it (read from the catalog by id) and the reply sent."""
+        window = self.reply_window(state)
         ids = list(dict.fromkeys(i for t in window if t.role == "assistant" for i in t.item_ids))
         found = self.recommender.collection.get_items(ids) if ids else {}
         out: list[Exchange] = []

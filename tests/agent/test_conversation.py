@@ -115,8 +115,8 @@ def test_reply_check_and_template(index: CatalogIndex) -> None:
 def test_stable_window_moves_in_steps_so_consecutive_prompts_share_it() -> None:
     turns = [Turn(turn_id=i + 1, role="user" if i % 2 == 0 else "assistant", content=f"t{i + 1}") for i in range(14)]
 
-    def ids(n: int, m: int) -> list[int]:
-        return [t.turn_id for t in stable_window(turns[:n], m)]
+    def ids(n: int, m: int, step: int | None = None) -> list[int]:
+        return [t.turn_id for t in stable_window(turns[:n], m, step)]
 
     assert ids(6, 6) == [1, 2, 3, 4, 5, 6]  # fits: everything
     # 6 turns shown at most, step 4 (two pairs): hand-computed starts 4, 4, 8, 8 for 8, 10, 12, 14 turns
@@ -124,6 +124,10 @@ def test_stable_window_moves_in_steps_so_consecutive_prompts_share_it() -> None:
     assert ids(12, 6) == [9, 10, 11, 12] and ids(14, 6) == [9, 10, 11, 12, 13, 14]
     assert ids(10, 6)[:4] == ids(8, 6)  # the turn after keeps the same start: a byte-identical prefix
     assert ids(4, 2) == [3, 4] and ids(6, 2) == [5, 6]  # one pair: it can only slide
+    # step 6 (the reply transcript's): the window restarts from the latest pair and grows to 3 pairs
+    assert [ids(n, 6, 6) for n in (8, 10, 12, 14)] == [
+        [7, 8], [7, 8, 9, 10], [7, 8, 9, 10, 11, 12], [13, 14]]  # fmt: skip
+    assert ids(10, 6) == ids(10, 6, 4) and ids(10, 6, 5) == ids(10, 6)  # an odd step is whole pairs: 4
     assert all(len(stable_window(turns[:n], m)) <= m for n in range(15) for m in range(8))
     assert all(not w or w[0].role == "user" for n in range(15) for m in range(8) for w in [stable_window(turns[:n], m)])
     assert stable_window(turns, 0) == []
@@ -523,7 +527,7 @@ def test_reply_prompts_are_an_append_only_transcript(
     texts: list[list[str]] = []
     starts, replies = [], []
     for message in messages:
-        window = stable_window(conv.get(sid).turns, conv.settings.chat_history_turns)
+        window = conv.reply_window(conv.get(sid))
         engine.calls.clear()
         reply = conv.send(sid, message)
         asked = [r for c in engine.calls for r in c.requests if _is_reply(r)]
@@ -537,7 +541,7 @@ def test_reply_prompts_are_an_append_only_transcript(
             texts.append([])
         starts.append(window[0].turn_id if window else 0)
         replies.append(reply.reply)
-    assert conv.settings.chat_history_turns == 6 and starts == [0, 1, 1, 1, 5, 5]  # the window moved before #5
+    assert conv.settings.chat_history_turns == 6 and starts == [0, 1, 1, 1, 7, 7]  # the window moved before #5
     for text in texts[1]:  # the clarifying turn is in the transcript: its message, then the question asked
         assert text.index("hi\n<<<END>>>") < text.index(replies[0]) < text.index(messages[1])
     for n in (2, 3, 5):  # the whole previous prompt, then the reply as sent, then the new turn
@@ -547,4 +551,4 @@ def test_reply_prompts_are_an_append_only_transcript(
     for prev, now in zip(texts[3], texts[4], strict=True):  # the window moved: only the instructions are shared
         i = prev.index("<<<MESSAGE>>>")
         assert now[:i] == prev[:i] and not now.startswith(prev[: i + 20])
-        assert messages[1] not in now and messages[2] in now
+        assert messages[2] not in now and now.index(messages[3]) < now.index(messages[4])  # the latest pair only
