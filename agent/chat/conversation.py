@@ -20,10 +20,13 @@ Per user message (several sessions' messages share each engine call, see :meth:`
    decoded (``delta`` events), and says ``replace`` when the checked reply differs from what was streamed.
 7. **Commit**: the user turn, the assistant turn and the new state in one store transaction.
 
-Prompts put the stable parts first (system text and instructions, then the session's earlier turns, then what
-changes every turn: the need, this turn's items, the new message) so that an engine with prefix caching serves the
-shared prefix of later turns from cache. The earlier turns shown are a window that moves in steps
-(:func:`stable_window`), not one turn at a time, so that consecutive turns' prompts share it byte for byte.
+Prompts put the stable parts first so that an engine with prefix caching serves the shared prefix of later turns
+from cache. The reply prompt is an append-only transcript (:func:`agent.chat.reply.reply_messages`): the
+instructions, then per earlier turn its message, the items shown for it and the reply as sent, then this turn's
+message and items; each turn's prompt is the previous one plus its reply plus the new turn. The extraction prompt
+shows the instructions, the earlier turns' texts, then the new message. The earlier turns shown are a window that
+moves in steps (:func:`stable_window`), not one turn at a time, so that consecutive turns' prompts share it byte
+for byte.
 
 Streamed turns (:meth:`Conversation.stream`, ``chat_justify_later``) show the items at once with template reasons,
 stream the reply, then fill in the LLM justifications (``justification`` events). Every ChatReply carries the turn's
