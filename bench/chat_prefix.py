@@ -172,6 +172,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {"llm_prefix_caching": args.caching == "on"}
     if args.explain:
         overrides["explain_mode"] = args.explain
+    if args.rerank:
+        overrides["rerank_strategy"] = args.rerank
+    if args.extract:
+        overrides["chat_extract"] = args.extract
     if args.quick:
         overrides.update(home=args.home, collection=QUICK_COLLECTION, llm_model=args.model, llm_dtype="float32",
                          llm_max_model_len=2048, llm_memory_fraction=0.05, fusion_n=8, chat_k=4,
@@ -274,6 +278,8 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
         overrides["explain_mode"] = args.explain
     if args.rerank:
         overrides["rerank_strategy"] = args.rerank
+    if args.extract:
+        overrides["chat_extract"] = args.extract
     settings = load_settings(**overrides)
     from agent.llm.models import resolve_model
 
@@ -323,17 +329,25 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     conv._reply_prompt = reply_prompt  # type: ignore[method-assign]
     sids = [conv.start().session_id for _ in scripts]
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
+    stopped = False
     for turn in range(1, args.turns + 1):
+        if deadline is not None and time.monotonic() > deadline:
+            stopped = True
+            print(f"[interleaved] --budget-s spent: stopped before turn {turn}", file=sys.stderr, flush=True)
+            break
         for sid, script in zip(sids, scripts, strict=True):
             message = script[(turn - 1) % len(script)]
             current.clear()
             current.update(turn=turn, session=sid[:8])
+            state = conv.get(sid)
+            extract = conv.recommender.registry.render(EXTRACT_TEMPLATE, {
+                "conversation": conv.history_vars(state), "message": message,
+                "fields": conv.index.field_names()}).chat_messages()  # fmt: skip
             if turn >= 2:
-                state = conv.get(sid)
-                extract = conv.recommender.registry.render(EXTRACT_TEMPLATE, {
-                    "conversation": conv.history_vars(state), "message": message,
-                    "fields": conv.index.field_names()}).chat_messages()  # fmt: skip
                 probe_all(current, {"extract": extract})
+            else:  # turn 1: in the cache as the turn's own extraction call would leave it (also with --extract rules)
+                probe(encode_request(engine.tokenizer, LLMRequest.of(extract)), False)
             started = time.perf_counter()
             events = [e.event for e in conv.stream(sid, message)]
             assert events[-1] == "done", events
@@ -342,16 +356,22 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
             if turn >= 2:
                 current["loadavg"] = os.getloadavg()[0]
                 rows.append(dict(current))
+                partial = {"interleaved": True, "engine_start_s": start_s, "rows": rows, "model": engine.model_id,
+                           "stopped_early": True, "settings": overrides}  # fmt: skip
+                args.result.write_text(json.dumps(partial))  # what a killed run leaves
     store.close()
     engine.close()
-    return {"interleaved": True, "engine_start_s": start_s, "rows": rows, "model": engine.model_id}
+    return {"interleaved": True, "engine_start_s": start_s, "rows": rows, "model": engine.model_id,
+            "stopped_early": stopped, "settings": overrides}  # fmt: skip
 
 
 def report_interleaved(result: dict[str, Any]) -> dict[str, float]:
     """Print the interleaved run's table; return the OFF/ON ratios of the medians."""
     rows = result["rows"]
-    print(f"\nprefix cache, arms interleaved (one engine, cache_salt for OFF): {len(rows)} turns >= 2, "
-          f"model {result['model']}")  # fmt: skip
+    print(
+        f"\nprefix cache, arms interleaved (one engine, cache_salt for OFF): {len(rows)} turns >= 2, "
+        f"model {result['model']}" + (" (stopped early: --budget-s)" if result.get("stopped_early") else "")
+    )
     print(f"{'prompt':>22} {'tokens':>7} {'cached (on)':>12} {'TTFT off p50/p90':>20} {'TTFT on p50/p90':>20} "
           f"{'off/on':>7}")  # fmt: skip
     ratios: dict[str, float] = {}
@@ -390,13 +410,18 @@ def run_mode(mode: str, args: argparse.Namespace, home: Path | None, model: Path
            "--turns", str(args.turns)] + (["--explain", args.explain] if args.explain else [])  # fmt: skip
     cmd += ["--skip-send"] if args.skip_send else []
     cmd += ["--rerank", args.rerank] if args.rerank else []
+    cmd += ["--extract", args.extract] if args.extract else []
     cmd += ["--interleaved"] if args.interleaved else []
+    cmd += ["--budget-s", str(args.budget_s)] if args.budget_s else []
     if args.quick:
         cmd += ["--quick", "--home", str(home), "--model", str(model)]
     out = Path(tempfile.mkdtemp()) / "result.json"
     cmd += ["--result", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, check=False)
     if proc.returncode != 0:
+        if args.interleaved and out.exists():  # the rows written before it failed or was killed
+            print(f"the worker failed (exit {proc.returncode}): the turns it finished follow", file=sys.stderr)
+            return json.loads(out.read_text())  # type: ignore[no-any-return]
         raise SystemExit(f"the {mode} worker failed (exit {proc.returncode})")
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
@@ -410,9 +435,12 @@ def main() -> None:
     parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
     parser.add_argument("--skip-send", action="store_true", help="skip phase 3 (turn latency): TTFTs only")
     parser.add_argument("--rerank", help="rerank strategy (default: the settings')")
+    parser.add_argument("--extract", choices=["llm", "rules"], help="chat_extract (default: the settings')")
     parser.add_argument("--interleaved", action="store_true",
                         help="one engine, arms interleaved: reply v1.1 vs v2.0 and extraction, cache on vs off "
                         "(cache_salt), max_tokens=1 probes")  # fmt: skip
+    parser.add_argument("--budget-s", type=float, help="--interleaved: start no new round of turns after this "
+                        "many seconds of the worker (the run stays inside a time slot)")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--caching", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
