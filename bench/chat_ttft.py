@@ -79,7 +79,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recommender.recommend(RecommendRequest(query="warm-up", k=1), explain="later")  # embedder, store, generator
     scripts = (cp.SCRIPTS * ((args.sessions + len(cp.SCRIPTS) - 1) // len(cp.SCRIPTS)))[: args.sessions]
     out: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
     for n, script in enumerate(scripts):
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"--budget-s spent: stopped before session {n + 1}", file=sys.stderr, flush=True)
+            break
         order = ARMS if n % 2 == 0 else ARMS[::-1]  # alternate which arm goes first
         for arm in order:
             engine.llm.reset_prefix_cache()
@@ -108,6 +112,7 @@ def main() -> None:
     parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
     parser.add_argument("--before-layout", choices=["v1.1", "v2.0"], default="v1.1",
                         help="the before arm's reply prompt: the issue's layout or the transcript")  # fmt: skip
+    parser.add_argument("--budget-s", type=float, help="start no new session (both arms) after this many seconds")
     parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
     args = parser.parse_args()
     cp = _chat_prefix()
