@@ -18,6 +18,15 @@ caching on a later turn's prompt reuses the cached prefix of the earlier ones. M
    the wall time of each ``Conversation.send`` (extraction, ranking, justifications, reply) is recorded.
 
 Prints medians / p90 per mode and the OFF/ON ratios; ``--out FILE`` writes the raw figures as JSON.
+
+``--interleaved``: one process, one engine (caching on), the arms interleaved prompt by prompt, so that a changing
+machine load hits them alike. For every turn >= 2 the reply prompt in two layouts - the issue's (``chat_reply``
+v1.1, ``bench/legacy/chat_reply.j2``: instructions, earlier turns, then need, items with reasons and message) and
+the append-only transcript (v2.0, what ``Conversation`` sends) - and the turn's extraction prompt are each sent with
+``max_tokens=1`` twice, in alternating order: as they are ("cache on": the session's earlier prompts are in the
+cache) and with a fresh vLLM ``cache_salt`` ("cache off": no cached block can match, the whole prompt is
+computed). Recorded per probe: the time to its one token and vLLM's ``num_cached_tokens``. The turn itself then
+runs through ``Conversation.stream`` as usual (its reply streamed and cached, as a user's would be).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -116,6 +126,31 @@ class TimedStreams:
         self.prompts: list[list[int]] = []  # token ids of each timed prompt (same order as records)
 
 
+LEGACY_REPLY = Path(__file__).with_name("legacy") / "chat_reply.j2"
+
+
+class LegacyReply:
+    """The reply prompt in the issue's layout (``chat_reply`` v1.1: instructions, the window's earlier turns as text,
+    then the need, this turn's items with their reasons and the message), rendered from a turn's work as
+    ``Conversation`` rendered it before the append-only transcript."""
+
+    def __init__(self, conv: Any) -> None:
+        from prompts.template import load_template
+
+        self.conv = conv
+        self.template = load_template(LEGACY_REPLY)
+
+    def prompt(self, w: Any) -> list[dict[str, str]]:
+        items = [
+            {"title": it.title, "attributes": dict(list(it.metadata.items())[:4]),
+             "justification": it.justification or ""}
+            for it in w.recommendation.items
+        ]  # fmt: skip
+        variables = {"conversation": self.conv.history_vars(w.state), "message": w.message, "items": items,
+                     "need": w.state.preferences.need or ""}  # fmt: skip
+        return self.template.render(variables).chat_messages()  # type: ignore[no-any-return]
+
+
 def shared_prefix(a: list[int], b: list[int]) -> int:
     """Leading tokens ``a`` and ``b`` have in common: what a prefix cache can serve of ``b`` after ``a``."""
     n = 0
@@ -137,6 +172,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {"llm_prefix_caching": args.caching == "on"}
     if args.explain:
         overrides["explain_mode"] = args.explain
+    if args.rerank:
+        overrides["rerank_strategy"] = args.rerank
+    if args.extract:
+        overrides["chat_extract"] = args.extract
     if args.quick:
         overrides.update(home=args.home, collection=QUICK_COLLECTION, llm_model=args.model, llm_dtype="float32",
                          llm_max_model_len=2048, llm_memory_fraction=0.05, fusion_n=8, chat_k=4,
@@ -219,6 +258,137 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             "model": engine.model_id}  # fmt: skip
 
 
+def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One engine with caching on; per turn >= 2 each prompt probed as is and with a fresh cache salt."""
+    import uuid
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from agent.chat.conversation import EXTRACT_TEMPLATE, Conversation
+    from agent.llm.base import LLMRequest
+    from agent.llm.prompting import encode_request
+    from agent.llm.vllm_local import get_engine
+    from agent.pipeline import Recommender
+    from agent.sessions import open_session_store
+    from agent.settings import load_settings
+
+    overrides: dict[str, Any] = {"llm_prefix_caching": True}
+    if args.explain:
+        overrides["explain_mode"] = args.explain
+    if args.rerank:
+        overrides["rerank_strategy"] = args.rerank
+    if args.extract:
+        overrides["chat_extract"] = args.extract
+    settings = load_settings(**overrides)
+    from agent.llm.models import resolve_model
+
+    t0 = time.perf_counter()
+    engine = get_engine(settings, resolve_model(settings))
+    start_s = time.perf_counter() - t0
+    settings = settings.model_copy(update={"session_db_url": str(Path(tempfile.mkdtemp()) / "sessions.sqlite3")})
+    store = open_session_store(settings)
+    conv = Conversation(Recommender(settings, engine=engine), store, settings)
+    legacy = LegacyReply(conv)
+    scripts = (SCRIPTS * ((args.sessions + len(SCRIPTS) - 1) // len(SCRIPTS)))[: args.sessions]
+    _ = conv.index
+    engine.generate(["warm-up"], max_tokens=2)
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    rows: list[dict[str, Any]] = []
+    flip = [False]
+
+    def probe(ids: list[int], cold: bool) -> tuple[float, int]:
+        prompt = TokensPrompt(prompt_token_ids=ids)
+        if cold:
+            prompt["cache_salt"] = uuid.uuid4().hex  # no cached block can match: the whole prompt is computed
+        with engine._lock:
+            started = time.perf_counter()
+            out = engine.llm.generate([prompt], params, use_tqdm=False)
+            return time.perf_counter() - started, int(out[0].num_cached_tokens or 0)
+
+    def probe_all(row: dict[str, Any], prompts: dict[str, Any]) -> None:
+        """Every (prompt, on/off) pair once, in an order that alternates from call to call."""
+        pairs = [(name, cold) for name in prompts for cold in (False, True)]
+        flip[0] = not flip[0]
+        for name, cold in reversed(pairs) if flip[0] else pairs:
+            ids = encode_request(engine.tokenizer, LLMRequest.of(prompts[name]))
+            took, cached = probe(ids, cold)
+            arm = f"{name}_{'off' if cold else 'on'}"
+            row[f"{arm}_s"], row[f"{arm}_cached"], row[f"{name}_tokens"] = took, cached, len(ids)
+
+    current: dict[str, Any] = {}
+    render_reply = conv._reply_prompt
+
+    def reply_prompt(w: Any) -> Any:
+        prompt = render_reply(w)
+        if current.get("turn", 0) >= 2:
+            probe_all(current, {"reply_v1": legacy.prompt(w), "reply_v2": prompt})
+        else:  # turn 1: put the legacy prompt in the cache, as the issue's layout had it there
+            probe(encode_request(engine.tokenizer, LLMRequest.of(legacy.prompt(w))), False)
+        return prompt
+
+    conv._reply_prompt = reply_prompt  # type: ignore[method-assign]
+    sids = [conv.start().session_id for _ in scripts]
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
+    stopped = False
+    for turn in range(1, args.turns + 1):
+        if deadline is not None and time.monotonic() > deadline:
+            stopped = True
+            print(f"[interleaved] --budget-s spent: stopped before turn {turn}", file=sys.stderr, flush=True)
+            break
+        for sid, script in zip(sids, scripts, strict=True):
+            message = script[(turn - 1) % len(script)]
+            current.clear()
+            current.update(turn=turn, session=sid[:8])
+            state = conv.get(sid)
+            extract = conv.recommender.registry.render(EXTRACT_TEMPLATE, {
+                "conversation": conv.history_vars(state), "message": message,
+                "fields": conv.index.field_names()}).chat_messages()  # fmt: skip
+            if turn >= 2:
+                probe_all(current, {"extract": extract})
+            else:  # turn 1: in the cache as the turn's own extraction call would leave it (also with --extract rules)
+                probe(encode_request(engine.tokenizer, LLMRequest.of(extract)), False)
+            started = time.perf_counter()
+            events = [e.event for e in conv.stream(sid, message)]
+            assert events[-1] == "done", events
+            print(f"[interleaved] turn {turn} of session {sid[:8]}: {time.perf_counter() - started:.2f}s "
+                  f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)  # fmt: skip
+            if turn >= 2:
+                current["loadavg"] = os.getloadavg()[0]
+                rows.append(dict(current))
+                partial = {"interleaved": True, "engine_start_s": start_s, "rows": rows, "model": engine.model_id,
+                           "stopped_early": True, "settings": overrides}  # fmt: skip
+                args.result.write_text(json.dumps(partial))  # what a killed run leaves
+    store.close()
+    engine.close()
+    return {"interleaved": True, "engine_start_s": start_s, "rows": rows, "model": engine.model_id,
+            "stopped_early": stopped, "settings": overrides}  # fmt: skip
+
+
+def report_interleaved(result: dict[str, Any]) -> dict[str, float]:
+    """Print the interleaved run's table; return the OFF/ON ratios of the medians."""
+    rows = result["rows"]
+    print(
+        f"\nprefix cache, arms interleaved (one engine, cache_salt for OFF): {len(rows)} turns >= 2, "
+        f"model {result['model']}" + (" (stopped early: --budget-s)" if result.get("stopped_early") else "")
+    )
+    print(f"{'prompt':>22} {'tokens':>7} {'cached (on)':>12} {'TTFT off p50/p90':>20} {'TTFT on p50/p90':>20} "
+          f"{'off/on':>7}")  # fmt: skip
+    ratios: dict[str, float] = {}
+    names = {"extract": "extraction", "reply_v1": "reply, issue's layout", "reply_v2": "reply, transcript"}
+    for name, label in names.items():
+        got = [r for r in rows if f"{name}_on_s" in r]
+        if not got:
+            continue
+        off, on = [r[f"{name}_off_s"] for r in got], [r[f"{name}_on_s"] for r in got]
+        ratios[name] = _median(off) / _median(on)
+        print(f"{label:>22} {_median([r[name + '_tokens'] for r in got]):>7.0f} "
+              f"{_median([r[name + '_on_cached'] for r in got]):>12.0f} "
+              f"{_median(off) * 1000:>9.1f}/{_pct(off, 0.9) * 1000:.1f} ms "
+              f"{_median(on) * 1000:>9.1f}/{_pct(on, 0.9) * 1000:.1f} ms {ratios[name]:>6.2f}x")  # fmt: skip
+    return ratios
+
+
 # ------------------------------------------------------------------------------------------------ parent
 def prepare_quick(home: Path) -> Path:
     """A tiny random model and 200 MovieLens movies ingested with the bundled embedder."""
@@ -239,12 +409,19 @@ def run_mode(mode: str, args: argparse.Namespace, home: Path | None, model: Path
     cmd = [sys.executable, __file__, "--worker", "--caching", mode, "--sessions", str(args.sessions),
            "--turns", str(args.turns)] + (["--explain", args.explain] if args.explain else [])  # fmt: skip
     cmd += ["--skip-send"] if args.skip_send else []
+    cmd += ["--rerank", args.rerank] if args.rerank else []
+    cmd += ["--extract", args.extract] if args.extract else []
+    cmd += ["--interleaved"] if args.interleaved else []
+    cmd += ["--budget-s", str(args.budget_s)] if args.budget_s else []
     if args.quick:
         cmd += ["--quick", "--home", str(home), "--model", str(model)]
     out = Path(tempfile.mkdtemp()) / "result.json"
     cmd += ["--result", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, check=False)
     if proc.returncode != 0:
+        if args.interleaved and out.exists():  # the rows written before it failed or was killed
+            print(f"the worker failed (exit {proc.returncode}): the turns it finished follow", file=sys.stderr)
+            return json.loads(out.read_text())  # type: ignore[no-any-return]
         raise SystemExit(f"the {mode} worker failed (exit {proc.returncode})")
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
@@ -257,6 +434,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
     parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
     parser.add_argument("--skip-send", action="store_true", help="skip phase 3 (turn latency): TTFTs only")
+    parser.add_argument("--rerank", help="rerank strategy (default: the settings')")
+    parser.add_argument("--extract", choices=["llm", "rules"], help="chat_extract (default: the settings')")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="one engine, arms interleaved: reply v1.1 vs v2.0 and extraction, cache on vs off "
+                        "(cache_salt), max_tokens=1 probes")  # fmt: skip
+    parser.add_argument("--budget-s", type=float, help="--interleaved: start no new round of turns after this "
+                        "many seconds of the worker (the run stays inside a time slot)")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--caching", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
@@ -266,14 +450,25 @@ def main() -> None:
     if args.turns < 2:
         parser.error("--turns must be at least 2 (turn >= 2 is what is measured)")
     if args.worker:
-        args.result.write_text(json.dumps(worker(args)))
+        args.result.write_text(json.dumps(interleaved_worker(args) if args.interleaved else worker(args)))
         return
+    if args.interleaved and args.quick:
+        parser.error("--interleaved runs the configured model (not --quick)")
     home = model = None
     if args.quick:
         home = Path(tempfile.mkdtemp(prefix="chat-prefix-"))
         model = prepare_quick(home)
     before = machine()
     print(f"machine: {before}", flush=True)
+    if args.interleaved:
+        result = run_mode("on", args, home, model)
+        after = machine()
+        print(f"load average after the run: {after['loadavg']}")
+        ratios = report_interleaved(result)
+        if args.out:
+            args.out.write_text(json.dumps({"machine": before, "load_after": after["loadavg"], "result": result,
+                                            "speedups": ratios}, indent=2))  # fmt: skip
+        return
     results = {mode: run_mode(mode, args, home, model) for mode in ("off", "on")}
     after = machine()
     print(f"load average after the run: {after['loadavg']}")

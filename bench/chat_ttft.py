@@ -1,4 +1,5 @@
-"""Single-user chat turn latency and time to first token, before vs after "justifications later", same run.
+"""Single-user chat turn latency and time to first token, before (the issue's order and reply layout) vs after
+(items first, the append-only reply transcript), same run.
 
     .venv/bin/python bench/chat_ttft.py                   # the configured model and collection (make demo first)
     .venv/bin/python bench/chat_ttft.py --sessions 2 --turns 3 --out ttft.json
@@ -7,15 +8,17 @@ One in-process engine (the configured model, prefix caching as configured); scri
 chat_prefix.py's scripts) played one user at a time through ``Conversation.stream`` (the path of the chat page and
 ``recagent chat``), in two arms that alternate session by session on the same warm engine:
 
-- ``before`` (``chat_justify_later=False``, main's order): recommend with the LLM justifications, then stream the
-  reply: the user sees the items and the first reply token only after every justification is written;
-- ``after`` (``chat_justify_later=True``): the items with template reasons at once, the reply streamed, then the
-  LLM justifications filled in (``justification`` events).
+- ``before`` (``chat_justify_later=False``, the issue's order): recommend with the LLM justifications, then stream
+  the reply: the user sees the items and the first reply token only after every justification is written; the
+  reply prompt in the issue's layout (``chat_reply`` v1.1, ``bench/legacy/chat_reply.j2``; ``--before-layout
+  v2.0`` keeps the transcript in this arm too);
+- ``after`` (``chat_justify_later=True``): the items with template reasons at once, the reply streamed (the
+  append-only transcript, ``chat_reply`` v2.0), then the LLM justifications filled in (``justification`` events).
 
 The engine's prefix cache is reset before every session, so neither arm profits from the other's prompts. Per turn
 it records the ChatReply ``timings``: ``items_s`` (items shown), ``ttft_s`` (first reply text shown), ``total_s``
-(turn stored, justifications included). Prints medians and p90 per arm (all turns, and turns >= 2) with the CPU
-flags and the load average; no timed assertions.
+(turn stored, justifications included), ``reply_ttft_s`` (from the reply's engine call to its first token).
+Prints medians and p90 per arm (all turns, and turns >= 2) with the CPU flags and the load average; no timed assertions.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from typing import Any
 
 ARMS = ("before", "after")
-KEYS = ("items_s", "ttft_s", "total_s")
+KEYS = ("items_s", "ttft_s", "total_s", "reply_ttft_s")
 
 
 def _chat_prefix() -> Any:
@@ -65,6 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         arm: Conversation(recommender, store, settings.model_copy(update={"chat_justify_later": arm == "after"}))
         for arm in ARMS
     }
+    if args.before_layout == "v1.1":
+        legacy = cp.LegacyReply(convs["before"])
+        convs["before"]._reply_prompt = legacy.prompt  # type: ignore[method-assign]
     for conv in convs.values():
         _ = conv.index  # the catalog index, outside the timings
     engine.generate(["warm-up"], max_tokens=2)
@@ -73,7 +79,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recommender.recommend(RecommendRequest(query="warm-up", k=1), explain="later")  # embedder, store, generator
     scripts = (cp.SCRIPTS * ((args.sessions + len(cp.SCRIPTS) - 1) // len(cp.SCRIPTS)))[: args.sessions]
     out: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
     for n, script in enumerate(scripts):
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"--budget-s spent: stopped before session {n + 1}", file=sys.stderr, flush=True)
+            break
         order = ARMS if n % 2 == 0 else ARMS[::-1]  # alternate which arm goes first
         for arm in order:
             engine.llm.reset_prefix_cache()
@@ -91,7 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{k} {timings.get(k, float('nan')):.2f}" for k in KEYS), file=sys.stderr, flush=True)  # fmt: skip
     store.close()
     engine.close()
-    return {"model": engine.model_id, "engine_start_s": start_s, "explain": settings.explain_mode, "turns": out}
+    return {"model": engine.model_id, "engine_start_s": start_s, "explain": settings.explain_mode,
+            "before_layout": args.before_layout, "turns": out}  # fmt: skip
 
 
 def main() -> None:
@@ -99,6 +110,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
+    parser.add_argument("--before-layout", choices=["v1.1", "v2.0"], default="v1.1",
+                        help="the before arm's reply prompt: the issue's layout or the transcript")  # fmt: skip
+    parser.add_argument("--budget-s", type=float, help="start no new session (both arms) after this many seconds")
     parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
     args = parser.parse_args()
     cp = _chat_prefix()

@@ -20,10 +20,13 @@ Per user message (several sessions' messages share each engine call, see :meth:`
    decoded (``delta`` events), and says ``replace`` when the checked reply differs from what was streamed.
 7. **Commit**: the user turn, the assistant turn and the new state in one store transaction.
 
-Prompts put the stable parts first (system text and instructions, then the session's earlier turns, then what
-changes every turn: the need, this turn's items, the new message) so that an engine with prefix caching serves the
-shared prefix of later turns from cache. The earlier turns shown are a window that moves in steps
-(:func:`stable_window`), not one turn at a time, so that consecutive turns' prompts share it byte for byte.
+Prompts put the stable parts first so that an engine with prefix caching serves the shared prefix of later turns
+from cache. The reply prompt is an append-only transcript (:func:`agent.chat.reply.reply_messages`): the
+instructions, then per earlier turn its message, the items shown for it and the reply as sent, then this turn's
+message and items; each turn's prompt is the previous one plus its reply plus the new turn. The extraction prompt
+shows the instructions, the earlier turns' texts, then the new message. The earlier turns shown are a window that
+moves in steps (:func:`stable_window`), not one turn at a time, so that consecutive turns' prompts share it byte
+for byte.
 
 Streamed turns (:meth:`Conversation.stream`, ``chat_justify_later``) show the items at once with template reasons,
 stream the reply, then fill in the LLM justifications (``justification`` events). Every ChatReply carries the turn's
@@ -32,6 +35,7 @@ stream the reply, then fill in the LLM justifications (``justification`` events)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -49,10 +53,13 @@ from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
 from agent.chat.preferences import PreferenceUpdate, apply_update, content_words, parse_message
 from agent.chat.reply import (
     REPLY_STOP,
+    Exchange,
     ReplyShaper,
     check_reply,
     clarifying_reply,
     clean_reply,
+    reply_item,
+    reply_messages,
     template_reply,
     which_one_reply,
 )
@@ -72,7 +79,6 @@ __all__ = ["ChatEvent", "ChatReply", "Conversation", "history_messages", "stable
 log = logging.getLogger(__name__)
 
 EXTRACT_TEMPLATE = "extract_preferences"
-REPLY_TEMPLATE = "chat_reply"
 
 
 class ChatReply(BaseModel):
@@ -124,18 +130,19 @@ def history_messages(turns: Sequence[Turn], max_turns: int | None = None) -> lis
     return list(trim_messages(messages, max_tokens=max_turns, token_counter=len, strategy="last", start_on="human"))
 
 
-def stable_window(turns: Sequence[Turn], max_turns: int) -> list[Turn]:
+def stable_window(turns: Sequence[Turn], max_turns: int, step: int | None = None) -> list[Turn]:
     """The earlier turns a prompt shows: all while they fit in ``max_turns``; then a window that starts at a
-    multiple of a step of about half the window (whole user/assistant pairs) and grows until it is full, so
-    that consecutive turns' prompts share the shown history byte for byte (an engine's prefix cache serves it)
-    except when the window moves. Starts on a user turn; never more than ``max_turns`` turns."""
+    multiple of ``step`` turns (whole user/assistant pairs; default about half the window) and grows until it is
+    full, so that consecutive turns' prompts share the shown history byte for byte (an engine's prefix cache
+    serves it) except when the window moves. Starts on a user turn; never more than ``max_turns`` turns."""
     if max_turns <= 0:
         return []
     n = len(turns)
     if n <= max_turns:
         start = 0
     else:
-        step = 2 * max(1, (max_turns // 2 + 1) // 2)  # whole pairs, about half the window
+        pairs = (max_turns // 2 + 1) // 2 if step is None else min(step, max_turns) // 2
+        step = 2 * max(1, pairs)
         start = -(-(n - max_turns) // step) * step
     while start < n and turns[start].role != "user":
         start += 1
@@ -643,25 +650,32 @@ class Conversation:
             yield "replace", {"text": w.reply, "reason": failure or "cleaned"}
 
     def _reply_prompt(self, w: _Work) -> list[dict[str, str]]:
+        """The reply prompt: an append-only transcript (:func:`agent.chat.reply.reply_messages`) of the window's
+        earlier turns, then this turn's message and items."""
         assert w.state is not None and w.recommendation is not None
-        items = [
-            {
-                "title": it.title,
-                "attributes": {k: v for k, v in list(it.metadata.items())[:4]},
-                "justification": it.justification or "",
-            }
-            for it in w.recommendation.items
-        ]
-        rendered = self.recommender.registry.render(
-            REPLY_TEMPLATE,
-            {
-                "conversation": self.history_vars(w.state),
-                "message": w.message,
-                "items": items,
-                "need": w.state.preferences.need or "",
-            },
-        )
-        return rendered.chat_messages()
+        items = [reply_item(it.title, it.metadata) for it in w.recommendation.items]
+        return reply_messages(self.recommender.registry, self.exchanges(w.state), w.message, items)
+
+    def reply_window(self, state: SessionState) -> list[Turn]:
+        """The earlier turns the reply prompt shows: at most ``chat_history_turns``, in a window that moves by its
+        whole size (:func:`stable_window` with ``step=chat_history_turns``). Each earlier turn brings its items,
+        so a move costs the whole shown history: moving by the whole window keeps moves rare (after a move the
+        transcript holds the latest pair, then grows by one pair per message until it is full)."""
+        limit = self.settings.chat_history_turns
+        return stable_window(state.turns, limit, step=limit)
+
+    def exchanges(self, state: SessionState) -> list[Exchange]:
+        """The session's earlier turns in the reply window (:meth:`reply_window`) as the reply prompt shows them:
+        each user message with the items shown for it (read from the catalog by id) and the reply sent."""
+        window = self.reply_window(state)
+        ids = list(dict.fromkeys(i for t in window if t.role == "assistant" for i in t.item_ids))
+        found = self.recommender.collection.get_items(ids) if ids else {}
+        out: list[Exchange] = []
+        for user, answer in itertools.pairwise(window):
+            if user.role == "user" and answer.role == "assistant":
+                items = [reply_item(found[i].title, found[i].metadata) for i in answer.item_ids if i in found]
+                out.append(Exchange(user.content, items, answer.content))
+        return out
 
     def history_vars(self, state: SessionState) -> list[dict[str, str]]:
         """The session's earlier turns as prompt variables (oldest first, the last ``chat_history_turns``)."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent.chat.avoid import describe_avoidances
 from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
@@ -22,8 +22,22 @@ from agent.sessions import Preferences
 
 if TYPE_CHECKING:
     from agent.pipeline import RecommendedItem
+    from prompts import PromptRegistry
 
-__all__ = ["REPLY_STOP", "ReplyShaper", "check_reply", "clarifying_reply", "clean_reply", "template_reply"]
+__all__ = [
+    "REPLY_STOP",
+    "REPLY_TEMPLATE",
+    "Exchange",
+    "ReplyShaper",
+    "check_reply",
+    "clarifying_reply",
+    "clean_reply",
+    "reply_item",
+    "reply_messages",
+    "template_reply",
+]
+
+REPLY_TEMPLATE = "chat_reply"
 
 _YEAR_TAIL = re.compile(r"\s*\(\s*\d{4}[^()]*\)\s*$")
 _RESIDUE = re.compile(r"<<<|>>>|^\s*#|\b(?:User|Assistant|System):", re.MULTILINE)
@@ -34,6 +48,40 @@ _NEAR_LIMIT = 200
 REPLY_STOP = ("User:", "Assistant:", "System:", "<<<", ">>>")
 """Stop strings for a streamed reply: where a base model starts writing the next turn or a data block, which
 :func:`clean_reply` would cut anyway; stopping there keeps that text off the user's screen."""
+
+
+class Exchange(NamedTuple):
+    """One earlier turn of a session as the reply prompt shows it: the user's message, the items shown for it
+    (:func:`reply_item` form) and the reply that was sent."""
+
+    message: str
+    items: list[dict[str, Any]]
+    reply: str
+
+
+def reply_item(title: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """An item as the reply prompt shows it: its title and its first four catalog fields (what the catalog holds for
+    its id, so an earlier turn's items render the same on every later turn)."""
+    return {"title": title, "attributes": dict(list(metadata.items())[:4])}
+
+
+def reply_messages(
+    registry: PromptRegistry, earlier: Sequence[Exchange], message: str, items: Sequence[Mapping[str, Any]]
+) -> list[dict[str, str]]:
+    """The reply prompt as an append-only transcript: the ``chat_reply`` template's system message, then per earlier
+    exchange its user message (message and items) and its reply as sent, then the turn being answered. Each part is
+    rendered from what the session stores for its turn alone, so a session's next prompt starts with this one
+    (followed by this turn's reply) byte for byte while the history window stays put. An exchange whose rendering
+    is not one user and one assistant message is left out (the roles must alternate)."""
+    final = registry.render(REPLY_TEMPLATE, {"message": message, "items": list(items)}).chat_messages()
+    head = [m for m in final if m["role"] == "system"]
+    body: list[dict[str, str]] = []
+    for ex in earlier:
+        turn = registry.render(REPLY_TEMPLATE, {"message": ex.message, "items": ex.items, "reply": ex.reply})
+        parts = [m for m in turn.chat_messages() if m["role"] != "system"]
+        if [m["role"] for m in parts] == ["user", "assistant"]:
+            body += parts
+    return head + body + [m for m in final if m["role"] != "system"]
 
 
 def _join(values: Sequence[str]) -> str:

@@ -115,8 +115,8 @@ def test_reply_check_and_template(index: CatalogIndex) -> None:
 def test_stable_window_moves_in_steps_so_consecutive_prompts_share_it() -> None:
     turns = [Turn(turn_id=i + 1, role="user" if i % 2 == 0 else "assistant", content=f"t{i + 1}") for i in range(14)]
 
-    def ids(n: int, m: int) -> list[int]:
-        return [t.turn_id for t in stable_window(turns[:n], m)]
+    def ids(n: int, m: int, step: int | None = None) -> list[int]:
+        return [t.turn_id for t in stable_window(turns[:n], m, step)]
 
     assert ids(6, 6) == [1, 2, 3, 4, 5, 6]  # fits: everything
     # 6 turns shown at most, step 4 (two pairs): hand-computed starts 4, 4, 8, 8 for 8, 10, 12, 14 turns
@@ -124,6 +124,10 @@ def test_stable_window_moves_in_steps_so_consecutive_prompts_share_it() -> None:
     assert ids(12, 6) == [9, 10, 11, 12] and ids(14, 6) == [9, 10, 11, 12, 13, 14]
     assert ids(10, 6)[:4] == ids(8, 6)  # the turn after keeps the same start: a byte-identical prefix
     assert ids(4, 2) == [3, 4] and ids(6, 2) == [5, 6]  # one pair: it can only slide
+    # step 6 (the reply transcript's): the window restarts from the latest pair and grows to 3 pairs
+    assert [ids(n, 6, 6) for n in (8, 10, 12, 14)] == [
+        [7, 8], [7, 8, 9, 10], [7, 8, 9, 10, 11, 12], [13, 14]]  # fmt: skip
+    assert ids(10, 6) == ids(10, 6, 4) and ids(10, 6, 5) == ids(10, 6)  # an odd step is whole pairs: 4
     assert all(len(stable_window(turns[:n], m)) <= m for n in range(15) for m in range(8))
     assert all(not w or w[0].role == "user" for n in range(15) for m in range(8) for w in [stable_window(turns[:n], m)])
     assert stable_window(turns, 0) == []
@@ -146,7 +150,10 @@ def _is_reply(req: LLMRequest) -> bool:
 
 
 def _titles_in_reply_prompt(req: LLMRequest) -> list[str]:
-    return re.findall(r"^title: (.*)$", text_of(req), flags=re.MULTILINE)
+    """The titles of the turn being answered: the last user message of the transcript."""
+    assert req.messages is not None
+    last = [m.content for m in req.messages if m.role == "user"][-1]
+    return re.findall(r"^title: (.*)$", last, flags=re.MULTILINE)
 
 
 class Script:
@@ -427,8 +434,9 @@ def test_stream_sends_the_reply_while_the_engine_decodes_it(
     reply_calls = [c for c in engine.calls if c.requests and "friendly recommendation" in text_of(c.requests[0])]
     assert [c.method for c in reply_calls] == ["generate", "stream"]  # send() batches, stream() streams
     prompt = text_of(reply_calls[-1].requests[0])
-    assert prompt.index("<<<CONVERSATION>>>") < prompt.index("# The recommendations") < prompt.index("<<<MESSAGE>>>")
-    assert "poetry and travel" in prompt  # the earlier turn, before this turn's items and message
+    first = prompt.index("poetry and travel")  # the earlier turn and its reply, then this turn's message and items
+    assert first < prompt.index("You could enjoy") < prompt.index("more like the first one")
+    assert prompt.index("more like the first one") < prompt.rindex("# The recommendations")
 
 
 @pytest.mark.slow
@@ -497,3 +505,50 @@ def test_recagent_chat_cli_with_piped_stdin(books_settings: Settings, tmp_path: 
 
     bad = run("hello\n", "--session", "0" * 32)
     assert bad.returncode == 2 and "no chat session" in bad.stderr and "how to fix" in bad.stderr
+
+
+@pytest.mark.slow
+def test_reply_prompts_are_an_append_only_transcript(
+    chat: tuple[Conversation, FakeEngine], tiny_model_dir: Path, tiny_chat_model_dir: Path
+) -> None:
+    """Each turn's reply prompt is the previous turn's prompt, then the reply as it was sent, then the new turn -
+    as text, with and without a chat template - except where the history window moves; the turn being answered
+    comes last, with only its own items."""
+    from transformers import AutoTokenizer
+
+    from agent.llm.prompting import render_text
+
+    conv, engine = chat
+    tokenizers = [AutoTokenizer.from_pretrained(str(d)) for d in (tiny_model_dir, tiny_chat_model_dir)]
+    assert [bool(t.chat_template) for t in tokenizers] == [False, True]
+    sid = conv.start().session_id
+    messages = ["hi", "a mystery set by a harbor", "something with travel", "more like the second one",
+                "poetry", "not that one"]  # fmt: skip
+    texts: list[list[str]] = []
+    starts, replies = [], []
+    for message in messages:
+        window = conv.reply_window(conv.get(sid))
+        engine.calls.clear()
+        reply = conv.send(sid, message)
+        asked = [r for c in engine.calls for r in c.requests if _is_reply(r)]
+        assert len(asked) == (0 if reply.clarifying else 1)
+        assert reply.clarifying == (message == "hi")
+        if asked:
+            texts.append([render_text(t, asked[0])[0] for t in tokenizers])
+            assert _titles_in_reply_prompt(asked[0]) == _titles(reply)  # the last turn shows its own items only
+            assert asked[0].messages is not None and asked[0].messages[-1].role == "user"
+        else:
+            texts.append([])
+        starts.append(window[0].turn_id if window else 0)
+        replies.append(reply.reply)
+    assert conv.settings.chat_history_turns == 6 and starts == [0, 1, 1, 1, 7, 7]  # the window moved before #5
+    for text in texts[1]:  # the clarifying turn is in the transcript: its message, then the question asked
+        assert text.index("hi\n<<<END>>>") < text.index(replies[0]) < text.index(messages[1])
+    for n in (2, 3, 5):  # the whole previous prompt, then the reply as sent, then the new turn
+        for prev, now in zip(texts[n - 1], texts[n], strict=True):
+            assert now.startswith(prev) and now[len(prev) :].lstrip().startswith(replies[n - 1])
+            assert messages[n] in now[len(prev) :]
+    for prev, now in zip(texts[3], texts[4], strict=True):  # the window moved: only the instructions are shared
+        i = prev.index("<<<MESSAGE>>>")
+        assert now[:i] == prev[:i] and not now.startswith(prev[: i + 20])
+        assert messages[2] not in now and now.index(messages[3]) < now.index(messages[4])  # the latest pair only

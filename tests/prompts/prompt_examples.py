@@ -137,8 +137,7 @@ def variables_for(name: str, catalog: dict[str, Any]) -> dict[str, Any]:
     if name == "extract_preferences":
         return {"conversation": c["conversation"], "message": c["message"], "fields": c["fields"]}
     if name == "chat_reply":
-        items = [dict(c["candidates"][0], justification="It matches what you liked before."), *c["candidates"][1:]]
-        return {"message": c["message"], "items": items, "need": c["need"]}
+        return {"message": c["message"], "items": c["candidates"]}
     if name == "enrich_item":
         return {"item": c["candidates"][1]}
     if name == "user_profile":

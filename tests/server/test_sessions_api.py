@@ -186,7 +186,8 @@ class GatedStream(FakeEngine):
 
     @staticmethod
     def _answer(req: Any, schema: Any) -> str:
-        titles = re.findall(r"^title: (.*)$", text_of(req), flags=re.MULTILINE)
+        users = [m.content for m in req.messages or () if m.role == "user"]  # the turn answered: the last one
+        titles = re.findall(r"^title: (.*)$", users[-1] if users else text_of(req), flags=re.MULTILINE)
         return "You could enjoy " + ", ".join(titles) + "." if "friendly recommendation" in text_of(req) else "{}"
 
     def stream(self, request: Any, **kw: Any) -> Iterator[str]:
