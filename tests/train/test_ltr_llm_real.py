@@ -40,6 +40,18 @@ def _parts(train_settings, train_embedder, ml_sample):  # type: ignore[no-untype
 def test_train_and_serve_with_the_llm_feature_on_tiny_vllm(  # type: ignore[no-untyped-def]
     train_settings, train_embedder, ml_sample, vllm_tiny, tmp_path: Path
 ) -> None:
+    _train_and_serve(train_settings, train_embedder, ml_sample, vllm_tiny, tmp_path)
+
+
+@pytest.mark.slow
+def test_train_and_serve_with_the_llm_feature_scripted_llm(  # type: ignore[no-untyped-def]
+    train_settings, train_embedder, ml_sample, tmp_path: Path
+) -> None:
+    """The same path with the scripted engine (real Chroma, embedder and split; no model weights)."""
+    _train_and_serve(train_settings, train_embedder, ml_sample, FakeEngine(), tmp_path)
+
+
+def _train_and_serve(train_settings, train_embedder, ml_sample, vllm_tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from agent.pipeline import Recommender, RecommendRequest
     from eval.protocol import make_split
 
