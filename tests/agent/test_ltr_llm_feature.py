@@ -215,3 +215,20 @@ def test_the_evaluator_counts_missing_llm_features_only_for_arms_that_use_them()
     assert M.llm_failure_rates(learned_llm)["llm_feature_missing_rate"] == 0.25
     assert M.llm_failure_rates(learned_llm)["fallback_rate"] == 0.0  # the ranker still ranked: not a fallback
     assert M.llm_failure_rates([{"llm_calls": 1, "fallback_reason": None}])["llm_feature_missing_rate"] is None
+
+
+def test_cli_refuses_an_unknown_llm_strategy(tmp_path: Path, ml_small: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agent.settings import load_settings
+    from recagent import cmd_train
+
+    from testkit import cli_app
+
+    app = cli_app(load_settings(home=tmp_path), "train", cmd_train.app)
+    args = ["train", "ranker-ltr", "--catalog", str(ml_small), "--interactions", str(ml_small), "--llm-strategy",
+            "learned"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "--llm-strategy 'learned' is not an LLM strategy" in result.exception.message
+    assert "options" in (result.exception.hint or "") and result.exception.exit_code == 2

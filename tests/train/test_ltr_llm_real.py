@@ -24,6 +24,7 @@ from fakes import FakeEngine
 from testkit import SAMPLE_COLLECTION
 
 FAST = LtrFitConfig(rounds=40, patience=15, min_data_in_leaf=5, threads=1)
+N = 8  # fused candidates per user: one 8-option prompt
 
 
 def _parts(train_settings, train_embedder, ml_sample):  # type: ignore[no-untyped-def]
@@ -40,7 +41,12 @@ def _parts(train_settings, train_embedder, ml_sample):  # type: ignore[no-untype
 def test_train_and_serve_with_the_llm_feature_on_tiny_vllm(  # type: ignore[no-untyped-def]
     train_settings, train_embedder, ml_sample, vllm_tiny, tmp_path: Path
 ) -> None:
-    _train_and_serve(train_settings, train_embedder, ml_sample, vllm_tiny, tmp_path)
+    from eval.variants import parse_variant, variant_settings
+
+    # the tiny model's context is 1024 tokens: the compact option prompt, no item texts, a short history
+    short = parse_variant("tiny:options_template=rank_options_compact,include_text=false,history_limit=3")
+    compact = PromptRegistry([Path(__file__).parents[1] / "agent" / "templates"])  # the tests' compact templates
+    _train_and_serve(variant_settings(train_settings, short), train_embedder, ml_sample, vllm_tiny, tmp_path, compact)
 
 
 @pytest.mark.slow
@@ -51,23 +57,24 @@ def test_train_and_serve_with_the_llm_feature_scripted_llm(  # type: ignore[no-u
     _train_and_serve(train_settings, train_embedder, ml_sample, FakeEngine(), tmp_path)
 
 
-def _train_and_serve(train_settings, train_embedder, ml_sample, vllm_tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _train_and_serve(train_settings, train_embedder, ml_sample, vllm_tiny, tmp_path: Path, registry=None) -> None:  # type: ignore[no-untyped-def]
     from agent.pipeline import Recommender, RecommendRequest
     from eval.protocol import make_split
 
     dataset, store, coll = _parts(train_settings, train_embedder, ml_sample)
-    cfg = LtrDataConfig(candidates=20)
+    cfg = LtrDataConfig(candidates=N)
     cache = LLMCache(tmp_path / "llm_cache.sqlite")
-    llm = LtrLlm(engine=CachingEngine(vllm_tiny, cache), registry=PromptRegistry(), strategy="options")  # type: ignore[arg-type]
+    registry = registry or PromptRegistry()
+    llm = LtrLlm(engine=CachingEngine(vllm_tiny, cache), registry=registry, strategy="options")  # type: ignore[arg-type]
     data = build_ltr_data(train_settings, dataset, cfg, coll, train_embedder, progress=False, llm=llm)
     kept = [*data.fit, *data.stop]
     record = data.llm_feature
     assert record is not None and record["strategy"] == "options" and record["model"] == vllm_tiny.model_id  # type: ignore[attr-defined]
-    # only the groups the ranker learns from were scored (one 20-option prompt each), not every validation user
+    # only the groups the ranker learns from were scored (one N-option prompt each), not every validation user
     assert record["groups_scored"] + record["groups_missing"] == len(kept) < data.stats["validation_users"]
     assert record["llm_calls"] == len(kept) and record["groups_scored"] > 0
     assert all(LLM_FEATURE in row for g in kept for row in g.rows)
-    assert sum(math.isfinite(row[LLM_FEATURE]) for g in kept for row in g.rows) == 20 * record["groups_scored"]
+    assert sum(math.isfinite(row[LLM_FEATURE]) for g in kept for row in g.rows) == N * record["groups_scored"]
     # resumable: the same groups again are answered from the on-disk cache (no new engine request)
     misses = cache.misses
     again = add_llm_scores(train_settings, kept, {c.user_id or c.case_id: c for c in _inner_cases(dataset, cfg)},
@@ -83,25 +90,25 @@ def _train_and_serve(train_settings, train_embedder, ml_sample, vllm_tiny, tmp_p
 
     # serve: the learned strategy runs the options strategy first and feeds its scores to the model
     test = make_split(dataset, cfg.protocol())
-    settings = train_settings.model_copy(update={"ltr_model": out, "explain_mode": "none", "fusion_n": 20,
+    settings = train_settings.model_copy(update={"ltr_model": out, "explain_mode": "none", "fusion_n": N,
                                                  "ltr_llm_strategy": "options"})  # fmt: skip
     rec = Recommender(settings, engine=vllm_tiny, embedder=train_embedder, store=store, collection=coll.name,  # type: ignore[arg-type]
-                      interactions=test.train)  # fmt: skip
+                      interactions=test.train, registry=registry)  # fmt: skip
     case = test.cases[0]
     req = RecommendRequest.model_validate(dict(user_id=case.user_id, history=[h.model_dump() for h in case.history],
-                                               k=20, strategy="learned"))  # fmt: skip
+                                               k=N, strategy="learned"))  # fmt: skip
     res = rec.recommend(req)
     assert res.strategy == "learned" and res.fallback_reason is None and res.rerank.llm_feature_missing is None
     assert res.rerank.llm_calls == 1 and res.prompt_tokens > 0 and res.model == vllm_tiny.model_id  # type: ignore[attr-defined]
     assert "llm_feature" in res.timings_ms and any(v.startswith("rank_options") for v in res.prompt_versions)
-    assert sorted(res.rerank.item_ids) == sorted(res.candidate_ids) and len(res.candidate_ids) == 20
+    assert sorted(res.rerank.item_ids) == sorted(res.candidate_ids) and len(res.candidate_ids) == N
     assert all(item.llm_score is not None and math.isfinite(item.llm_score) for item in res.items)
     # a broken engine: the feature is missing (NaN), counted, and the model still ranks
     broken = Recommender(settings, engine=FakeEngine(error=RuntimeError("engine went away")), embedder=train_embedder,
-                         store=store, collection=coll.name, interactions=test.train)  # fmt: skip
+                         store=store, collection=coll.name, interactions=test.train, registry=registry)  # fmt: skip
     down = broken.recommend(req)
     assert down.fallback_reason is None and down.rerank.llm_feature_missing is not None
-    assert down.rerank.llm_feature_missing.startswith("engine_error") and len(down.items) == 20
+    assert down.rerank.llm_feature_missing.startswith("engine_error") and len(down.items) == N
     # the same model served without the feature is refused with a hint
     plain = Recommender(settings.model_copy(update={"ltr_llm_strategy": None}), embedder=train_embedder, store=store,
                         collection=coll.name, interactions=test.train)  # fmt: skip
