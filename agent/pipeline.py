@@ -33,7 +33,7 @@ from agent.profiles import CACHE_FILE as PROFILE_CACHE_FILE
 from agent.profiles import ProfileText, build_profiles, source_weight
 from agent.request_check import empty_result_warnings, request_warnings
 from agent.rerank import rank_many
-from agent.rerank.learned import LearnedModel, LearnedRanker
+from agent.rerank.learned import LearnedModel, LearnedRanker, LLMFeature, llm_feature_scores
 from agent.schemas import LLM_STRATEGIES, CandidateItem, RankedItem, RankingContext, RerankResult, UserContext
 from agent.settings import Settings
 from prompts import PromptRegistry
@@ -150,6 +150,26 @@ def _recent_ids(query: UserQuery, n: int) -> list[str]:
     dated = sorted((h for h in query.history if h.timestamp is not None), key=lambda h: h.timestamp or 0)
     entries = [h for h in query.history if h.timestamp is None] + dated
     return [h.item_id for h in entries[-n:]] + list(query.liked)
+
+
+def _add_llm_feature(result: RerankResult, feature: LLMFeature) -> None:
+    """Account the learned strategy's LLM pass on its result: calls, tokens, parse failures, prompt versions, the
+    pass's time (``llm_feature``), why the feature is missing (if it is), and each item's LLM score."""
+    done = feature.result
+    if done is not None:
+        result.llm_calls += done.llm_calls
+        result.prompt_tokens += done.prompt_tokens
+        result.completion_tokens += done.completion_tokens
+        result.parse_failures += done.parse_failures
+        result.raw = [*done.raw, *result.raw]
+        result.prompt_versions = list(dict.fromkeys([*done.prompt_versions, *result.prompt_versions]))
+        result.calibrated = done.calibrated
+    result.timings_ms["llm_feature"] = round(feature.ms, 1)
+    result.llm_feature_missing = feature.missing
+    if feature.missing is None and done is not None:
+        by_id = {item.item_id: item.llm_score for item in done.items}
+        for item in result.items:
+            item.llm_score = by_id.get(item.item_id)
 
 
 def _stage_sum(tokens: dict[str, int], kind: str) -> int:
@@ -322,7 +342,33 @@ class Recommender:
         folder = self.settings.ltr_model or artifact_dir(self.settings.store_config(), self.collection_name, "ltr")
         model = LearnedModel.load(folder)
         model.check_log(log_fingerprint(self.interactions) if self.interactions is not None else None)
+        model.check_llm(self.settings.ltr_llm_strategy)
         return LearnedRanker(model, FeatureBuilder(self.interactions, self.collection))
+
+    def _wants_llm_feature(self, ctx: RankingContext) -> bool:
+        """The learned strategy with the LLM feature on (``settings.ltr_llm_strategy``) and something to rank."""
+        return ctx.config.strategy == "learned" and bool(self.settings.ltr_llm_strategy) and len(ctx.candidates) > 1
+
+    def _learned_with_llm(
+        self, engine: LLMEngine | None, contexts: Sequence[RankingContext], queries: Sequence[UserQuery]
+    ) -> dict[int, LLMFeature]:
+        """The LLM feature of the learned strategy: one batch of the LLM strategy over every such request's
+        candidates, then the model's scores with the LLM's as ``llm.score`` (NaN where the LLM failed) set on each
+        context. Returns the LLM pass of each such request (by position) for its accounting."""
+        wanted = [i for i, ctx in enumerate(contexts) if self._wants_llm_feature(ctx)]
+        strategy = self.settings.ltr_llm_strategy
+        if not wanted or strategy is None:
+            return {}
+        ranker = self.learned  # a model trained without the feature is refused here, before any LLM time
+        features = llm_feature_scores(engine, self.registry, [contexts[i] for i in wanted], strategy)
+        for i, feature in zip(wanted, features, strict=True):
+            ctx = contexts[i]
+            pairs = [c.candidate for c in ctx.candidates]
+            items = {c.id: c.item for c in ctx.candidates}
+            ctx.learned_scores = ranker.scores(queries[i].history, pairs, items, llm_scores=feature.scores)
+            if feature.missing is not None:
+                log.info("learned ranker: no LLM feature for user %s (%s)", ctx.user.user_id, feature.missing)
+        return dict(zip(wanted, features, strict=True))
 
     def engine(self) -> LLMEngine | None:
         """The LLM engine, or None while it cannot be started: requests then fall back to the retrieval order and
@@ -497,7 +543,7 @@ class Recommender:
         config = self.settings.rerank_config(**overrides)
         pairs = CandidateItem.pair(items, candidates)
         learned = None
-        if config.strategy == "learned" and len(pairs) > 1:
+        if config.strategy == "learned" and len(pairs) > 1 and not self.settings.ltr_llm_strategy:
             learned = self.learned.scores(query.history, [c.candidate for c in pairs], items)
         ctx = RankingContext(user=user, candidates=pairs, k=req.k, config=config, learned_scores=learned)
         return ctx, items
@@ -543,11 +589,15 @@ class Recommender:
             ctx, items = self._context(req, query, extra, refiners[n] if refiners is not None else None)
             prepared.append((req, ctx, items, len(query.history), q_ms + (time.perf_counter() - t0) * 1000))
         contexts = [p[1] for p in prepared]
-        needs_llm = any(c.config.strategy in LLM_STRATEGIES or c.config.explain == "llm" for c in contexts)
+        needs_llm = any(c.config.strategy in LLM_STRATEGIES or c.config.explain == "llm" or self._wants_llm_feature(c)
+                        for c in contexts)  # fmt: skip
         engine = self.engine() if needs_llm else self._engine
         t_rank = time.perf_counter()
+        llm_features = self._learned_with_llm(engine, contexts, queries)  # before ranking: the model needs them
         ranked = [defer(c) for c in contexts] if explain == "later" else contexts
         results = rank_many(engine, self.registry, ranked)  # falls back itself on engine problems
+        for i, feature in llm_features.items():
+            _add_llm_feature(results[i], feature)
         rank_ms = (time.perf_counter() - t_rank) * 1000
         pending = [pending_requests(c, r) if explain == "later" else [] for c, r in zip(contexts, results, strict=True)]
         out = []

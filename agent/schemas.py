@@ -284,6 +284,12 @@ class RerankResult(_Model):
     appended_missing: int = 0
     regenerated: int = Field(default=0, description="Justifications re-asked once after failing the grounding check.")
     template_justifications: int = 0
+    llm_feature_missing: str | None = Field(
+        default=None,
+        description="Strategy learned with the LLM feature (ltr_llm_strategy): why the LLM's scores are missing for "
+        "this request (the LLM pass's fallback reason; the model then ranks with that feature missing). None when "
+        "they were given or not asked for.",
+    )
 
     @property
     def item_ids(self) -> list[str]:

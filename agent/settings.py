@@ -177,6 +177,13 @@ class Settings(BaseSettings):
         description="Folder of the learned ranker (`recagent train ranker-ltr --out`); default: the collection's "
         "artifacts/<collection>/ltr beside the store.",
     )
+    ltr_llm_strategy: Literal["listwise", "options", "pointwise"] | None = Field(
+        None,
+        description="The LLM feature of the learned ranker: with strategy learned, this LLM strategy first scores "
+        "the same candidates (its own prompts and engine call) and its per-candidate score is the model's "
+        "llm.score feature (missing when the LLM fails for a request). The model must have been trained with the "
+        "same strategy (`recagent train ranker-ltr --llm-strategy NAME`); None: no LLM, no engine.",
+    )
     rerank_llm_weight: float = Field(
         0.2,
         ge=0,

@@ -251,7 +251,9 @@ def llm_failure_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
       text before the first ':');
     - grounding_rate: grounded justifications / checked justifications;
     - position_agreement: mean Kendall tau between candidate orders (None with a single order);
-      position_sensitivity = 1 - agreement.
+      position_sensitivity = 1 - agreement;
+    - llm_feature_missing_rate: share of cases of the learned ranker with the LLM feature whose LLM score was
+      missing (the pass fell back: ``llm_feature_missing``); None for arms without that feature.
     """
     n = len(records)
     items = float(sum(len(r.get("ranked") or []) for r in records))
@@ -269,7 +271,15 @@ def llm_failure_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "grounding_rate": _ratio(float(sum(bool(g) for g in checked)), len(checked)),
         "position_agreement": agreement,
         "position_sensitivity": None if agreement is None else 1.0 - agreement,
+        "llm_feature_missing_rate": _feature_missing_rate(records),
     }
+
+
+def _feature_missing_rate(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Share of learned-ranker cases whose LLM feature was missing; None when no case used that feature (the
+    runner writes ``llm_feature_missing`` only for the learned strategy with ``ltr_llm_strategy`` set)."""
+    used = [r for r in records if "llm_feature_missing" in r]
+    return _ratio(float(sum(bool(r.get("llm_feature_missing")) for r in used)), len(used))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -278,6 +278,8 @@ def render_markdown(results: dict[str, Any], protocol: Protocol) -> str:
     if pipeline:
         llm_keys = ["parse_failure_rate", "off_candidate_rate", "duplicate_rate", "fallback_rate", "grounding_rate",
                     "position_sensitivity"]  # fmt: skip
+        if any(a["llm"].get("llm_feature_missing_rate") is not None for a in pipeline.values()):
+            llm_keys.append("llm_feature_missing_rate")  # the learned ranker's LLM feature
         lines += ["## LLM behaviour", ""]
         lines += _table(["arm", *llm_keys, "fallback by reason"],
                         [[n, *[_fmt(a["llm"].get(k)) for k in llm_keys],

@@ -195,6 +195,7 @@ class _Runner:
 
     def _engine_for(self, arm: Variant, vs: EvalSettings) -> LLMEngine | None:
         needs = vs.rerank_strategy in LLM_STRATEGIES or vs.explain_mode == "llm" or llm_sources_on(vs.fusion_weights)
+        needs = needs or (vs.rerank_strategy == "learned" and vs.ltr_llm_strategy is not None)  # its LLM feature
         if not needs:
             return None
         if self.replay:
@@ -326,6 +327,8 @@ class _Runner:
                 "explain_ms": round(explain, 1) if explain else None,  # this case's share of the batch's explain calls
                 "timings_ms": res.timings_ms,
             }
+            if res.strategy == "learned" and rec.settings.ltr_llm_strategy:
+                extra["llm_feature_missing"] = rr.llm_feature_missing  # why this case's LLM score is missing (or None)
             out.append(self._record(arm, case, [(i.item_id, i.score) for i in res.items], extra))
         return out
 

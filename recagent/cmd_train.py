@@ -6,7 +6,7 @@ wiring of :mod:`train` only."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -168,10 +168,19 @@ def ranker_ltr_cmd(
     train_seed: int = typer.Option(0, "--train-seed", help="Seed of the early-stopping slice and of LightGBM."),
     collection: str | None = typer.Option(None, "--collection", help="Use this ingested collection."),
     force: bool = typer.Option(False, "--force", help="Replace a learned ranker already in the folder."),
+    llm_strategy: str | None = typer.Option(
+        None,
+        "--llm-strategy",
+        help="Add the LLM feature: this LLM strategy (listwise, options, pointwise) scores every training group's "
+        "candidates and its score is the feature llm.score (serve with ltr_llm_strategy=NAME). Its answers are "
+        "cached in --out/llm_cache.sqlite: a rerun resumes.",
+    ),
+    llm_batch: int = typer.Option(8, "--llm-batch", min=1, help="Training groups per LLM engine batch."),
 ) -> None:
     """Fit the learned ranker (LightGBM lambdarank over the fused candidates' features) on the VALIDATION targets of
     the evaluator's split (the test targets never reach it: leakage guard). Use it with `--strategy learned`
-    (recommend) or `--variant NAME:strategy=learned,explain=none` (eval run, same --split/--users/--seed)."""
+    (recommend) or `--variant NAME:strategy=learned,explain=none` (eval run, same --split/--users/--seed); with
+    --llm-strategy NAME, serve it with ltr_llm_strategy=NAME (RECAGENT_LTR_LLM_STRATEGY, or the variant key)."""
     import time
 
     from pydantic import ValidationError
@@ -197,6 +206,11 @@ def ranker_ltr_cmd(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         hint = "see `recagent train ranker-ltr --help`"
         raise ConfigError(f"bad ranker-ltr settings: {problems}", hint=hint) from exc
+    if llm_strategy is not None and llm_strategy not in ("listwise", "options", "pointwise"):
+        raise ConfigError(
+            f"bad ranker-ltr settings: --llm-strategy {llm_strategy!r} is not an LLM strategy",
+            hint="use listwise, options or pointwise (see `recagent train ranker-ltr --help`)",
+        )
     dataset = load_data(
         catalog,
         interactions,
@@ -207,7 +221,12 @@ def ranker_ltr_cmd(
     coll = open_collection(settings, dataset, embedder, collection=collection)
     target = out or artifact_dir(settings.store_config(), coll.name, "ltr")
     check_out(target, force)  # before the groups are built
-    data = build_ltr_data(settings, dataset, data_cfg, coll, embedder)
+    llm = _ltr_llm(settings, target, llm_strategy, llm_batch) if llm_strategy else None
+    try:
+        data = build_ltr_data(settings, dataset, data_cfg, coll, embedder, llm=llm)
+    finally:
+        if llm is not None and llm.engine is not None:
+            llm.engine.close()
     s = data.stats
     typer.echo(f"groups: {s['groups_with_target']} of {s['validation_users']} validation users have their target "
                f"among the {candidates} fused candidates ({s['fit_groups']} fit, {s['early_stop_groups']} early "
@@ -223,8 +242,28 @@ def ranker_ltr_cmd(
     typer.echo(f"early-stop users ({stop['groups']}): NDCG@10 fused order {stop['ndcg@10_fused_order']}, model "
                f"{stop['ndcg@10_model']} (best round {m['best_iteration']})")  # fmt: skip
     typer.echo(f"top features (gain): {top}")
+    feat = m.get("llm_feature")
+    if feat:
+        place = next((i for i, d in enumerate(m["importances"], 1) if d["feature"] == feat["feature"]), None)
+        typer.echo(f"LLM feature ({feat['strategy']}, {feat['model']}): {feat['groups_scored']} groups scored, "
+                   f"{feat['groups_missing']} missing {feat['missing_by_reason'] or ''}, "
+                   f"{feat['llm_calls']} LLM calls "
+                   f"({feat.get('cache', {}).get('hits', 0)} from the cache), {feat['seconds']} s; "
+                   f"{feat['feature']} ranks #{place} of {len(m['importances'])} by gain")  # fmt: skip
     typer.echo(f"model: {result.out} (log {m['log_fingerprint']}); fit {m['timing']['fit_seconds']} s, "
                f"total {m['timing']['total_seconds']} s")  # fmt: skip
+
+
+def _ltr_llm(settings: Any, out: Path, strategy: str, batch: int) -> Any:
+    """The LLM feature's engine for `train ranker-ltr`: the settings' engine behind the evaluator's SQLite cache in
+    ``out`` (a rerun answers the scored prompts from disk)."""
+    from agent.llm import create_engine
+    from eval.llm_cache import CachingEngine, LLMCache
+    from prompts import PromptRegistry
+    from train.ltr_llm import LtrLlm
+
+    engine = CachingEngine(create_engine(settings), LLMCache(Path(out) / "llm_cache.sqlite"))
+    return LtrLlm(engine=engine, registry=PromptRegistry(), strategy=strategy, chunk=batch)
 
 
 @app.command("embedder")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from agent.errors import InputError
-from agent.rerank.learned import MANIFEST_FILE, MODEL_FILE
+from agent.rerank.learned import LLM_FEATURE, MANIFEST_FILE, MODEL_FILE
 from eval import metrics as M
 from retrieval.fitted import log_fingerprint
 from retrieval.ltr_features import feature_matrix, feature_names
@@ -122,6 +122,8 @@ def fit_ranker(
     out = Path(out)
     check_out(out, force)
     names = feature_names([r for g in data.fit for r in g.rows])
+    if data.llm_feature is not None and LLM_FEATURE not in names:
+        names.append(LLM_FEATURE)  # every fit row missing it: still the model's column (served with the LLM on)
     x_fit, y_fit, g_fit = _dataset(data.fit, names)
     x_stop, y_stop, g_stop = _dataset(data.stop, names)
     fit_set = lgb.Dataset(x_fit, y_fit, group=g_fit, feature_name=names, free_raw_data=False)
@@ -159,6 +161,7 @@ def fit_ranker(
             "ndcg@10_model": round(group_ndcg(data.stop, stop_scores), 4),
         },
         "stats": data.stats,
+        "llm_feature": data.llm_feature,
         "provenance": provenance,
         "timing": {"fit_seconds": round(fit_s, 2), "total_seconds": round(time.perf_counter() - started, 2)},
     }

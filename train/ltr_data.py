@@ -7,6 +7,10 @@ the features see, exactly as the serving pipeline sees its log. ``serve="full"``
 and learns the targets of its test-part split. Test targets never enter: they are not in the validation part's log
 or histories, they are excluded from every candidate list, and :func:`train.leakage.assert_no_group_leakage`
 checks every group before fitting.
+
+With the LLM feature (``llm=``, :mod:`train.ltr_llm`), the groups kept for fitting and early stopping (those with
+their target among the candidates) get the LLM strategy's score after that check: its prompts hold the group's
+own history and candidates only.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from retrieval.types import UserQuery
 from train.config import SplitOptions
 from train.eval_log import eval_train_log
 from train.leakage import assert_no_group_leakage, held_out_pairs
+from train.ltr_llm import LtrLlm, add_llm_scores
 
 __all__ = ["LtrData", "LtrDataConfig", "RankGroupRows", "build_ltr_data", "group_rows"]
 
@@ -71,6 +76,8 @@ class LtrData:
     serve_log: Interactions
     forbidden: dict[str, set[str]]
     stats: dict[str, Any] = field(default_factory=dict)
+    llm_feature: dict[str, Any] | None = None
+    """The LLM feature's record (strategy, groups scored / missing, calls, time); None without it."""
 
 
 def group_rows(
@@ -115,8 +122,10 @@ def build_ltr_data(
     embedder: Embedder,
     *,
     progress: bool = True,
+    llm: LtrLlm | None = None,
 ) -> LtrData:
-    """Split, fuse every validation user's candidates, label them, run the leakage guard, slice for early stopping."""
+    """Split, fuse every validation user's candidates, label them, run the leakage guard, (``llm``: score the kept
+    groups' candidates with the LLM strategy), slice for early stopping."""
     if dataset.kind != "interactions" or dataset.interactions is None:
         raise InputError(f"{dataset.name} has no interaction log", hint="give --interactions (a ratings file)")
     serve_log, inner = _logs(dataset, cfg)
@@ -137,6 +146,10 @@ def build_ltr_data(
             "fused candidates: too few to learn a ranking",
             hint="raise --candidates, or give a larger interaction log",
         )
+    llm_feature = None
+    if llm is not None:
+        by_user = {c.user_id or c.case_id: c for c in inner.cases}
+        llm_feature = add_llm_scores(settings, usable, by_user, collection, llm, progress=progress)
     order = sorted(usable, key=lambda g: g.user_id)
     random.Random(f"{cfg.sample_seed}:ltr").shuffle(order)
     n_stop = max(1, round(cfg.early_stop_share * len(order)))
@@ -154,4 +167,4 @@ def build_ltr_data(
         "inner_log_fingerprint": log_fingerprint(inner.train),
         "mean_candidates": float(np.mean([len(g.labels) for g in groups])) if groups else 0.0,
     }
-    return LtrData(order[n_stop:], order[:n_stop], serve_log, forbidden, stats)
+    return LtrData(order[n_stop:], order[:n_stop], serve_log, forbidden, stats, llm_feature)

@@ -9,7 +9,8 @@
 # train log (`train sequential --split temporal`), and no published rows are shown (none exist for that split).
 #
 # Every arm, all 610 users of the 5-core split, paired CIs against the default fused retrieval order, and LlamaRec's
-# published rows (labelled as published, not re-run). Only the `default` arm starts the LLM engine (LLM=0 skips it).
+# published rows (labelled as published, not re-run). Only the `learned-llm` and `default` arms start the LLM engine
+# (LLM=0 skips both, and the LLM-feature ranker's training).
 # An interrupted run continues where it stopped (--resume); after changing the arms, give another OUT.
 # Environment: PY (python with recagent importable, default .venv/bin/python), OUT (run folder), DOCS (where the
 # report is copied, default docs/eval), DATA (the dataset folder), EXTRA (more `eval run` options, e.g. --users 50),
@@ -25,9 +26,12 @@ DATA=${DATA:-data/movielens-latest-small}
 # The learned models are trained by this script on the split's own parts (skipped when OUT already holds them):
 # the sequential model on the train part (early stopping on the validation items), the learned ranker on the
 # validation targets; every pipeline arm then sees the sequential model (RECAGENT_SEQUENTIAL_MODEL) unless it turns
-# the source off.
+# the source off. With LLM=1 a second ranker ($OUT/ltr-llm) learns the option-logit LLM's score as one more feature
+# (`--llm-strategy options`, on the fused 20 that it serves: one 20-option prompt per validation user whose target is
+# among them; its LLM answers are cached in that folder, so an interrupted training resumes).
 SEQ="$OUT/sequential"
 LTR="$OUT/ltr"
+LTR_LLM="$OUT/ltr-llm"
 mkdir -p "$OUT"
 t0=$(date +%s)
 SEQ_SPLIT=()
@@ -44,6 +48,9 @@ export RECAGENT_SEQUENTIAL_MODEL="$SEQ"
 [ "${LTR_ARMS:-1}" = 0 ] || [ -f "$LTR/manifest.json" ] || "$PY" -m recagent train ranker-ltr --catalog "$DATA" --interactions "$DATA" \
   --split "$SPLIT" --out "$LTR" --force
 t2=$(date +%s)
+[ "${LTR_ARMS:-1}" = 0 ] || [ "${LLM:-1}" = 0 ] || [ -f "$LTR_LLM/manifest.json" ] || "$PY" -m recagent train ranker-ltr \
+  --catalog "$DATA" --interactions "$DATA" --split "$SPLIT" --out "$LTR_LLM" --candidates 20 --llm-strategy options --force
+t3=$(date +%s)
 
 # "X alone" arms turn every other source off (a later key wins: "NAME:$ONLY,fusion.NAME=1" keeps NAME on).
 ONLY="strategy=retrieval,explain=none,fusion.semantic=0,fusion.item2item=0,fusion.collab=0,fusion.popularity=0"
@@ -66,6 +73,11 @@ if [ "${LTR_ARMS:-1}" = 1 ]; then                # LTR_ARMS=0: no learned ranker
          --variant "learned100:strategy=learned,explain=none,candidates=100,ltr_model=$LTR")
 fi
 if [ "${LLM:-1}" = 1 ]; then
+  # the learned ranker with the option-logit LLM's score as a feature; before `default`, whose prompts are the same
+  # (so this arm pays the LLM time and `default` is then answered from the run's LLM cache)
+  if [ "${LTR_ARMS:-1}" = 1 ]; then
+    ARMS+=(--variant "learned-llm:strategy=learned,explain=none,ltr_model=$LTR_LLM,ltr_llm_strategy=options")
+  fi
   ARMS+=(--variant "default:explain=none")   # the default pipeline: option-logit LLM blend (weight 0.2) on the fused 20
 fi
 
@@ -79,8 +91,8 @@ mkdir -p "$DOCS"
   echo
   echo "Produced by \`SPLIT=$SPLIT LLM=${LLM:-1} LTR_ARMS=${LTR_ARMS:-1} bash eval/reports/movielens_loo.sh\` (\`make report-$SPLIT\`) in $(( $(date +%s) - started )) s" \
        "(this invocation) on $(nproc) CPU cores; \"retrieval recall\" is the share of test items among an arm's fused candidates" \
-       "(the fused 20 by default). Training inside it: sequential model $(( t1 - t0 )) s, learned ranker $(( t2 - t1 )) s" \
-       "(0 s: reused from \`$OUT\`)."
+       "(the fused 20 by default). Training inside it: sequential model $(( t1 - t0 )) s, learned ranker $(( t2 - t1 )) s," \
+       "learned ranker with the LLM feature $(( t3 - t2 )) s (0 s: reused from \`$OUT\`)."
 } > "$DOCS/movielens-$SPLIT.md"
 cp "$OUT/report.html" "$DOCS/movielens-$SPLIT.html"
 echo "written: $DOCS/movielens-$SPLIT.md, $DOCS/movielens-$SPLIT.html (run folder: $OUT)"
