@@ -7,13 +7,16 @@ retrain hint; the setting switches it off; a bad option is a clear CLI error."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from agent.chat.conversation import Conversation
 from agent.pipeline import Recommender, RecommendRequest
+from agent.sessions import open_session_store
 from agent.settings import Settings, load_settings
 from recagent import cmd_train
 from retrieval.conversation_ranker import CatalogItems
@@ -150,3 +153,52 @@ def test_bad_ranker_option_is_a_clear_cli_error(trained: tuple[Settings, Embedde
     done = CliRunner().invoke(cli_app(settings, "train", cmd_train.app), args)
     assert done.exit_code == 2
     assert "--ranker-pools" in done.output and "comma-separated" in done.output
+
+
+@pytest.mark.slow
+def test_a_chat_turn_uses_the_ranker_and_says_so(
+    trained: tuple[Settings, Embedder, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Conversation (rules extraction, template reply, no LLM) over the trained home: the turns are
+    conversation requests (``turn`` counts the earlier recommendation turns) and their candidates follow the
+    ranker."""
+    settings, embedder, ids = trained
+    chat_settings = settings.model_copy(
+        update={
+            "session_db_url": str(tmp_path / "chat.sqlite3"),
+            "chat_extract": "rules",
+            "chat_reply": "template",
+            "rerank_strategy": "retrieval",
+            "explain_mode": "template",
+        }
+    )
+    rec = Recommender(chat_settings, embedder=embedder)
+    seen: list[int | None] = []
+    many = rec.recommend_many
+
+    def spy(requests: list[RecommendRequest], **kw: object) -> object:
+        seen.extend(r.turn for r in requests)
+        return many(requests, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rec, "recommend_many", spy)
+    store = open_session_store(chat_settings)
+    try:
+        conv = Conversation(rec, store, chat_settings)
+        hits = 0
+        later = ids[TRAIN_SEEDS + 30 :]  # never mentioned in the log; plain titles the rules linker takes as typed
+        items = rec.collection.get_items(later)
+        fresh = [i for i in later if re.fullmatch(r"[A-Z][a-z]+( [a-z]+)* \(\d{4}\)", items[i].title)][:6]
+        assert len(fresh) == 6
+        for seed in fresh:
+            sid = conv.start().session_id
+            reply = conv.send(sid, f'I loved "{items[seed].title}"')
+            assert reply.recommendation is not None, reply.reply
+            assert reply.preferences.liked_ids == [seed]
+            assert reply.recommendation.conversation_ranker is not None
+            hits += reply.recommendation.candidate_ids[0] == _fifth(rec, seed)
+        again = conv.send(sid, "something else")
+        assert again.recommendation is not None and again.recommendation.conversation_ranker is not None
+    finally:
+        store.close()
+    assert seen == [0] * len(fresh) + [1]
+    assert hits >= len(fresh) - 1, hits
