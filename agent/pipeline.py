@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from agent.errors import InputError, RecagentError
+from agent.errors import ConfigError, InputError, RecagentError
 from agent.explain import ExplainRequest
 from agent.ground import Grounder, GroundReport, propose_and_ground
 from agent.later import JustificationEvent, defer, justify_events, pending_requests
@@ -40,12 +40,19 @@ from prompts import PromptRegistry
 from retrieval.attribute_source import AttributeIndex
 from retrieval.candidates import CandidateGenerator
 from retrieval.config import check_source_weights
+from retrieval.conversation_ranker import (
+    RANKER_KIND,
+    CatalogItems,
+    SavedConversationRanker,
+    conversation_rows,
+    load_conversation_ranker,
+)
 from retrieval.dialogue_sources import ARTIFACT_KIND as DIALOGUE_KIND
 from retrieval.dialogue_sources import DialogueModel, dialogue_sources, load_dialogue_model
 from retrieval.embed import Embedder, make_embedder
 from retrieval.fitted import artifact_dir, log_fingerprint
 from retrieval.interactions import Interactions, read_interactions
-from retrieval.ltr_features import FeatureBuilder
+from retrieval.ltr_features import FeatureBuilder, Row
 from retrieval.store import ItemCollection, Store
 from retrieval.types import Candidate, Constraints, HistoryEntry, Item, SourceHit, UserQuery
 
@@ -85,6 +92,12 @@ class RecommendRequest(BaseModel):
         None,
         description='Fusion weights for this request, over the configured ones (e.g. {"generated": 1.0}).',
     )
+    turn: int | None = Field(
+        None,
+        ge=0,
+        description="A conversation turn: how many recommendation turns came before it in the dialogue (the chat "
+        "sets it). Such requests are reordered by the collection's conversation ranker when one is trained.",
+    )
 
     @field_validator("source_weights")
     @classmethod
@@ -122,6 +135,9 @@ class Recommendation(BaseModel):
     grounding: GroundReport | None = Field(None, description="Generate-then-ground: proposed, grounded, discarded.")
     dialogue_log: str | None = Field(
         None, description="The fitted dialogue log the conversation sources learned from (None: no such log)."
+    )
+    conversation_ranker: str | None = Field(
+        None, description="How the conversation ranker reordered the fused candidates (None: not used)."
     )
     stage_tokens: dict[str, int] = Field(
         default_factory=dict, description="Tokens of the profile and proposal stages (included in the totals)."
@@ -239,6 +255,7 @@ class Recommender:
         self.collection_name = collection or settings.collection
         self._interactions = interactions
         self.registry = registry or PromptRegistry()
+        self.ranker_problem: str | None = None  # why the collection's conversation ranker is not used
 
     # -- lazily built parts -----------------------------------------------------------------------------------
     @cached_property
@@ -327,6 +344,55 @@ class Recommender:
             return None
         collection = self.collection
         return AttributeIndex(collection.get_items(collection.ids()).values())
+
+    @cached_property
+    def conversation_ranker(self) -> SavedConversationRanker | None:
+        """The collection's conversation ranker (`recagent train dialogue-sources ... --ranker`), when one is trained
+        and ``settings.dialogue_ranker`` is on; one fitted on another dialogue log than the served dialogue model's
+        is not used (a warning with the retrain hint in every conversation turn's answer, see
+        ``ranker_problem``)."""
+        if not self.settings.dialogue_ranker:
+            return None
+        folder = artifact_dir(self.store.config, self.collection_name, RANKER_KIND)
+        try:
+            ranker = load_conversation_ranker(folder)
+            if ranker is None:
+                return None
+            model = self.dialogue_model
+            ranker.check_log(model.fingerprint if model is not None else None)
+        except ConfigError as exc:
+            self.ranker_problem = f"conversation ranker not used: {exc.message} ({exc.hint})"
+            log.warning("%s", self.ranker_problem)
+            return None
+        return ranker
+
+    def _rank_conversation(self, req: RecommendRequest, query: UserQuery, extra: _LLMSources | None,
+                           n: int) -> tuple[list[Candidate], str | None]:  # fmt: skip
+        """A conversation turn's candidates: the ranker's pool of the fused order, reordered by the ranker, the
+        first ``n`` kept (and a note saying so)."""
+        ranker = self.conversation_ranker
+        assert ranker is not None
+        pooled = query.model_copy(update={"n": max(ranker.pool, n)})
+        weights = extra.weights if extra is not None else None
+        rankings = extra.rankings if extra is not None else None
+        candidates = self.generator.generate(pooled, extra=rankings or None, weights=weights)
+        rows = self.conversation_rows(query, candidates, req.turn)
+        ordered = ranker.order(candidates, rows)[:n]
+        note = (f"conversation ranker (LightGBM, fitted on dialogue log {ranker.fingerprint}) reordered the "
+                f"{len(candidates)} fused candidates")  # fmt: skip
+        return ordered, note
+
+    def conversation_rows(self, query: UserQuery, candidates: Sequence[Candidate], turn: int | None) -> list[Row]:
+        """The conversation ranker's feature rows of a turn's fused candidates (the training function's)."""
+        ranker = self.conversation_ranker
+        assert ranker is not None
+        return conversation_rows(self.conversation_features, query.liked, candidates, ranker.stats,
+                                 None if turn is None else float(turn))  # fmt: skip
+
+    @cached_property
+    def conversation_features(self) -> FeatureBuilder:
+        items = self.collection.get_items(self.collection.ids())
+        return FeatureBuilder(None, CatalogItems(items))
 
     def dialogue_note(self) -> str | None:
         model = self.dialogue_model
@@ -520,7 +586,8 @@ class Recommender:
         query: UserQuery,
         extra: _LLMSources | None = None,
         refine: CandidateRefiner | None = None,
-    ) -> tuple[RankingContext, dict[str, Item]]:
+    ) -> tuple[RankingContext, dict[str, Item], str | None]:
+        ranker_note = None
         if req.candidates is not None:
             excluded = query.excluded_ids()
             ids = [i for i in dict.fromkeys(req.candidates) if i not in excluded]
@@ -529,6 +596,8 @@ class Recommender:
                 Candidate(item_id=i, score=(n - r) / n, sources={"given": SourceHit(rank=r + 1, score=(n - r) / n)})
                 for r, i in enumerate(ids)
             ]
+        elif req.turn is not None and self.conversation_ranker is not None:
+            candidates, ranker_note = self._rank_conversation(req, query, extra, query.n or self.generator.fusion.n)
         elif extra is not None and (extra.rankings or extra.weights is not None):
             candidates = self.generator.generate(query, extra=extra.rankings, weights=extra.weights)
         else:
@@ -546,7 +615,7 @@ class Recommender:
         if config.strategy == "learned" and len(pairs) > 1 and not self.settings.ltr_llm_strategy:
             learned = self.learned.scores(query.history, [c.candidate for c in pairs], items)
         ctx = RankingContext(user=user, candidates=pairs, k=req.k, config=config, learned_scores=learned)
-        return ctx, items
+        return ctx, items, ranker_note
 
     def active_sources(self, req: RecommendRequest) -> list[str]:
         """Names of the candidate sources a request uses: the generator's and "generated", weight > 0."""
@@ -584,10 +653,14 @@ class Recommender:
                     for r, q in zip(requests, queries, strict=True)]  # fmt: skip
         extras = self._llm_sources(requests, queries)
         prepared = []
+        ranker_notes: list[str | None] = []
         for n, (req, query, extra, q_ms) in enumerate(zip(requests, queries, extras, query_ms, strict=True)):
             t0 = time.perf_counter()
-            ctx, items = self._context(req, query, extra, refiners[n] if refiners is not None else None)
+            ctx, items, note = self._context(req, query, extra, refiners[n] if refiners is not None else None)
             prepared.append((req, ctx, items, len(query.history), q_ms + (time.perf_counter() - t0) * 1000))
+            ranker_notes.append(note)
+            if req.turn is not None and self.ranker_problem and req.candidates is None:
+                warnings[n].append(self.ranker_problem)
         contexts = [p[1] for p in prepared]
         needs_llm = any(c.config.strategy in LLM_STRATEGIES or c.config.explain == "llm" or self._wants_llm_feature(c)
                         for c in contexts)  # fmt: skip
@@ -601,8 +674,8 @@ class Recommender:
         rank_ms = (time.perf_counter() - t_rank) * 1000
         pending = [pending_requests(c, r) if explain == "later" else [] for c, r in zip(contexts, results, strict=True)]
         out = []
-        for (req, ctx, items, n_hist, retrieve_ms), result, extra, warns, todo in zip(
-            prepared, results, extras, warnings, pending, strict=True
+        for (req, ctx, items, n_hist, retrieve_ms), result, extra, warns, todo, ranker_note in zip(
+            prepared, results, extras, warnings, pending, ranker_notes, strict=True
         ):
             stage_tokens = extra.tokens()
             if not result.items:
@@ -641,6 +714,7 @@ class Recommender:
                     profile_note=extra.profile_note(),
                     grounding=extra.grounding,
                     dialogue_log=self.dialogue_note(),
+                    conversation_ranker=ranker_note,
                     stage_tokens=stage_tokens,
                     warnings=warns,
                     justifications_pending=len(todo),

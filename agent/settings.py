@@ -172,6 +172,11 @@ class Settings(BaseSettings):
         description="How the fused candidates are ranked: by the LLM (listwise, options, pointwise), by the learned "
         "ranker (learned, no LLM) or not at all (retrieval).",
     )
+    dialogue_ranker: bool = Field(
+        True,
+        description="Reorder a chat turn's fused candidates with the collection's conversation ranker (`recagent "
+        "train dialogue-sources LOG... --ranker`) before the LLM ranking, when one was trained; false: fused order.",
+    )
     ltr_model: Path | None = Field(
         None,
         description="Folder of the learned ranker (`recagent train ranker-ltr --out`); default: the collection's "

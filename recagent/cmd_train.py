@@ -557,17 +557,30 @@ def dialogue_sources_cmd(
     window: int = typer.Option(0, "--window", min=0, help="Last N mentions that count (0 = all)."),
     normalisation: str = typer.Option("none", "--normalisation", help="none, row or cosine."),
     prior: float = typer.Option(0.05, "--prior", min=0, help="Weight of the recommendation counts in comention."),
+    ranker: bool = typer.Option(
+        False,
+        "--ranker",
+        help="Also fit the conversation ranker (LightGBM on conversation features) on the whole log; chat turns are "
+        "then reordered by it before the LLM ranking (RECAGENT_DIALOGUE_RANKER=0 turns that off).",
+    ),
+    ranker_pools: str = typer.Option(
+        "100,200", "--ranker-pools", help="Pool sizes the ranker tries on its validation part, comma-separated."
+    ),
 ) -> None:
     """Fit the conversation sources (comention, recommended_popularity) of a collection on dialogue logs and/or the
-    chat sessions; the chat, the server and `recagent recommend` use them from their next start."""
+    chat sessions (with --ranker also the conversation ranker); the chat, the server and `recagent recommend` use
+    them from their next start."""
     from retrieval.dialogue_sources import DialogueSourceConfig
+    from train.crs_ltr import CrsLtrConfig
     from train.dialogue import fit_dialogue_sources
 
     settings = ctx.find_root().obj.settings
     config = DialogueSourceConfig.model_validate(
         {"pairs": pairs, "window": window, "normalisation": normalisation, "prior": prior}
     )
-    fit = fit_dialogue_sources(settings, logs or [], sessions=sessions, config=config, collection=collection)
+    ranker_config = CrsLtrConfig(pools=_pools(ranker_pools)) if ranker else None
+    fit = fit_dialogue_sources(settings, logs or [], sessions=sessions, config=config, collection=collection,
+                               ranker=ranker_config)  # fmt: skip
     for r in fit.reports:
         typer.echo(
             f"{r.source} ({r.format}): {r.dialogues} dialogues, {r.turns_read} turns read, {r.turns_kept} "
@@ -581,3 +594,20 @@ def dialogue_sources_cmd(
         f"{len(m.item_ids)} items, {m.comention.nnz} co-mention pairs, log {m.fingerprint} -> {fit.folder} "
         f"({fit.seconds:.2f} s, peak {fit.peak_mib:.1f} MiB traced)"
     )
+    if fit.ranker is not None:
+        info = fit.ranker.info
+        typer.echo(
+            f"conversation ranker: pool {fit.ranker.pool}, {info.get('train_groups')} training turns, best iteration "
+            f"{fit.ranker.iteration}, {info.get('total_seconds')} s -> {fit.ranker_folder}"
+        )
+
+
+def _pools(text: str) -> tuple[int, ...]:
+    try:
+        pools = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        pools = ()
+    if not pools or min(pools) < 2:
+        raise typer.BadParameter(f"{text!r}: give pool sizes >= 2, comma-separated, e.g. 100,200",
+                                 param_hint="--ranker-pools")  # fmt: skip
+    return pools

@@ -24,9 +24,7 @@ A fold-level arm of ``recagent eval folds`` (:class:`eval.crs_folds.FoldContext`
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +37,10 @@ from eval.crs import dialogue_folds, ievalm_recall
 from eval.crs_folds import FoldArmResult, FoldContext, FoldLeakError, validation_part
 from eval.datasets import EvalCase
 from retrieval.candidates import Scored, rrf_fuse
-from retrieval.dialogue_log import DialogueLog
+from retrieval.conversation_ranker import CatalogItems, DialogueStats, SavedConversationRanker, conversation_rows
 from retrieval.interactions import Interactions
 from retrieval.ltr_features import FeatureBuilder, Row, feature_matrix, feature_names
-from retrieval.types import HistoryEntry, Item
+from retrieval.types import Item
 from train.ltr import LtrFitConfig
 
 __all__ = [
@@ -67,41 +65,6 @@ class CrsLtrConfig(BaseModel):
     fit: LtrFitConfig = Field(default_factory=lambda: LtrFitConfig.model_validate({}))
 
 
-class CatalogItems:
-    """The feature builder's item source over catalog items in memory (no embeddings: the content sources' ranks
-    and scores already carry the similarity)."""
-
-    def __init__(self, items: Mapping[str, Item]) -> None:
-        self.items = items
-
-    def get_items(self, ids: Sequence[str]) -> dict[str, Item]:
-        return {i: self.items[i] for i in ids if i in self.items}
-
-    def get_embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return {}
-
-
-@dataclass(frozen=True)
-class DialogueStats:
-    """Per item, how often a dialogue log's recommenders named it and how often it was mentioned."""
-
-    recommended: Counter[str]
-    mentioned: Counter[str]
-
-    @classmethod
-    def of(cls, log: DialogueLog) -> DialogueStats:
-        rec: Counter[str] = Counter()
-        men: Counter[str] = Counter()
-        for turn in log.turns:
-            rec.update(turn.recommended)
-            men.update(turn.mentioned)
-        return cls(rec, men)
-
-    def row(self, item_id: str) -> Row:
-        r, m = self.recommended.get(item_id, 0), self.mentioned.get(item_id, 0)
-        return {"dlg.rec_pop": math.log1p(r), "dlg.mention_pop": math.log1p(m), "dlg.rec_share": (r + 1) / (r + m + 2)}
-
-
 @dataclass
 class TurnGroup:
     """One turn's pooled candidates, their feature rows and labels (1 = a gold movie of the turn)."""
@@ -123,12 +86,10 @@ def turn_group(case: EvalCase, lists: Mapping[str, Scored], weights: Mapping[str
     """The fused pool of one turn (mentioned movies excluded) and its rows."""
     rankings = {name: ranked for name, ranked in lists.items() if weights.get(name, 0.0) > 0}
     candidates = rrf_fuse(rankings, weights=weights, rrf_k=rrf_k, n=pool, exclude=case.liked)
-    rows = features.rows([HistoryEntry(item_id=i) for i in case.liked], candidates)
     turn = case.meta.get("turn_id")
-    for row, cand in zip(rows, candidates, strict=True):
-        row.update(stats.row(cand.item_id))
-        if isinstance(turn, int | float):
-            row["dlg.turn"] = float(turn)
+    rows = conversation_rows(
+        features, case.liked, candidates, stats, float(turn) if isinstance(turn, int | float) else None
+    )
     ids = [c.item_id for c in candidates]
     gold = list(dict.fromkeys(case.gold))
     return TurnGroup(case.case_id, _dialog_id(case), ids, gold, rows, [int(i in case.gold) for i in ids])
@@ -203,7 +164,9 @@ class ConversationRanker:
         check_isolation(groups, ctx.fold)
         return groups
 
-    def __call__(self, ctx: FoldContext) -> FoldArmResult:
+    def fit(self, ctx: FoldContext) -> SavedConversationRanker:
+        """Fit on ``ctx``'s training side: cross-fitted groups, early stopping and the pool on its validation part
+        (the fingerprint is left empty: the caller knows the log)."""
         started = time.perf_counter()
         _, valid_cases = validation_part(ctx.training, ctx.train_cases, ctx.folds, ctx.seed)
         valid = {_dialog_id(c) for c in valid_cases}
@@ -234,24 +197,27 @@ class ConversationRanker:
                 best = (key, pool, booster, names, iteration)
         assert best is not None
         _, pool, booster, names, iteration = best
+        gain = booster.feature_importance("gain", iteration=iteration)
+        top = sorted(zip(names, gain, strict=True), key=lambda t: -float(t[1]))[:8]
+        info = {
+            "pool": pool,
+            "tried": tried,
+            "train_groups": len(full),
+            "groups_seconds": round(groups_s, 1),
+            "fit_seconds": round(fit_s, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "top_features": [[n, round(float(g), 1)] for n, g in top],
+        }
+        return SavedConversationRanker(booster, names, pool, iteration, "", dict(self.weights), info)
+
+    def __call__(self, ctx: FoldContext) -> FoldArmResult:
+        fitted = self.fit(ctx)
+        pool, booster, names, iteration = fitted.pool, fitted.booster, fitted.names, fitted.iteration
         stats = DialogueStats.of(ctx.training)
         test_groups = [turn_group(c, ctx.test_lists[c.case_id], self.weights, pool, ctx.rrf_k, self.features, stats)
                        for c in ctx.test]  # fmt: skip
         rankings = {g.case_id: _order(booster, names, iteration, g, ctx.n) for g in test_groups}
-        gain = booster.feature_importance("gain", iteration=iteration)
-        top = sorted(zip(names, gain, strict=True), key=lambda t: -float(t[1]))[:8]
-        info = {
-            "ltr": {
-                "pool": pool,
-                "tried": tried,
-                "train_groups": len(full),
-                "groups_seconds": round(groups_s, 1),
-                "fit_seconds": round(fit_s, 1),
-                "total_seconds": round(time.perf_counter() - started, 1),
-                "top_features": [[n, round(float(g), 1)] for n, g in top],
-            }
-        }
-        return FoldArmResult({self.name: rankings}, info)
+        return FoldArmResult({self.name: rankings}, {"ltr": fitted.info})
 
 
 def _cut(group: TurnGroup, pool: int) -> TurnGroup:

@@ -493,6 +493,7 @@ class Conversation:
             constraints=c,
             exclude=exclude,
             k=self.settings.chat_k,
+            turn=sum(1 for t in state.turns if t.role == "assistant" and t.item_ids),
         )
 
     def _excluded_by_value(self, prefs: Preferences) -> list[str]:
