@@ -61,6 +61,15 @@ SCRIPTS = [
 ]  # fmt: skip
 
 
+def stage_overrides(args: argparse.Namespace, caching: bool) -> dict[str, Any]:
+    """Settings of a bench run: prefix caching, and the stages that --explain/--rerank/--extract replace."""
+    overrides: dict[str, Any] = {"llm_prefix_caching": caching}
+    for option, key in (("explain", "explain_mode"), ("rerank", "rerank_strategy"), ("extract", "chat_extract")):
+        if getattr(args, option, None):
+            overrides[key] = getattr(args, option)
+    return overrides
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -169,13 +178,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from agent.sessions import open_session_store
     from agent.settings import load_settings
 
-    overrides: dict[str, Any] = {"llm_prefix_caching": args.caching == "on"}
-    if args.explain:
-        overrides["explain_mode"] = args.explain
-    if args.rerank:
-        overrides["rerank_strategy"] = args.rerank
-    if args.extract:
-        overrides["chat_extract"] = args.extract
+    overrides = stage_overrides(args, args.caching == "on")
     if args.quick:
         overrides.update(home=args.home, collection=QUICK_COLLECTION, llm_model=args.model, llm_dtype="float32",
                          llm_max_model_len=2048, llm_memory_fraction=0.05, fusion_n=8, chat_k=4,
@@ -273,13 +276,7 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
     from agent.sessions import open_session_store
     from agent.settings import load_settings
 
-    overrides: dict[str, Any] = {"llm_prefix_caching": True}
-    if args.explain:
-        overrides["explain_mode"] = args.explain
-    if args.rerank:
-        overrides["rerank_strategy"] = args.rerank
-    if args.extract:
-        overrides["chat_extract"] = args.extract
+    overrides = stage_overrides(args, True)
     settings = load_settings(**overrides)
     from agent.llm.models import resolve_model
 
