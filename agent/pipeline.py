@@ -293,12 +293,18 @@ class Recommender:
         """The log keyed by its own ids, linked to this collection's items by title (agent/log_link.py)."""
         from agent.log_link import linked_log
 
-        items = self.collection.get_items(self.collection.ids())
         id_col, title_col = self.settings.interactions_title_columns
-        linked, report = linked_log(path, titles, {i: item.title for i, item in items.items()}, id_col=id_col,
+        titles_by_id = {i: item.title for i, item in self.catalog_items.items()}
+        linked, report = linked_log(path, titles, titles_by_id, id_col=id_col,
                                     title_col=title_col)  # fmt: skip
         log.info("interaction log linked to the catalog by title:\n%s", report.summary())
         return linked
+
+    @cached_property
+    def catalog_items(self) -> dict[str, Item]:
+        """Every item of the collection, read once for the parts that need the whole catalog (the title-linked log,
+        the attribute source, the conversation ranker's features)."""
+        return self.collection.get_items(self.collection.ids())
 
     @cached_property
     def grounder(self) -> Grounder:
@@ -342,8 +348,7 @@ class Recommender:
         fusion weight > 0 for ``attribute``)."""
         if self.settings.fusion_config().weights.get("attribute", 1.0) == 0:
             return None
-        collection = self.collection
-        return AttributeIndex(collection.get_items(collection.ids()).values())
+        return AttributeIndex(self.catalog_items.values())
 
     @cached_property
     def conversation_ranker(self) -> SavedConversationRanker | None:
@@ -391,8 +396,7 @@ class Recommender:
 
     @cached_property
     def conversation_features(self) -> FeatureBuilder:
-        items = self.collection.get_items(self.collection.ids())
-        return FeatureBuilder(None, CatalogItems(items))
+        return FeatureBuilder(None, CatalogItems(self.catalog_items))
 
     def dialogue_note(self) -> str | None:
         model = self.dialogue_model

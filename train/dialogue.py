@@ -148,7 +148,7 @@ def fit_dialogue_ranker(recommender: Recommender, log: DialogueLog, model: Dialo
         return {c.case_id: generator.run_sources(turn_query(c.liked, 1)) for c in wanted}
 
     ctx = FoldContext(0, frozenset(), log, cases, [], {}, model.config, folds, seed, 50, fusion.rrf_k, lists_for)
-    items = recommender.collection.get_items(recommender.collection.ids())
+    items = recommender.catalog_items
     # the live generator's weights (a source the settings do not name counts 1.0 there, as in run_sources)
     weights = {s.name: fusion.weights.get(s.name, 1.0) for s in live.sources}
     ranker = ConversationRanker(weights, items, config=config)
