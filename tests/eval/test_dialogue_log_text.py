@@ -5,6 +5,7 @@ request text, and printed by `recagent train dialogue-sources`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ REDIAL = ROOT.parent / "shared" / "data" / "redial-dev"
 ITEMS = [Item(id="10", title="The Matrix (1999)"), Item(id="20", title="Up (2009)"), Item(id="30", title="Heat (1995)")]
 
 
-def _write(path: Path, rows: list[dict[str, object]]) -> Path:
+def _write(path: Path, rows: Sequence[object]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -106,7 +107,8 @@ def test_sessions_keep_the_users_messages(tmp_path: Path) -> None:
     assert json.loads(path.read_text(encoding="utf-8"))["context"] == ["something like Up\nbut darker"]
     again = read_dialogue_log(path, ITEMS)  # the export reads back with the same text
     assert again.turns[0].text == "something like Up\nbut darker"
-    assert (again.turns[0].mentioned, again.turns[0].recommended, again.turns[0].rejected) == (("20",), ("10",), ("30",))
+    turn = again.turns[0]
+    assert (turn.mentioned, turn.recommended, turn.rejected) == (("20",), ("10",), ("30",))
 
 
 @pytest.mark.skipif(not (REDIAL / "turns.jsonl").is_file(), reason="the bundled ReDial dev sample is not here")
