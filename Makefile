@@ -84,12 +84,14 @@ report-tags: setup  ## a second log through a mapping alone (MovieLens tags.csv,
 
 # docs/eval/redial-folds.md: the conversation sources on ReDial dev, 5 folds by dialogue, iEvaLM-CRS protocol
 # with the bundled MovieLens ratings linked to the ReDial catalog by title (--log; agent/log_link.py) and the
-# learned ranker fitted per fold on the training dialogues (--learned; train/crs_ltr.py); then the default LLM
-# strategy on a seeded sample of 200 gold samples of the fused default (folds-llm; eval/crs_llm.py)
+# learned ranker fitted per fold on the training dialogues (--learned; train/crs_ltr.py), the live chat's ranker
+# scored held-out (--live-ranker: train dialogue-sources --ranker's fit per fold, served by the chat's code;
+# train/dialogue.py); then the default LLM strategy on a seeded sample of 200 gold samples of the fused default
+# (folds-llm; eval/crs_llm.py)
 # (~25 min the first time on 2 cores: the catalog is embedded once; then ~20-27 min for the folds, 10-30 for the LLM)
 REDIAL ?= ../shared/data/redial-dev
 .PHONY: redial-folds
 redial-folds: setup  ## docs/eval/redial-folds.md numbers: recagent eval folds on ReDial dev (see the doc)
 	$(VENV)/bin/recagent eval folds $(REDIAL) --folds 5 --seed 0 --out runs/redial-folds --log data/movielens-latest-small \
-		--learned
+		--learned --live-ranker
 	$(VENV)/bin/recagent eval folds-llm $(REDIAL) --out runs/redial-folds --samples 200 --seed 0

@@ -46,6 +46,7 @@ from retrieval.conversation_ranker import (
     SavedConversationRanker,
     conversation_rows,
     load_conversation_ranker,
+    rank_turn,
 )
 from retrieval.dialogue_sources import ARTIFACT_KIND as DIALOGUE_KIND
 from retrieval.dialogue_sources import DialogueModel, dialogue_sources, load_dialogue_model
@@ -377,14 +378,12 @@ class Recommender:
         first ``n`` kept (and a note saying so)."""
         ranker = self.conversation_ranker
         assert ranker is not None
-        pooled = query.model_copy(update={"n": max(ranker.pool, n)})
         weights = extra.weights if extra is not None else None
         rankings = extra.rankings if extra is not None else None
-        candidates = self.generator.generate(pooled, extra=rankings or None, weights=weights)
-        rows = self.conversation_rows(query, candidates, req.turn)
-        ordered = ranker.order(candidates, rows)[:n]
+        ordered, pooled = rank_turn(ranker, self.generator, self.conversation_features, query, req.turn, n,
+                                    extra=rankings or None, weights=weights)  # fmt: skip
         note = (f"conversation ranker (LightGBM, fitted on dialogue log {ranker.fingerprint}) reordered the "
-                f"{len(candidates)} fused candidates")  # fmt: skip
+                f"{pooled} fused candidates")  # fmt: skip
         return ordered, note
 
     def conversation_rows(self, query: UserQuery, candidates: Sequence[Candidate], turn: int | None) -> list[Row]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ from retrieval.store import Store
 from retrieval.transition import TransitionSource
 from retrieval.types import Item
 
-__all__ = ["PUBLISHED", "LogOption", "RankerFactory", "folds_report"]
+__all__ = ["PUBLISHED", "LiveArmFactory", "LogOption", "RankerFactory", "folds_report"]
 
 PUBLISHED: dict[str, tuple[float | None, float | None, float | None]] = {
     "KBRD (published)": (0.028, 0.169, 0.366),
@@ -121,6 +122,15 @@ class RankerFactory(Protocol):
     def __call__(self, weights: dict[str, float], items: dict[str, Item], log: Interactions | None) -> FoldArm: ...
 
 
+class LiveArmFactory(Protocol):
+    """Makes the live-ranker arm (a fold-level arm): the live training path (``recagent train dialogue-sources
+    --ranker``) fitted per fold on the training dialogues, the held-out turns served by the chat's code, over the
+    collection ``collection`` with ``settings`` (and the title-linked ``log`` as the live pipeline's interaction
+    log, None without ``--log``). The implementation lives in ``train`` (``train.dialogue.LiveRankerArm``)."""
+
+    def __call__(self, settings: Settings, collection: str, log: Interactions | None) -> FoldArm: ...
+
+
 def _with_log(content: Any, log: LogOption, catalog: Catalog) -> tuple[Any, str, Interactions]:
     """``content`` plus the ``ease`` and ``transition`` lists of the title-linked log (not learned from the
     dialogues, so computed once per turn like the content lists), the link summary and the linked log."""
@@ -162,7 +172,8 @@ def paired_vs(cases: list[EvalCase], folds: list[FoldResult], base: str, arm: st
 def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: dict[str, Any],
            paired: dict[str, dict[str, float]] | None = None,
            paired_log: dict[str, dict[str, float]] | None = None,
-           paired_ltr: tuple[str, str, dict[str, dict[str, float]]] | None = None) -> str:  # fmt: skip
+           paired_ltr: tuple[str, str, dict[str, dict[str, float]]] | None = None,
+           paired_live: Sequence[tuple[str, str, dict[str, dict[str, float]]]] = ()) -> str:  # fmt: skip
     lines = [
         f"# iEvaLM-CRS protocol, {meta['folds']} folds by dialogue: {meta['dataset']}",
         "",
@@ -194,6 +205,9 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
         lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in paired_log.items()]
     if paired_ltr:
         arm, base, diffs = paired_ltr
+        lines += ["", f"{arm} minus {base}, paired bootstrap 95% CI over the samples:", ""]
+        lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in diffs.items()]
+    for arm, base, diffs in paired_live:
         lines += ["", f"{arm} minus {base}, paired bootstrap 95% CI over the samples:", ""]
         lines += [f"- {k}: {v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" for k, v in diffs.items()]
     if meta.get("log"):
@@ -230,6 +244,23 @@ def render(results: dict[str, dict[str, float]], folds: list[FoldResult], meta: 
                 f"{v['recall@10']:.3f} / {v['recall@50']:.3f} ({fp['recall@10']:.3f} / {fp['recall@50']:.3f}) | "
                 f"{info['fit_seconds']:.1f} | {info['total_seconds']:.1f} | {tops} |"
             )
+    live = [(f.fold, f.extra["live"]) for f in folds if "live" in f.extra]
+    if live:
+        lines += [
+            "",
+            "### Live ranker per fold (`fit_dialogue_ranker` on the fold's training dialogues only; held-out turns "
+            "served by `rank_turn`, the chat's code)",
+            "",
+            "| fold | fit turns (with text) | training groups | pool | best iteration | sources | total s "
+            "| top features (gain) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for number, info in live:
+            tops = ", ".join(f"{n}" for n, _ in info["top_features"][:4])
+            lines.append(
+                f"| {number} | {info['turns']} ({info['turns_with_text']}) | {info['train_groups']} | {info['pool']} "
+                f"| {info['best_iteration']} | {', '.join(info['sources'])} | {info['total_seconds']:.1f} | {tops} |"
+            )
     lines += ["", "## Arms (fusion weights)", ""]
     lines += [f"- {name}: {json.dumps(w)}" for name, w in meta["arms"].items()]
     return "\n".join(lines) + "\n"
@@ -246,9 +277,11 @@ def folds_report(
     progress: bool = True,
     log: LogOption | None = None,
     ranker: RankerFactory | None = None,
+    live: LiveArmFactory | None = None,
 ) -> dict[str, Any]:
     """``ranker``: adds the learned ranker's arm (over the pool of the fused default, with the log's sources when
-    ``log`` is given), paired against that fused order."""
+    ``log`` is given), paired against that fused order. ``live``: adds the live ranker's arm (the live training and
+    serving path, :class:`LiveArmFactory`), paired against the same fused order and against the learned arm."""
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(dataset_path)
@@ -264,13 +297,19 @@ def folds_report(
     if ranker is not None:
         weights = {**arms[FUSED_DEFAULT], **(LOG_WEIGHTS if log is not None else {})}
         fold_arms.append(ranker(weights, {i.id: i for i in catalog.items}, interactions))
+    if live is not None:
+        fold_arms.append(live(settings, collection, interactions))
     results, fold_results = run_folds(
         dataset.cases, content, folds=folds, seed=seed, arms=arms, allowed=allowed, progress=progress,
         attributes=attributes, fold_arms=fold_arms,
     )  # fmt: skip
-    extra_arms = [name for name in results if name not in arms]
-    paired_ltr = (extra_arms[0], base_arm, paired_vs(dataset.cases, fold_results, base_arm, extra_arms[0])) \
-        if extra_arms else None  # fmt: skip
+    extra_arms = [name for name in results if name not in arms]  # the fold arms' names, in fold_arms' order
+    learned_arm = extra_arms[0] if ranker is not None and extra_arms else None
+    live_arm = extra_arms[-1] if live is not None and extra_arms else None
+    paired_ltr = (learned_arm, base_arm, paired_vs(dataset.cases, fold_results, base_arm, learned_arm)) \
+        if learned_arm else None  # fmt: skip
+    paired_live = [(live_arm, base, paired_vs(dataset.cases, fold_results, base, live_arm))
+                   for base in (base_arm, learned_arm) if live_arm and base]  # fmt: skip
     with (out / "rankings.jsonl").open("w", encoding="utf-8") as fh:  # the held-out rankings, for later arms
         for f in fold_results:
             for name, ranked in f.rankings.items():
@@ -298,6 +337,7 @@ def folds_report(
         "paired": paired,
         "paired_log": paired_log,
         "paired_ltr": {"arm": paired_ltr[0], "base": paired_ltr[1], "diff": paired_ltr[2]} if paired_ltr else None,
+        "paired_live": [{"arm": a, "base": b, "diff": d} for a, b, d in paired_live],
         "folds": [
             {
                 "fold": f.fold,
@@ -312,7 +352,7 @@ def folds_report(
         ],
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    markdown = render(results, fold_results, meta, paired, paired_log, paired_ltr)
+    markdown = render(results, fold_results, meta, paired, paired_log, paired_ltr, paired_live)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     (out / "report.html").write_text(markdown_to_html(markdown, title="recagent eval folds"), encoding="utf-8")
     return doc

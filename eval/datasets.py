@@ -23,6 +23,7 @@ from agent.errors import InputError
 from eval.dialogues import CutReport, is_dialogue_file, iter_dialogue_turns
 from retrieval.catalog import read_catalog
 from retrieval.config import StoreConfig
+from retrieval.dialogue_log import CONTEXT_TURNS, context_query
 from retrieval.interactions import InteractionMapping, Interactions, read_interactions
 from retrieval.mapping import ColumnMapping
 from retrieval.types import HistoryEntry, Item
@@ -245,7 +246,7 @@ def load_turns(
     catalog_format: str = "auto",
     mapping: ColumnMapping | None = None,
     limit: int | None = None,
-    context_turns: int = 6,
+    context_turns: int = CONTEXT_TURNS,
     name: str | None = None,
 ) -> EvalDataset:
     """Turn-level conversation cases from JSONL ``{dialog_id, turn_id, context: [...], rec: [gold names],
@@ -278,11 +279,10 @@ def load_turns(
             report.turns_without_gold += 1
             continue
         case_id = f"{row.get('dialog_id', number)}_{row.get('turn_id', 0)}"
-        utterances = [str(u) for u in context if str(u).strip()][-context_turns:]
         cases.append(
             EvalCase(
                 case_id=case_id,
-                query="\n".join(utterances)[-3900:] or None,
+                query=context_query(context, context_turns),
                 liked=list(dict.fromkeys(liked)),
                 gold=gold,
                 meta={"dialog_id": str(row.get("dialog_id", "")), "turn_id": row.get("turn_id")},

@@ -5,8 +5,14 @@ Three formats, told apart by the first line:
 - raw ReDial ``dialogues.jsonl`` (``{messages, movieMentions, ...}``), cut into turns by :mod:`eval.dialogues`;
 - turn files ``{dialog_id, context, entity, rec}`` (the ``turns.jsonl`` shape): mentioned = the ``entity`` entries
   that are movies ("Name (Year)"), recommended = ``rec``;
-- the generic mapping ``{dialog_id, mentioned: [...], recommended: [...], rejected: [...]}`` (what
-  ``recagent sessions export`` writes).
+- the generic mapping ``{dialog_id, mentioned: [...], recommended: [...], rejected: [...], context: [...]}`` (what
+  ``recagent sessions export`` writes); ``context`` (the utterances before the turn, or one string) is optional.
+
+Each turn keeps the conversation's text before it (``DialogueTurn.text``) where the log has it: raw ReDial and turn
+files always (their ``context``), the generic form when a line has ``context``. The text is built with the
+evaluator's own function (:func:`retrieval.dialogue_log.context_query`: the last 6 utterances), so a training
+turn's request text is the ``EvalCase.query`` the evaluator builds for the same turn. The report counts turns with
+and without text.
 
 Every entry is a catalog id or a title; titles are matched with the evaluator's matching
 (:class:`eval.datasets.TitleIndex`: exact, then normalised title + year). Unmatched entries are counted in the
@@ -22,7 +28,7 @@ from typing import Any
 from agent.errors import InputError
 from eval.datasets import _YEAR, EvalCase, TitleIndex, _jsonl
 from eval.dialogues import CutReport, is_dialogue_file, iter_dialogue_turns
-from retrieval.dialogue_log import DialogueLog, DialogueLogReport, DialogueTurn
+from retrieval.dialogue_log import DialogueLog, DialogueLogReport, DialogueTurn, context_query
 from retrieval.types import Item
 
 __all__ = ["log_from_cases", "read_dialogue_log"]
@@ -40,7 +46,7 @@ def _format(path: Path) -> str:
     raise InputError(
         f"cannot tell the format of the dialogue log {path}",
         hint="each line: a raw ReDial dialogue {messages, ...}, a turn {dialog_id, context, entity, rec}, or "
-        "{dialog_id, mentioned: [...], recommended: [...], rejected: [...]}",
+        "{dialog_id, mentioned: [...], recommended: [...], rejected: [...], context: [...] (optional)}",
     )
 
 
@@ -55,6 +61,14 @@ def _rows(path: Path, fmt: str, report: DialogueLogReport) -> Iterator[tuple[int
     cut = CutReport()
     yield from iter_dialogue_turns(path, cut)
     report.dialogues, report.skipped = cut.dialogues, cut.skipped
+
+
+def _text(row: dict[str, Any]) -> str | None:
+    """The turn's request text from its ``context`` (absent, or not a list / string: no text)."""
+    context = row.get("context")
+    if isinstance(context, str | list):
+        return context_query(context)
+    return None
 
 
 def _lists(row: dict[str, Any], fmt: str) -> tuple[list[str], list[str], list[str]] | None:
@@ -109,8 +123,10 @@ def read_dialogue_log(path: Path, items: Iterable[Item]) -> DialogueLog:
             continue
         mentioned, recommended, rejected = (match.ids(part) for part in lists)
         if recommended or rejected:
-            turns.append(DialogueTurn(str(row.get("dialog_id", number)), mentioned, recommended, rejected))
+            turns.append(DialogueTurn(str(row.get("dialog_id", number)), mentioned, recommended, rejected,
+                                      _text(row)))  # fmt: skip
     report.turns_kept = len(turns)
+    report.count_text(turns)
     if not any(t.recommended for t in turns):
         raise InputError(
             f"no recommended catalog item in the dialogue log {path}: {report.turns_read} turns read, "
@@ -122,16 +138,16 @@ def read_dialogue_log(path: Path, items: Iterable[Item]) -> DialogueLog:
 
 
 def log_from_cases(cases: Sequence[EvalCase]) -> DialogueLog:
-    """A dialogue log from conversation eval cases (``liked`` = mentioned, ``gold`` = recommended): the
-    training log of a dataset that is its own log (``--folds``)."""
-    turns = [DialogueTurn(str(c.meta.get("dialog_id") or c.case_id), tuple(c.liked), tuple(c.gold)) for c in cases]
-    return DialogueLog(
-        turns,
-        DialogueLogReport(
-            source="eval cases",
-            format="cases",
-            turns_read=len(turns),
-            turns_kept=len(turns),
-            dialogues=len({t.dialog_id for t in turns}),
-        ),
+    """A dialogue log from conversation eval cases (``liked`` = mentioned, ``gold`` = recommended, ``text`` = the
+    case's query): the training log of a dataset that is its own log (``--folds``)."""
+    turns = [DialogueTurn(str(c.meta.get("dialog_id") or c.case_id), tuple(c.liked), tuple(c.gold), (), c.query)
+             for c in cases]  # fmt: skip
+    report = DialogueLogReport(
+        source="eval cases",
+        format="cases",
+        turns_read=len(turns),
+        turns_kept=len(turns),
+        dialogues=len({t.dialog_id for t in turns}),
     )
+    report.count_text(turns)
+    return DialogueLog(turns, report)

@@ -266,6 +266,13 @@ def folds_cmd(
         help="Add the learned ranker (LightGBM lambdarank on conversation features), fitted per fold on the "
         "training dialogues only and reranking a pool of the fused default (pool size chosen on validation).",
     ),
+    live_ranker: bool = typer.Option(
+        False,
+        "--live-ranker",
+        help="Add the LIVE conversation ranker: per fold, what `recagent train dialogue-sources --ranker` fits, "
+        "fitted on the training dialogues only (with the turns' text), and the held-out turns served by the chat's "
+        "own code (the live fusion weights and sources of the settings).",
+    ),
 ) -> None:
     """iEvaLM-CRS protocol (Recall@1/10/50 per gold movie, mentioned movies excluded) with K-fold cross-validation
     by dialogue: the dialogue sources (comention, recommended_popularity) are fitted on the other folds only and
@@ -274,7 +281,7 @@ def folds_cmd(
     import sys
 
     from agent.errors import InputError
-    from eval.crs_report import LogOption, RankerFactory, folds_report
+    from eval.crs_report import LiveArmFactory, LogOption, RankerFactory, folds_report
 
     command = "recagent eval folds " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     linked = None
@@ -289,8 +296,14 @@ def folds_cmd(
         from train.crs_ltr import ConversationRanker
 
         ranker = ConversationRanker
+    live: LiveArmFactory | None = None
+    if live_ranker:
+        from train.dialogue import live_arm
 
-    folds_report(ctx.obj.settings, dataset, out, folds=folds, seed=seed, command=command, log=linked, ranker=ranker)
+        live = live_arm
+
+    folds_report(ctx.obj.settings, dataset, out, folds=folds, seed=seed, command=command, log=linked, ranker=ranker,
+                 live=live)  # fmt: skip
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"written: {out}/results.json, report.md, report.html")
 

@@ -545,7 +545,8 @@ def dialogue_sources_cmd(
     logs: list[Path] = typer.Argument(
         None,
         help="Dialogue logs: ReDial dialogues.jsonl, turns.jsonl, or generic "
-        "{dialog_id, mentioned, recommended, rejected} JSONL (ids or titles).",
+        "{dialog_id, mentioned, recommended, rejected, context (optional)} JSONL (ids or titles); a turn's text "
+        "(context) is its request text when the ranker trains.",
     ),
     sessions: bool = typer.Option(False, "--sessions", help="Also learn from recagent's own chat sessions."),
     collection: str | None = typer.Option(
@@ -586,7 +587,7 @@ def dialogue_sources_cmd(
             f"{r.source} ({r.format}): {r.dialogues} dialogues, {r.turns_read} turns read, {r.turns_kept} "
             f"kept; {r.names_total} items: {r.matched_id} by id, {r.matched_title} by title, {r.unmatched} "
             f"unmatched{' (e.g. ' + ', '.join(r.unmatched_examples[:3]) + ')' if r.unmatched else ''}; "
-            f"{r.skipped} skipped"
+            f"{r.skipped} skipped; {r.text_line()}"
         )
     m = fit.model
     typer.echo(
@@ -598,7 +599,8 @@ def dialogue_sources_cmd(
         info = fit.ranker.info
         typer.echo(
             f"conversation ranker: pool {fit.ranker.pool}, {info.get('train_groups')} training turns, best iteration "
-            f"{fit.ranker.iteration}, {info.get('total_seconds')} s -> {fit.ranker_folder}"
+            f"{fit.ranker.iteration}, {info.get('total_seconds')} s, request text in {info.get('turns_with_text')} "
+            f"of {info.get('turns')} log turns -> {fit.ranker_folder}"
         )
 
 

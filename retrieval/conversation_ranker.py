@@ -8,6 +8,9 @@ counts (:class:`DialogueStats`) and the turn's position in its dialogue.
 :class:`SavedConversationRanker` is the fitted booster kept beside the dialogue model
 (``artifact_dir(store, collection, RANKER_KIND)``): ``model.txt`` (LightGBM) and ``manifest.json`` (feature names,
 pool size, best iteration, fusion weights, the fit log's fingerprint).
+
+:func:`rank_turn` is the ONE function serving a conversation turn with a fitted ranker: the pipeline's conversation
+turns and the held-out score of the live training path (``recagent eval folds --live-ranker``) both call it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from retrieval.dialogue_log import DialogueLog
 from retrieval.errors import ConfigError
 from retrieval.ltr_features import FeatureBuilder, Row, feature_matrix
-from retrieval.types import Candidate, HistoryEntry, Item
+from retrieval.types import Candidate, HistoryEntry, Item, UserQuery
+
+if TYPE_CHECKING:
+    from retrieval.candidates import CandidateGenerator
 
 __all__ = [
     "RANKER_KIND",
@@ -34,6 +40,7 @@ __all__ = [
     "SavedConversationRanker",
     "conversation_rows",
     "load_conversation_ranker",
+    "rank_turn",
 ]
 
 RANKER_KIND = "conversation_ranker"
@@ -132,6 +139,19 @@ class SavedConversationRanker:
         scores = self.scores(rows)
         ranked = sorted(range(len(candidates)), key=lambda i: (-float(scores[i]), i))
         return [candidates[i] for i in ranked]
+
+
+def rank_turn(ranker: SavedConversationRanker, generator: CandidateGenerator, features: FeatureBuilder,
+              query: UserQuery, turn: int | None, n: int, *,
+              extra: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+              weights: Mapping[str, float] | None = None) -> tuple[list[Candidate], int]:  # fmt: skip
+    """A conversation turn served with ``ranker``: the ranker's pool of ``generator``'s fused order for ``query``,
+    its feature rows (:func:`conversation_rows`, ``turn`` = the turn's position in its conversation), sorted by the
+    model's score, the first ``n`` kept; and the pool's size."""
+    pooled = query.model_copy(update={"n": max(ranker.pool, n)})
+    candidates = generator.generate(pooled, extra=extra, weights=weights)
+    rows = conversation_rows(features, query.liked, candidates, ranker.stats, None if turn is None else float(turn))
+    return ranker.order(candidates, rows)[:n], len(candidates)
 
 
 def load_conversation_ranker(folder: Path) -> SavedConversationRanker | None:

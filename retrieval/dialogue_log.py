@@ -6,7 +6,13 @@ mapping) and in :mod:`agent.sessions.log` (recagent's own chat sessions); all id
 
 The generic JSONL form, one turn per line, is also what ``recagent sessions export`` writes::
 
-    {"dialog_id": "d1", "mentioned": ["id or name", ...], "recommended": [...], "rejected": [...]}
+    {"dialog_id": "d1", "mentioned": ["id or name", ...], "recommended": [...], "rejected": [...],
+     "context": ["utterance before the turn", ...]}
+
+``context`` is optional (a list of utterances, or one string): the conversation's text before the turn. When a log
+has it, a turn's request to the sources carries it as the request text (``UserQuery.need``), so the conversation
+ranker (``recagent train dialogue-sources --ranker``) learns the ``semantic`` source's features the way a live chat
+turn, which has text, is served. A log without it still trains (the semantic source then gets no text).
 """
 
 from __future__ import annotations
@@ -14,21 +20,41 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DialogueLog", "DialogueLogReport", "DialogueTurn", "dialogue_fingerprint"]
+__all__ = ["CONTEXT_TURNS", "DialogueLog", "DialogueLogReport", "DialogueTurn", "context_query", "dialogue_fingerprint"]
+
+CONTEXT_TURNS = 6
+"""Utterances of a turn's context that make its request text (:func:`context_query`)."""
+
+
+def context_query(context: Sequence[Any] | str | None, context_turns: int = CONTEXT_TURNS) -> str | None:
+    """A conversation turn's request text: its last ``context_turns`` non-empty utterances, one per line, the last
+    3,900 characters; None when there is none. ``context`` is the list of utterances before the turn (one string
+    counts as one utterance). The evaluator's cases (:func:`eval.datasets.load_turns`) and the dialogue logs the
+    conversation ranker trains on (:mod:`eval.dialogue_log`, :mod:`agent.sessions.log`) build it with this one
+    function."""
+    if context is None:
+        return None
+    utterances = [context] if isinstance(context, str) else list(context)
+    kept = [str(u) for u in utterances if str(u).strip()][-context_turns:]
+    return "\n".join(kept)[-3900:] or None
 
 
 @dataclass(frozen=True)
 class DialogueTurn:
     """One recommendation turn: ``mentioned`` in conversation order (liked or named before the turn),
-    ``recommended`` the items the recommender named (or the user accepted), ``rejected`` the ones turned down."""
+    ``recommended`` the items the recommender named (or the user accepted), ``rejected`` the ones turned down;
+    ``text``: the conversation's text before the turn (the request text of its query), None when the log has none.
+    The text is not part of :func:`dialogue_fingerprint` (the dialogue sources learn from the ids only)."""
 
     dialog_id: str
     mentioned: tuple[str, ...]
     recommended: tuple[str, ...]
     rejected: tuple[str, ...] = ()
+    text: str | None = None
 
 
 class DialogueLogReport(BaseModel):
@@ -47,6 +73,18 @@ class DialogueLogReport(BaseModel):
     unmatched: int = 0
     unmatched_examples: list[str] = Field(default_factory=list)
     skipped: int = Field(0, description="Malformed dialogues or lines (counted, not read).")
+    turns_with_text: int = Field(0, description="Kept turns with the conversation's text before them.")
+    turns_without_text: int = Field(0, description="Kept turns without text (their requests carry no text).")
+
+    def count_text(self, turns: Iterable[DialogueTurn]) -> None:
+        """Set the with / without text counts from the kept ``turns``."""
+        kept = list(turns)
+        self.turns_with_text = sum(1 for t in kept if t.text)
+        self.turns_without_text = len(kept) - self.turns_with_text
+
+    def text_line(self) -> str:
+        """``N turns with text, M without`` (the CLI's line)."""
+        return f"{self.turns_with_text} turns with text, {self.turns_without_text} without"
 
 
 @dataclass
@@ -67,18 +105,26 @@ class DialogueLog:
         """The same log without the turns of ``dialog_ids`` (a fold's training log)."""
         drop = set(dialog_ids)
         kept = [t for t in self.turns if t.dialog_id not in drop]
-        return DialogueLog(kept, self.report.model_copy(update={"turns_kept": len(kept)}))
+        return DialogueLog(kept, _recount(self.report, kept))
 
     def only(self, dialog_ids: Iterable[str]) -> DialogueLog:
         keep = set(dialog_ids)
         kept = [t for t in self.turns if t.dialog_id in keep]
-        return DialogueLog(kept, self.report.model_copy(update={"turns_kept": len(kept)}))
+        return DialogueLog(kept, _recount(self.report, kept))
 
     @classmethod
     def concat(cls, logs: Sequence[DialogueLog]) -> DialogueLog:
         turns = [t for log in logs for t in log.turns]
-        return cls(turns, DialogueLogReport(source=" + ".join(log.report.source for log in logs),
-                                            format="combined", turns_kept=len(turns)))  # fmt: skip
+        report = DialogueLogReport(source=" + ".join(log.report.source for log in logs), format="combined",
+                                   turns_kept=len(turns))  # fmt: skip
+        report.count_text(turns)
+        return cls(turns, report)
+
+
+def _recount(report: DialogueLogReport, kept: Sequence[DialogueTurn]) -> DialogueLogReport:
+    out = report.model_copy(update={"turns_kept": len(kept)})
+    out.count_text(kept)
+    return out
 
 
 def dialogue_fingerprint(log: DialogueLog) -> str:

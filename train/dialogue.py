@@ -19,12 +19,12 @@ from agent.errors import InputError
 from agent.sessions import open_session_store
 from agent.sessions.log import iter_sessions, session_log
 from agent.settings import Settings
-from eval.crs_folds import FoldContext
+from eval.crs_folds import FoldArmResult, FoldContext, FoldLeakError
 from eval.datasets import EvalCase
 from eval.dialogue_log import read_dialogue_log
 from retrieval.candidates import CandidateGenerator, Scored
-from retrieval.conversation_ranker import RANKER_KIND, DialogueStats, SavedConversationRanker
-from retrieval.dialogue_log import DialogueLog, DialogueLogReport
+from retrieval.conversation_ranker import RANKER_KIND, DialogueStats, SavedConversationRanker, rank_turn
+from retrieval.dialogue_log import DialogueLog, DialogueLogReport, DialogueTurn
 from retrieval.dialogue_sources import (
     ARTIFACT_KIND,
     DialogueModel,
@@ -34,6 +34,7 @@ from retrieval.dialogue_sources import (
     fit_dialogue_model,
 )
 from retrieval.fitted import artifact_dir
+from retrieval.interactions import Interactions
 from retrieval.store import Store
 from retrieval.types import UserQuery
 from train.crs_ltr import ConversationRanker, CrsLtrConfig
@@ -41,7 +42,17 @@ from train.crs_ltr import ConversationRanker, CrsLtrConfig
 if TYPE_CHECKING:
     from agent.pipeline import Recommender
 
-__all__ = ["DialogueFit", "fit_dialogue_ranker", "fit_dialogue_sources", "log_cases"]
+__all__ = [
+    "LIVE_ARM",
+    "DialogueFit",
+    "LiveRankerArm",
+    "fit_dialogue_ranker",
+    "fit_dialogue_sources",
+    "live_arm",
+    "log_cases",
+    "serving_generator",
+    "turn_positions",
+]
 
 
 @dataclass
@@ -109,53 +120,148 @@ def fit_dialogue_sources(
 
 
 def log_cases(log: DialogueLog) -> list[EvalCase]:
-    """The log's turns that recommended something, as cases: ``liked`` = mentioned, gold = recommended,
-    ``turn_id`` = the turn's position among its dialogue's logged turns (0 first; the live chat's
-    ``RecommendRequest.turn`` counts the same way: the session's earlier recommendation turns)."""
+    """The log's turns that recommended something, as cases: ``liked`` = mentioned, gold = recommended, ``query``
+    = the turn's text (None when the log has none), ``turn_id`` = the turn's position among its dialogue's logged
+    turns (0 first; the live chat's ``RecommendRequest.turn`` counts the same way: the session's earlier
+    recommendation turns)."""
     seen: dict[str, int] = {}
     cases = []
     for turn in log.turns:
         position = seen.get(turn.dialog_id, 0)
         seen[turn.dialog_id] = position + 1
         if turn.recommended:
-            cases.append(EvalCase(case_id=f"{turn.dialog_id}#{position}", liked=list(turn.mentioned),
+            cases.append(EvalCase(case_id=f"{turn.dialog_id}#{position}", query=turn.text, liked=list(turn.mentioned),
                                   gold={i: 1 for i in turn.recommended},
                                   meta={"dialog_id": turn.dialog_id, "turn_id": position}))  # fmt: skip
     return cases
 
 
-def turn_query(liked: Sequence[str], n: int) -> UserQuery:
-    """A logged turn's request to the sources (its mentioned movies; a log has no request text)."""
-    return UserQuery(liked=list(liked), n=n)
+def turn_query(case: EvalCase, n: int) -> UserQuery:
+    """A logged turn's request to the sources: its text as the request text (``need``, what a live chat turn's
+    request carries; None when the log has no text) and its mentioned movies as the liked seeds."""
+    return UserQuery(need=case.query, liked=list(case.liked), n=n)
 
 
 def fit_dialogue_ranker(recommender: Recommender, log: DialogueLog, model: DialogueModel, config: CrsLtrConfig, *,
-                        folds: int = 5, seed: int = 0) -> SavedConversationRanker:  # fmt: skip
+                        folds: int = 5, seed: int = 0,
+                        held_out: frozenset[str] = frozenset()) -> SavedConversationRanker:  # fmt: skip
     """The conversation ranker (:class:`train.crs_ltr.ConversationRanker`) fitted on the WHOLE ``log``: groups
     cross-fitted on ``folds - 1`` parts of it, early stopping and the pool on a validation part. Its candidate lists
     come from the live pipeline's own sources (the dialogue ones refitted per part with ``model``'s settings), fused
-    with the live fusion weights, so a served turn's features are computed exactly as a training turn's."""
+    with the live fusion weights, so a served turn's features are computed exactly as a training turn's; a turn's
+    text (where the log has it) is its request text, as a live chat turn's.
+
+    ``held_out``: dialogue ids the fit must never see (a held-out fold, ``recagent eval folds --live-ranker``); a
+    ``log`` holding any of them, or any list asked for on a log holding them, is refused (:class:`FoldLeakError`)."""
+    _refuse_held_out(log, held_out)
     cases = log_cases(log)
     fusion = recommender.settings.fusion_config()
     live = recommender.generator
-    dialogue_names = {s.name for s in dialogue_sources(model, recommender.attribute_index)}
+    learned = dialogue_sources(model, recommender.attribute_index)
+    dialogue_names = {s.name for s in learned}
     content = [s for s in live.sources if s.name not in dialogue_names]
 
     def lists_for(part: DialogueLog, wanted: Sequence[EvalCase]) -> dict[str, dict[str, Scored]]:
+        _refuse_held_out(part, held_out)
         fitted = fit_dialogue_model(part, model.config)
         sources = [*content, *dialogue_sources(fitted, recommender.attribute_index)]
         generator = CandidateGenerator(live.collection, sources, fusion, restrict_to_catalog=live.restrict_to_catalog)
-        return {c.case_id: generator.run_sources(turn_query(c.liked, 1)) for c in wanted}
+        return {c.case_id: generator.run_sources(turn_query(c, 1)) for c in wanted}
 
-    ctx = FoldContext(0, frozenset(), log, cases, [], {}, model.config, folds, seed, 50, fusion.rrf_k, lists_for)
+    ctx = FoldContext(0, held_out, log, cases, [], {}, model.config, folds, seed, 50, fusion.rrf_k, lists_for)
     items = recommender.catalog_items
-    # the live generator's weights (a source the settings do not name counts 1.0 there, as in run_sources)
-    weights = {s.name: fusion.weights.get(s.name, 1.0) for s in live.sources}
+    # the served generator's weights: its content sources and the dialogue sources of ``model`` (a source the
+    # settings do not name counts 1.0 there, as in run_sources), whether or not ``recommender`` loaded a dialogue log
+    weights = {s.name: fusion.weights.get(s.name, 1.0) for s in [*content, *learned]}
     ranker = ConversationRanker(weights, items, config=config)
     fitted = ranker.fit(ctx)
     fitted.fingerprint = model.fingerprint
     fitted.stats = DialogueStats.of(log)
+    fitted.info["turns"] = len(log)
+    fitted.info["turns_with_text"] = sum(1 for t in log.turns if t.text)
     return fitted
+
+
+def _refuse_held_out(log: DialogueLog, held_out: frozenset[str]) -> None:
+    leaked = sorted(log.dialog_ids & held_out)
+    if leaked:
+        raise FoldLeakError(
+            f"the live conversation ranker was asked to fit on {len(leaked)} held-out dialogues (e.g. "
+            f"{', '.join(leaked[:3])})",
+            hint="fit it on the fold's training log only (FoldContext.training)",
+        )
+
+
+def serving_generator(recommender: Recommender, model: DialogueModel) -> CandidateGenerator:
+    """The generator a live chat turn is served with when the collection's dialogue sources serve ``model``: the
+    recommender's own sources (any dialogue sources it loaded replaced) plus ``model``'s, the live fusion."""
+    live = recommender.generator
+    learned = dialogue_sources(model, recommender.attribute_index)
+    names = {s.name for s in learned}
+    sources = [*(s for s in live.sources if s.name not in names), *learned]
+    return CandidateGenerator(live.collection, sources, recommender.settings.fusion_config(),
+                              restrict_to_catalog=live.restrict_to_catalog)  # fmt: skip
+
+
+def turn_positions(cases: Sequence[EvalCase]) -> dict[str, int]:
+    """Each case's position among its dialogue's cases (0 first, in the given order): the turn feature as
+    :func:`log_cases` counts it for training and the live chat counts it (``RecommendRequest.turn``)."""
+    seen: dict[str, int] = {}
+    out = {}
+    for case in cases:
+        dialog = str(case.meta.get("dialog_id") or case.case_id)
+        out[case.case_id] = seen.get(dialog, 0)
+        seen[dialog] = out[case.case_id] + 1
+    return out
+
+
+LIVE_ARM = "live ranker (train dialogue-sources --ranker, served by the chat's code)"
+
+
+class LiveRankerArm:
+    """A fold-level arm (:data:`eval.crs_folds.FoldArm`) scoring the LIVE training path held-out: per fold, the
+    dialogue sources are fitted on the fold's training log with the fold's chosen settings and
+    :func:`fit_dialogue_ranker` (what ``recagent train dialogue-sources --ranker`` runs) fits the ranker on that log
+    only (``held_out`` = the fold: refused if it leaks); then every held-out turn is served by the chat's code
+    (:func:`retrieval.conversation_ranker.rank_turn` over :func:`serving_generator`), its request the turn's text,
+    its mentioned movies and its position. A feature computed differently in training and serving shows up here as a
+    worse number."""
+
+    def __init__(self, recommender: Recommender, config: CrsLtrConfig | None = None, *, name: str = LIVE_ARM) -> None:
+        self.recommender, self.name = recommender, name
+        self.config = config or CrsLtrConfig()
+        self.fits: list[frozenset[str]] = []
+        """The dialogue ids each fold's fit was given (the leakage test reads them)."""
+
+    def __call__(self, ctx: FoldContext) -> FoldArmResult:
+        started = time.perf_counter()
+        _refuse_held_out(ctx.training, ctx.fold)
+        model = fit_dialogue_model(ctx.training, ctx.config)
+        self.fits.append(frozenset(ctx.training.dialog_ids))
+        fitted = fit_dialogue_ranker(self.recommender, ctx.training, model, self.config, folds=ctx.folds,
+                                     seed=ctx.seed, held_out=ctx.fold)  # fmt: skip
+        fit_s = time.perf_counter() - started
+        generator = serving_generator(self.recommender, model)
+        features = self.recommender.conversation_features
+        positions = turn_positions(ctx.test)
+        rankings = {}
+        for case in ctx.test:
+            query = UserQuery(need=case.query, liked=list(case.liked), exclude=list(case.exclude), n=ctx.n)
+            ordered, _ = rank_turn(fitted, generator, features, query, positions[case.case_id], ctx.n)
+            rankings[case.case_id] = [c.item_id for c in ordered]
+        info = {**fitted.info, "pool": fitted.pool, "best_iteration": fitted.iteration,
+                "sources": sorted(fitted.weights), "fit_seconds_total": round(fit_s, 1),
+                "total_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        return FoldArmResult({self.name: rankings}, {"live": info})
+
+
+def live_arm(settings: Settings, collection: str, log: Interactions | None) -> LiveRankerArm:
+    """The live-ranker arm of ``recagent eval folds --live-ranker`` (:class:`eval.crs_report.LiveArmFactory`): a
+    live pipeline over ``collection`` with ``settings`` and ``log`` as its interaction log, its collection's own
+    fitted dialogue log ignored (each fold fits its own)."""
+    from agent.pipeline import Recommender
+
+    return LiveRankerArm(Recommender(settings, collection=collection, interactions=log, dialogue_sources=False))
 
 
 def _known(log: DialogueLog, known: set[str]) -> DialogueLog:
@@ -167,5 +273,7 @@ def _known(log: DialogueLog, known: set[str]) -> DialogueLog:
         lost = sum(len(a) for a in (turn.mentioned, turn.recommended, turn.rejected)) - sum(len(p) for p in parts)
         report.unmatched += lost
         report.matched_id -= lost
-        turns.append(type(turn)(turn.dialog_id, *parts))
+        mentioned, recommended, rejected = parts
+        turns.append(DialogueTurn(turn.dialog_id, mentioned, recommended, rejected, turn.text))
+    report.count_text(turns)
     return DialogueLog(turns, report)

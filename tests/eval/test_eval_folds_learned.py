@@ -16,6 +16,7 @@ from eval.crs_llm import draw_samples, llm_arm, reranked
 from eval.datasets import EvalCase
 from recagent import cmd_eval
 from train.crs_ltr import LEARNED_ARM
+from train.dialogue import LIVE_ARM
 
 from testkit import cli_app
 
@@ -62,8 +63,10 @@ def folds_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path,
     settings = load_settings(home=tmp / "home")
     out = tmp / "out"
     app = cli_app(settings, "eval", cmd_eval.app)
-    done = CliRunner().invoke(app, ["eval", "folds", str(data), "--folds", "3", "--out", str(out), "--learned"])
+    args = ["eval", "folds", str(data), "--folds", "3", "--out", str(out), "--learned", "--live-ranker"]
+    done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
+    assert f"| {LIVE_ARM} |" in done.output and "Live ranker per fold" in done.output
     return settings, data, out
 
 
@@ -82,6 +85,22 @@ def test_eval_folds_with_the_learned_ranker(folds_run: tuple[Settings, Path, Pat
     rankings = [json.loads(line) for line in (out / "rankings.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["case_id"] for r in rankings if r["arm"] == LEARNED_ARM} == {r["case_id"] for r in rankings
                                                                            if r["arm"] == FUSED_DEFAULT}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_eval_folds_with_the_live_ranker(folds_run: tuple[Settings, Path, Path]) -> None:
+    """`--live-ranker`: the live training path fitted per fold (the turns' text as request text) and the held-out
+    turns served by the chat's code, paired against the fused order and the learned arm."""
+    _, _, out = folds_run
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert doc["results"][LIVE_ARM]["samples"] == 72
+    assert [(p["arm"], p["base"]) for p in doc["paired_live"]] == [(LIVE_ARM, FUSED_DEFAULT), (LIVE_ARM, LEARNED_ARM)]
+    for fold in doc["folds"]:
+        live = fold["live"]
+        assert live["turns"] == live["turns_with_text"] == 72 - fold["test_turns"]  # every training turn has text
+        assert "semantic" in live["sources"] and "comention" in live["sources"]
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert f"{LIVE_ARM} minus {FUSED_DEFAULT}" in report and f"{LIVE_ARM} minus {LEARNED_ARM}" in report
 
 
 @pytest.mark.slow

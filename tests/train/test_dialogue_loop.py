@@ -53,10 +53,12 @@ def test_accepted_items_fed_back_change_later_candidates(ml_sample: Path, tmp_pa
         "mentioned": [seed],
         "recommended": [accepted],
         "rejected": [rejected],
+        "context": ["I loved it"],  # the user's messages: the turn's request text when the ranker trains
     }
     done = runner.invoke(cli_app(settings, "train", cmd_train.app), ["train", "dialogue-sources", str(log)])
     assert done.exit_code == 0, done.output
     assert "fitted: 1 turns, 1 dialogues" in done.output and "3 by id" in done.output
+    assert "; 1 turns with text, 0 without" in done.output
     again = runner.invoke(cli_app(settings, "train", cmd_train.app), ["train", "dialogue-sources", str(log)])
     assert "reused: 1 turns" in again.output
 

@@ -111,7 +111,7 @@ def test_live_features_equal_training_features(trained: tuple[Settings, Embedder
     log = DialogueLog([DialogueTurn("d3", (seed,), (_fifth(rec, seed),))])
     case = log_cases(log)[0]
     fusion = settings.fusion_config()
-    lists = rec.generator.run_sources(turn_query(case.liked, 1))  # the sources fitted on the whole log
+    lists = rec.generator.run_sources(turn_query(case, 1))  # the sources fitted on the whole log
     items = rec.collection.get_items(rec.collection.ids())
     training = turn_group(case, lists, ranker.weights, ranker.pool, fusion.rrf_k,
                           FeatureBuilder(None, CatalogItems(items)), ranker.stats)  # fmt: skip
