@@ -41,7 +41,7 @@ from agent.evidence import (
 from agent.llm.base import LLMEngine, accepts_stop, cut_at_stop
 from agent.llm.batching import CallFailure, call_batch
 from agent.schemas import CandidateItem, UserContext
-from agent.sentence_check import broken_text, references, repeats_itself
+from agent.sentence_check import example_title, references, repeats_itself
 from prompts import PromptRegistry, RenderedPrompt
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class _Batch:
         assert spec is not None
         targets = {r.item.id for r in reqs}
         # items whose title has markup characters ("B*A*P*S") make worked answers the check would refuse
-        pool = [c for r in reqs for c in r.others if broken_text(short_title(c.title)) is None]
+        pool = [c for r in reqs for c in r.others if example_title(c.title) is not None]
         needs = any(r.user.prompt_need() for r in reqs)
         self.examples = fewshot_examples(pool, targets, spec.examples, with_request=needs)
         groups: dict[str, list[CandidateItem]] = {}
