@@ -74,7 +74,15 @@ from agent.settings import Settings
 from retrieval.avoid import ConceptMatcher, background_texts
 from retrieval.types import Candidate
 
-__all__ = ["EXTRACT_TEMPLATE", "ChatEvent", "ChatReply", "Conversation", "history_messages", "stable_window"]
+__all__ = [
+    "EXTRACT_TEMPLATE",
+    "ChatEvent",
+    "ChatReply",
+    "Conversation",
+    "history_messages",
+    "stable_window",
+    "turn_vars",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +153,15 @@ def stable_window(turns: Sequence[Turn], max_turns: int, step: int | None = None
     while start < n and turns[start].role != "user":
         start += 1
     return list(turns[start:])
+
+
+def turn_vars(turns: Sequence[Turn], max_turns: int) -> list[dict[str, str]]:
+    """Earlier turns as the extraction prompt's ``conversation`` variable: ``{role, content}``, oldest first, in the
+    :func:`stable_window` of ``max_turns``."""
+    return [
+        {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
+        for m in history_messages(stable_window(turns, max_turns))
+    ]
 
 
 @dataclass
@@ -614,10 +631,7 @@ class Conversation:
 
     def history_vars(self, state: SessionState) -> list[dict[str, str]]:
         """The session's earlier turns as prompt variables (oldest first, the last ``chat_history_turns``)."""
-        return [
-            {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
-            for m in history_messages(stable_window(state.turns, self.settings.chat_history_turns))
-        ]
+        return turn_vars(state.turns, self.settings.chat_history_turns)
 
     def _commit(self, works: list[_Work]) -> None:
         for w in works:

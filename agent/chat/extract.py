@@ -94,10 +94,16 @@ class PreferenceExtractor:
         ]
 
     def extract(
-        self, engine: LLMEngine, inputs: Sequence[ExtractInput], settings: Settings
+        self,
+        engine: LLMEngine,
+        inputs: Sequence[ExtractInput],
+        settings: Settings,
+        *,
+        record: list[str] | None = None,
     ) -> list[PreferenceUpdate | str]:
         """Per input the checked LLM update, or why there is none (``llm_extract_failed: <reason>``, or
-        ``llm_extract_unusable`` when the answer was no JSON object). One engine call for all inputs."""
+        ``llm_extract_unusable`` when the answer was no JSON object). One engine call for all inputs. ``record``
+        receives each input's raw answer (or the failure reason)."""
         if not inputs:
             return []
         layout = self.layout(settings, engine)
@@ -128,7 +134,11 @@ class PreferenceExtractor:
         for inp, res in zip(inputs, outcome.results, strict=True):
             if isinstance(res, CallFailure):
                 out.append(f"llm_extract_failed: {res.reason}")
+                if record is not None:
+                    record.append(f"({res.reason})")
                 continue
+            if record is not None:
+                record.append(res.text)
             update = self.checked(res, inp)
             out.append(update if update is not None else "llm_extract_unusable")
         return out
