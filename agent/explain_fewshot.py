@@ -56,11 +56,14 @@ LIKED_SHOWN = 3
 
 def resolve_layout(prompt_format: str, engine: LLMEngine | None, registry: PromptRegistry, template: str) -> str:
     """``chat`` or ``fewshot`` for ``prompt_format`` (auto: few-shot when the engine's model has no chat template
-    and the template defines a few-shot layout; an engine that cannot tell keeps the chat layout)."""
-    layouts = registry.get(template).layouts
+    and the template defines a few-shot layout that auto may pick, ``fewshot.auto``; an engine that cannot tell
+    keeps the chat layout)."""
+    found = registry.get(template)
+    layouts = found.layouts
     if prompt_format == "fewshot" and "fewshot" in layouts:
         return "fewshot"
-    if prompt_format == "auto" and "fewshot" in layouts and engine is not None:
+    automatic = found.fewshot is not None and found.fewshot.auto
+    if prompt_format == "auto" and automatic and engine is not None:
         return "fewshot" if engine.has_chat_template() is False else "chat"
     return "chat"
 

@@ -210,3 +210,19 @@ def test_base_model_gets_the_fewshot_extraction_and_instruct_model_the_chat_temp
     assert not any("<|user|>" in t or "<|system|>" in t for t in seen["base"])  # plain few-shot text, no chat roles
     assert seen["instruct"] and all("<|system|>" in t and "<|user|>" in t for t in seen["instruct"])
     assert not any("\nJSON: {" in t for t in seen["instruct"])
+
+
+def test_a_fewshot_layout_that_auto_may_not_pick_is_used_only_when_asked(tmp_path: Path) -> None:
+    from agent.explain_fewshot import resolve_layout
+
+    source = PromptRegistry().get(EXTRACT_TEMPLATE).path.read_text(encoding="utf-8")
+    assert "fewshot:\n  block: fewshot\n" in source
+    edited = source.replace("fewshot:\n  block: fewshot\n", "fewshot:\n  block: fewshot\n  auto: false\n")
+    edited = edited.replace("name: extract_preferences\n", "name: extract_noauto\n")
+    (tmp_path / "extract_noauto.j2").write_text(edited, encoding="utf-8")
+    registry = PromptRegistry([tmp_path])
+    base = _Engine(empty_answer(), chat_template=False)
+    assert registry.get("extract_noauto").fewshot.auto is False  # type: ignore[union-attr]
+    assert resolve_layout("auto", base, registry, "extract_noauto") == "chat"  # type: ignore[arg-type]
+    assert resolve_layout("fewshot", base, registry, "extract_noauto") == "fewshot"  # type: ignore[arg-type]
+    assert resolve_layout("auto", base, PromptRegistry(), "explain") == "fewshot"  # type: ignore[arg-type]
