@@ -113,7 +113,9 @@ def test_both_layouts_render_from_the_same_variables_in_a_prefix_friendly_order(
         texts.append(prompt.text)
         turns += [{"role": "user", "content": message}, {"role": "assistant", "content": "How about these?"}]
     header = texts[0].rsplit("\n\nMessage:", 1)[0]
-    assert "You track what a user wants" in header and header.count("\nJSON: {") == len(extractor.examples)
+    for ex in extractor.examples:  # compact, as structured output writes JSON, so the answer continues the pattern
+        assert f"\nJSON:{json.dumps(ex['answer'], separators=(',', ':'))}\n" in texts[0]
+    assert "You track what a user wants" in header and header.count("\nJSON:{") == len(extractor.examples)
     for earlier, later in itertools.pairwise(texts[1:]):  # each turn's prompt extends the previous one
         assert later.startswith(earlier.rsplit("\n\nMessage:", 1)[0])
     assert all(t.startswith(header) for t in texts)
@@ -209,7 +211,7 @@ def test_base_model_gets_the_fewshot_extraction_and_instruct_model_the_chat_temp
     assert seen["base"] and all(t.rstrip().endswith("Message: I loved The Silent Harbor\nJSON:") for t in seen["base"])
     assert not any("<|user|>" in t or "<|system|>" in t for t in seen["base"])  # plain few-shot text, no chat roles
     assert seen["instruct"] and all("<|system|>" in t and "<|user|>" in t for t in seen["instruct"])
-    assert not any("\nJSON: {" in t for t in seen["instruct"])
+    assert not any("\nJSON:{" in t for t in seen["instruct"])
 
 
 def test_a_fewshot_layout_that_auto_may_not_pick_is_used_only_when_asked(tmp_path: Path) -> None:
