@@ -89,10 +89,10 @@ report-tags: setup  ## a second log through a mapping alone (MovieLens tags.csv,
 # (~25 min the first time on 2 cores: the catalog is embedded once; then ~20-27 min for the folds, 10-30 for the LLM)
 REDIAL ?= ../shared/data/redial-dev
 # docs/eval/extraction.md: the chat's preference extraction (rules; rules + LLM, chat and few-shot layouts) against
-# ReDial's questionnaire labels on 100 seeded seeker utterances (eval/extraction.py; ~13 min on 2 cores)
+# ReDial's questionnaire labels on 150 seeded seeker utterances (eval/extraction.py; ~6 min on 2 cores)
 .PHONY: report-extraction
 report-extraction: setup  ## docs/eval/extraction.md: liked/disliked title P/R/F1 of the chat's extraction on ReDial dev
-	$(VENV)/bin/recagent eval extraction $(REDIAL) --messages 100 --seed 0 --variant rules,llm-chat,llm-fewshot --batch-size 32 \
+	$(VENV)/bin/recagent eval extraction $(REDIAL) --messages 150 --seed 0 --variant rules,llm-chat,llm-fewshot --batch-size 32 \
 		--out docs/eval/extraction.md
 
 .PHONY: redial-folds

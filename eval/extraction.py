@@ -278,6 +278,7 @@ def _inputs(case: Case, settings: Settings) -> ExtractInput:
 class ArmResult:
     arm: str
     updates: list[PreferenceUpdate]
+    llm_only: list[PreferenceUpdate | None]  # the LLM's checked update alone (None: rules arm or no usable answer)
     raw: list[str]
     failures: int
     layout: str
@@ -300,6 +301,7 @@ def run_arm(
     started = time.perf_counter()
     updates = [parse_message(c.message, index, c.shown) for c in cases]
     raw = [""] * len(cases)
+    llm_only: list[PreferenceUpdate | None] = [None] * len(cases)
     failures = 0
     layout = "rules"
     if s.chat_extract == "llm":
@@ -315,10 +317,11 @@ def run_arm(
                 if isinstance(result, str):
                     failures += 1
                     continue
+                llm_only[i] = result
                 updates[i] = updates[i].merge(result)
             if progress is not None:
                 progress(arm, chunk[-1] + 1, len(cases))
-    return ArmResult(arm, updates, raw, failures, layout, time.perf_counter() - started)
+    return ArmResult(arm, updates, llm_only, raw, failures, layout, time.perf_counter() - started)
 
 
 def _loadavg() -> str:
@@ -337,6 +340,27 @@ def _catalog(data: Path, catalog: Path | None) -> tuple[Path, dict[str, Item]]:
     mapping = REDIAL_MAPPING if source.name == "movies.json" else None
     read = read_catalog(source, format="json" if mapping else "auto", mapping=mapping)
     return dialogues, {item.id: item for item in read.items}
+
+
+def _llm_only(cases: Sequence[Case], res: ArmResult) -> dict[str, Any] | None:
+    """The LLM's own checked extraction, without the rules (a diagnostic of the layout): liked / disliked title
+    counts, and how many raw answers named any title at all."""
+    if res.layout == "rules":
+        return None
+    scored = [score(c, u or PreferenceUpdate()) for c, u in zip(cases, res.llm_only, strict=True)]
+    named = 0
+    for text in res.raw:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and (value.get("liked_titles") or value.get("disliked_titles")):
+            named += 1
+    return {
+        "liked": {k: sum(getattr(s[0], k) for s in scored) for k in ("tp", "fp", "fn")},
+        "disliked": {k: sum(getattr(s[1], k) for s in scored) for k in ("tp", "fp", "fn")},
+        "answers_naming_a_title": named,
+    }
 
 
 def run_extraction_eval(
@@ -388,6 +412,7 @@ def run_extraction_eval(
             "liked": _prf(liked, seed),
             "disliked": _prf(disliked, seed),
             "llm_failures": res.failures,
+            "llm_only": _llm_only(cases, res),
             "seconds": res.seconds,
             "seconds_per_message": res.seconds / len(cases),
         }
@@ -494,6 +519,21 @@ def extraction_markdown(results: Mapping[str, Any], *, command: str = "", sample
             f"- {arm}: liked {liked['tp']} / {liked['fp']} / {liked['fn']}; "
             f"disliked {disliked['tp']} / {disliked['fp']} / {disliked['fn']}"
         )
+    only = {arm: row["llm_only"] for arm, row in results["per_arm"].items() if row.get("llm_only")}
+    if only:
+        lines += [
+            "",
+            "The LLM's own extraction (its checked update alone, without the rules; tp / fp / fn), and how many raw "
+            "answers named any title:",
+            "",
+        ]
+        for arm, row in only.items():
+            liked, disliked = row["liked"], row["disliked"]
+            lines.append(
+                f"- {arm}: liked {liked['tp']} / {liked['fp']} / {liked['fn']}; disliked {disliked['tp']} / "
+                f"{disliked['fp']} / {disliked['fn']}; answers naming a title: {row['answers_naming_a_title']} of "
+                f"{results['messages']}"
+            )
     if results["paired"]:
         lines += [
             "",

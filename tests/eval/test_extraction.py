@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from agent.chat.extract_examples import empty_answer
 from agent.chat.preferences import PreferenceUpdate
 from agent.errors import InputError
 from agent.settings import Settings, load_settings
@@ -188,3 +189,52 @@ def test_a_file_that_is_not_raw_dialogues_is_refused(redial: Path, tmp_path: Pat
     with pytest.raises(InputError, match="no dialogues file"):
         run_extraction_eval(load_settings(), tmp_path / "missing", messages=5, seed=0, arms=["rules"])
     assert parse_arms([]) == ["rules", "llm-chat", "llm-fewshot"] and parse_arms(["rules,llm-auto"])[1] == "llm-auto"
+
+
+class _Fixed:
+    """A fake engine (no chat template: the few-shot layout) that always answers the same extraction."""
+
+    backend = "fake"
+    model_id = "fake"
+
+    def __init__(self) -> None:
+        self.prompts: list[object] = []
+
+    def generate(self, requests: list, **kw: object) -> list:
+        from agent.llm.base import Generation
+
+        self.prompts += list(requests)
+        answer = empty_answer()
+        answer["liked_titles"] = ["Golden Orchard"]
+        text = json.dumps(answer)
+        return [Generation(text=text, parsed=answer, prompt_tokens=1, completion_tokens=1, finish_reason="stop")
+                for _ in requests]  # fmt: skip
+
+    def has_chat_template(self) -> bool:
+        return False
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": "fake"}
+
+
+def test_an_llm_arm_scores_the_merged_update_and_the_llms_own_part(redial: Path) -> None:
+    engine = _Fixed()
+    results = run_extraction_eval(
+        load_settings(),
+        redial,
+        messages=5,
+        seed=0,
+        arms=["rules", "llm-fewshot"],
+        engine=engine,  # type: ignore[arg-type]
+    )
+    assert len(engine.prompts) == 2 and all(isinstance(p, str) and p.endswith("JSON:") for p in engine.prompts)
+    row = results["per_arm"]["llm-fewshot"]
+    assert row["layout"] == "fewshot" and row["llm_failures"] == 0
+    # the LLM likes "Golden Orchard" in both messages: kept where the message names it (7_1, where it is gold
+    # disliked: a false positive), dropped by the check where it does not (7_4)
+    assert row["llm_only"]["liked"] == {"tp": 0, "fp": 1, "fn": 1}
+    assert row["llm_only"]["answers_naming_a_title"] == 2
+    rules_liked = results["per_arm"]["rules"]["liked"]
+    merged = row["liked"]
+    assert merged["tp"] == rules_liked["tp"] and merged["fp"] >= rules_liked["fp"]
+    assert {p["a"] for p in results["paired"]} == {"llm-fewshot"}
