@@ -90,6 +90,13 @@ report-tags: setup  ## a second log through a mapping alone (MovieLens tags.csv,
 # (folds-llm; eval/crs_llm.py)
 # (~25 min the first time on 2 cores: the catalog is embedded once; then ~20-27 min for the folds, 10-30 for the LLM)
 REDIAL ?= ../shared/data/redial-dev
+# docs/eval/extraction.md: the chat's preference extraction (rules; rules + LLM, chat and few-shot layouts) against
+# ReDial's questionnaire labels on 150 seeded seeker utterances (eval/extraction.py; ~6 min on 2 cores)
+.PHONY: report-extraction
+report-extraction: setup  ## docs/eval/extraction.md: liked/disliked title P/R/F1 of the chat's extraction on ReDial dev
+	$(VENV)/bin/recagent eval extraction $(REDIAL) --messages 150 --seed 0 --variant rules,llm-chat,llm-fewshot --batch-size 32 \
+		--out docs/eval/extraction.md
+
 .PHONY: redial-folds
 redial-folds: setup  ## docs/eval/redial-folds.md numbers: recagent eval folds on ReDial dev (see the doc)
 	$(VENV)/bin/recagent eval folds $(REDIAL) --folds 5 --seed 0 --out runs/redial-folds --log data/movielens-latest-small \

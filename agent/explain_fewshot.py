@@ -41,7 +41,7 @@ from agent.evidence import (
 from agent.llm.base import LLMEngine, accepts_stop, cut_at_stop
 from agent.llm.batching import CallFailure, call_batch
 from agent.schemas import CandidateItem, UserContext
-from agent.sentence_check import broken_text, references, repeats_itself
+from agent.sentence_check import example_title, references, repeats_itself
 from prompts import PromptRegistry, RenderedPrompt
 
 if TYPE_CHECKING:
@@ -56,11 +56,14 @@ LIKED_SHOWN = 3
 
 def resolve_layout(prompt_format: str, engine: LLMEngine | None, registry: PromptRegistry, template: str) -> str:
     """``chat`` or ``fewshot`` for ``prompt_format`` (auto: few-shot when the engine's model has no chat template
-    and the template defines a few-shot layout; an engine that cannot tell keeps the chat layout)."""
-    layouts = registry.get(template).layouts
+    and the template defines a few-shot layout that auto may pick, ``fewshot.auto``; an engine that cannot tell
+    keeps the chat layout)."""
+    found = registry.get(template)
+    layouts = found.layouts
     if prompt_format == "fewshot" and "fewshot" in layouts:
         return "fewshot"
-    if prompt_format == "auto" and "fewshot" in layouts and engine is not None:
+    automatic = found.fewshot is not None and found.fewshot.auto
+    if prompt_format == "auto" and automatic and engine is not None:
         return "fewshot" if engine.has_chat_template() is False else "chat"
     return "chat"
 
@@ -123,7 +126,7 @@ class _Batch:
         assert spec is not None
         targets = {r.item.id for r in reqs}
         # items whose title has markup characters ("B*A*P*S") make worked answers the check would refuse
-        pool = [c for r in reqs for c in r.others if broken_text(short_title(c.title)) is None]
+        pool = [c for r in reqs for c in r.others if example_title(c.title) is not None]
         needs = any(r.user.prompt_need() for r in reqs)
         self.examples = fewshot_examples(pool, targets, spec.examples, with_request=needs)
         groups: dict[str, list[CandidateItem]] = {}

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.evidence import item_values, norm
+from agent.evidence import item_values, norm, short_title
 from agent.schemas import CandidateItem, UserContext
 from prompts import clean_data
 
@@ -26,6 +26,7 @@ __all__ = [
     "References",
     "broken_text",
     "echoes_request",
+    "example_title",
     "false_values",
     "references",
     "repeats_itself",
@@ -69,6 +70,13 @@ def broken_text(text: str) -> str | None:
     if text.count("(") != text.count(")") or text.count('"') % 2:
         return "unbalanced parentheses or quotes (a cut-off or garbled sentence)"
     return None
+
+
+def example_title(title: str) -> str | None:
+    """The title as a worked example of a few-shot prompt names it (:func:`agent.evidence.short_title`), or None
+    when it has markup characters ("B*A*P*S"): models copy such titles, and the checks refuse them."""
+    short = short_title(title)
+    return short if broken_text(short) is None else None
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 from agent.errors import InputError
 
-__all__ = ["CutReport", "cut_dialogue", "is_dialogue_file", "iter_dialogue_turns"]
+__all__ = ["CutReport", "cut_dialogue", "is_dialogue_file", "iter_dialogue_turns", "utterances"]
 
 _MENTION = re.compile(r"@(\d+)")
 
@@ -59,35 +59,48 @@ def _text(message: dict[str, Any], mentions: dict[str, str]) -> str:
     return _MENTION.sub(name, str(message.get("text") or ""))
 
 
-def cut_dialogue(dialogue: dict[str, Any]) -> list[dict[str, Any]]:
-    """The recommendation turns of one raw dialogue (see the module doc for the rules)."""
+def utterances(dialogue: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dialogue's utterances in order: consecutive messages of one speaker merged, ``@<movieId>`` replaced by
+    the movie's name. Each ``{sender, text, items (annotated names), entities, movie_ids (the ``@`` mentions, in
+    order), turn_id}``."""
     messages = dialogue.get("messages")
-    recommender = dialogue.get("respondentWorkerId")
-    if not isinstance(messages, list) or recommender is None:
-        raise ValueError("a dialogue needs 'messages' (a list) and 'respondentWorkerId'")
+    if not isinstance(messages, list):
+        raise ValueError("a dialogue needs 'messages' (a list)")
     mentions = {str(k): str(v) for k, v in (dialogue.get("movieMentions") or {}).items() if v}
-    utterances: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for message in messages:
         if not isinstance(message, dict):
             raise ValueError("every message must be a JSON object")
         text = _text(message, mentions)
         items = [str(i) for i in message.get("item") or []]
         entities = [str(e) for e in message.get("entity") or []]
+        ids = _MENTION.findall(str(message.get("text") or ""))
         sender = message.get("senderWorkerId")
-        if utterances and utterances[-1]["sender"] == sender:
-            last = utterances[-1]
+        if out and out[-1]["sender"] == sender:
+            last = out[-1]
             last["text"] = f"{last['text']} {text}"
             last["items"] += items
             last["entities"] += entities
+            last["movie_ids"] += ids
         else:
-            turn_id = message.get("turn_id", len(utterances))
-            utterances.append(
-                {"sender": sender, "text": text, "items": items, "entities": entities, "turn_id": turn_id}
-            )
-    context: list[str] = [""] if utterances and utterances[0]["sender"] == recommender else []
+            turn_id = message.get("turn_id", len(out))
+            out.append(
+                {"sender": sender, "text": text, "items": items, "entities": entities, "movie_ids": ids,
+                 "turn_id": turn_id}
+            )  # fmt: skip
+    return out
+
+
+def cut_dialogue(dialogue: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recommendation turns of one raw dialogue (see the module doc for the rules)."""
+    recommender = dialogue.get("respondentWorkerId")
+    if not isinstance(dialogue.get("messages"), list) or recommender is None:
+        raise ValueError("a dialogue needs 'messages' (a list) and 'respondentWorkerId'")
+    said = utterances(dialogue)
+    context: list[str] = [""] if said and said[0]["sender"] == recommender else []
     seen_entities: list[str] = []
     turns = []
-    for utt in utterances:
+    for utt in said:
         if utt["sender"] == recommender and utt["items"] and context:
             turns.append(
                 {

@@ -124,8 +124,9 @@ def clip(value: Any, limit: int) -> str:
     return cut.rstrip(" ,;:.-") + "…"
 
 
-def as_json(value: Any) -> str:
-    """Jinja filter: a JSON literal of the value, every string inside cleaned like ``data(multiline=true)``."""
+def as_json(value: Any, compact: bool = False) -> str:
+    """Jinja filter: a JSON literal of the value, every string inside cleaned like ``data(multiline=true)``;
+    ``as_json(compact=true)`` without spaces after ``,`` and ``:`` (as structured output decodes JSON)."""
 
     def scrub(v: Any) -> Any:
         if isinstance(v, str):
@@ -141,7 +142,7 @@ def as_json(value: Any) -> str:
             return scrub(dump(mode="json"))
         return clean_data(v, multiline=True)
 
-    return json.dumps(scrub(value), ensure_ascii=False)
+    return json.dumps(scrub(value), ensure_ascii=False, separators=(",", ":") if compact else None)
 
 
 def option_label(index: int) -> str:

@@ -104,6 +104,11 @@ class FewShotSpec(BaseModel):
     stop: list[str] = Field(default_factory=lambda: ["\n"], description="The answer ends at the first of these.")
     max_tokens: int = Field(default=32, ge=1, le=512, description="Hard cap on the tokens the model writes.")
     examples: int = Field(default=2, ge=0, le=8, description="Worked examples shown before the open case.")
+    auto: bool = Field(
+        default=True,
+        description="Whether prompt_format auto picks this layout for base models (false: only prompt_format "
+        "fewshot does; a per-task decision from its evaluation).",
+    )
 
     @field_validator("stop")
     @classmethod

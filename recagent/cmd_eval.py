@@ -217,6 +217,51 @@ def text_report_cmd(
     typer.echo(f"written: {written}, {written.with_suffix('.html')}")
 
 
+@app.command("extraction")
+def extraction_cmd(
+    ctx: typer.Context,
+    data: Path = typer.Argument(..., help="Raw ReDial dialogues.jsonl (or its folder, with movies.json beside it)."),
+    messages: int = typer.Option(150, "--messages", min=1, help="Seeker utterances sampled (those naming movies)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample and the bootstrap."),
+    variant: list[str] = typer.Option(
+        [],
+        "--variant",
+        "-v",
+        help="Arm: rules, llm-chat, llm-fewshot, llm-auto (repeatable or comma-separated; "
+        "default: rules, llm-chat, llm-fewshot).",
+    ),
+    catalog: Path | None = typer.Option(None, "--catalog", help="Catalog of the dialogues (default: movies.json)."),
+    batch: int = typer.Option(16, "--batch-size", min=1, help="Messages per engine call."),
+    out: Path = typer.Option(Path("eval-out/extraction.md"), "--out", help="Markdown report (a .json beside it)."),
+) -> None:
+    """The chat's preference extraction (rules; rules + LLM in the chat or few-shot layout) against ReDial's
+    questionnaire labels: liked / disliked title precision, recall, F1 with bootstrap CIs and paired differences."""
+    import shlex
+    import sys
+
+    from eval.extraction import parse_arms, run_extraction_eval, write_report
+
+    arms = parse_arms(variant)
+    command = "recagent eval extraction " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+
+    def progress(arm: str, done: int, total: int) -> None:
+        typer.echo(f"{arm}: {done}/{total}", err=True)
+
+    results = run_extraction_eval(
+        ctx.find_root().obj.settings,
+        data,
+        messages=messages,
+        seed=seed,
+        arms=arms,
+        catalog=catalog,
+        batch=batch,
+        progress=progress,
+    )
+    written = write_report(results, out, command=command)
+    typer.echo(written.read_text(encoding="utf-8").split("## Samples")[0].rstrip())
+    typer.echo(f"written: {written}, {written.with_suffix('.json')}")
+
+
 @app.command("merge-cache")
 def merge_cache_cmd(
     sources: list[Path] = typer.Argument(..., help="Run folders (OUT of `eval run`) or llm_cache.sqlite files."),

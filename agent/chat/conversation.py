@@ -4,9 +4,10 @@ Per user message (several sessions' messages share each engine call, see :meth:`
 
 1. **Rules** (:mod:`agent.chat.preferences`): catalog titles, references to the last list ("the second one", "not that
    one"), attribute values ("no horror"), numbers and comparatives ("after 2010", "older") -> a preference update.
-2. **LLM extraction** (template ``extract_preferences``, structured output ``preferences_schema``): the same kinds of
-   update; every part must check out against the catalog (titles and values exist) and the message (anything that
-   removes items must be grounded in the user's words). The rules win where the two disagree. Engine failures never
+2. **LLM extraction** (:mod:`agent.chat.extract`: template ``extract_preferences`` in the layout ``prompt_format``
+   picks for the engine, structured output ``preferences_schema``): the same kinds of update; every part must check
+   out against the catalog (titles and values exist) and the message (anything that removes items must be grounded
+   in the user's words). The rules win where the two disagree. Engine failures never
    raise: the turn goes on with the rules.
 3. **State**: the update is folded into the session's preferences, which persist across turns (constraints hold
    until changed; rejected items never come back; shown items are not shown again).
@@ -46,11 +47,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_messages
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.chat.avoid import AppliedAvoidance, AvoidancePolicy, demote
-from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
-from agent.chat.preferences import PreferenceUpdate, apply_update, content_words, parse_message
+from agent.chat.catalog import CatalogIndex
+from agent.chat.extract import EXTRACT_TEMPLATE, ExtractInput, PreferenceExtractor
+from agent.chat.preferences import PreferenceUpdate, apply_update, parse_message
 from agent.chat.reply import (
     REPLY_STOP,
     Exchange,
@@ -65,20 +67,24 @@ from agent.chat.reply import (
 )
 from agent.errors import InputError, RecagentError
 from agent.explain import instruction_text
-from agent.llm.base import Generation
-from agent.llm.batching import CallFailure, call_batch, failure_reason, loads_lenient
+from agent.llm.batching import CallFailure, call_batch, failure_reason
 from agent.pipeline import CandidateRefiner, ExplainWhen, Recommendation, Recommender, RecommendRequest
-from agent.sessions import AttributePref, Avoidance, Preferences, SessionState, SessionStore, Turn
+from agent.sessions import Preferences, SessionState, SessionStore, Turn
 from agent.settings import Settings
-from prompts import preferences_schema
 from retrieval.avoid import ConceptMatcher, background_texts
-from retrieval.types import Candidate, NumericRange
+from retrieval.types import Candidate
 
-__all__ = ["ChatEvent", "ChatReply", "Conversation", "history_messages", "stable_window"]
+__all__ = [
+    "EXTRACT_TEMPLATE",
+    "ChatEvent",
+    "ChatReply",
+    "Conversation",
+    "history_messages",
+    "stable_window",
+    "turn_vars",
+]
 
 log = logging.getLogger(__name__)
-
-EXTRACT_TEMPLATE = "extract_preferences"
 
 
 class ChatReply(BaseModel):
@@ -149,6 +155,15 @@ def stable_window(turns: Sequence[Turn], max_turns: int, step: int | None = None
     return list(turns[start:])
 
 
+def turn_vars(turns: Sequence[Turn], max_turns: int) -> list[dict[str, str]]:
+    """Earlier turns as the extraction prompt's ``conversation`` variable: ``{role, content}``, oldest first, in the
+    :func:`stable_window` of ``max_turns``."""
+    return [
+        {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
+        for m in history_messages(stable_window(turns, max_turns))
+    ]
+
+
 @dataclass
 class _Work:
     """One message on its way through the stages."""
@@ -189,6 +204,7 @@ class Conversation:
         self._index: CatalogIndex | None = None
         self._index_lock = threading.Lock()
         self._policy: AvoidancePolicy | None = None
+        self._extractor: PreferenceExtractor | None = None
 
     # -- catalog words -------------------------------------------------------------------------------------
     @property
@@ -200,6 +216,15 @@ class Conversation:
                 self._index = CatalogIndex.from_collection(self.recommender.collection)
                 log.info("chat catalog index: %d items in %.1fs", self._index.size, time.perf_counter() - started)
             return self._index
+
+    @property
+    def extractor(self) -> PreferenceExtractor:
+        """The LLM preference extraction over the catalog index (:mod:`agent.chat.extract`)."""
+        index = self.index
+        with self._index_lock:
+            if self._extractor is None:
+                self._extractor = PreferenceExtractor(index, self.recommender.registry)
+            return self._extractor
 
     @property
     def policy(self) -> AvoidancePolicy:
@@ -359,100 +384,26 @@ class Conversation:
         engine = self.recommender.engine()
         if engine is None:
             return
-        fields = self.index.field_names()
-        schema = preferences_schema(fields or None)
-        prompts = []
+        inputs = []
         for w in works:
             assert w.state is not None
-            rendered = self.recommender.registry.render(
-                EXTRACT_TEMPLATE, {"conversation": self.history_vars(w.state), "message": w.message, "fields": fields}
-            )
-            prompts.append(rendered.chat_messages())
-        outcome = call_batch(
-            engine,
-            len(works),
-            lambda idx: engine.generate(
-                [prompts[i] for i in idx],
-                json_schema=schema,
-                max_tokens=self.settings.chat_extract_max_tokens,
-                temperature=0.0,
-                seed=self.settings.seed,
-            ),
-            timeout=self.settings.rerank_timeout_s,
-        )
-        for w, res in zip(works, outcome.results, strict=True):
-            if isinstance(res, CallFailure):
-                w.update.notes.append(f"llm_extract_failed: {res.reason}")
+            inputs.append(self.extract_input(w.state, w.message, w.shown))
+        for w, result in zip(works, self.extractor.extract(engine, inputs, self.settings), strict=True):
+            if isinstance(result, str):
+                if result != "llm_extract_unusable":
+                    w.update.notes.append(result)
                 continue
-            llm = self._llm_update(res, w)
-            if llm is not None:
-                w.update = w.update.merge(llm)
+            w.update = w.update.merge(result)
 
-    def _llm_update(self, gen: Generation, w: _Work) -> PreferenceUpdate | None:
-        """The LLM's extraction, keeping only what checks out against the catalog and the message."""
-        value = gen.parsed
-        if value is None:
-            try:
-                value = loads_lenient(gen.text)
-            except ValueError:
-                return None
-        if not isinstance(value, dict):
-            return None
-        assert w.state is not None
-        index, said = self.index, tokenize(w.message)
-        said_words = tuple(t.text for t in said)
-        context = said_words + tuple(t.text for turn in w.state.turns[-4:] for t in tokenize(turn.content))
-        up = PreferenceUpdate()
-
-        def grounded(text: str, words: tuple[str, ...]) -> bool:
-            form = norm_tokens(text)
-            n = len(form)
-            return bool(n) and any(words[i : i + n] == form for i in range(len(words) - n + 1))
-
-        try:
-            for key, target in (("liked_titles", up.liked_ids), ("disliked_titles", up.disliked_ids)):
-                for title in value.get(key) or []:
-                    ids = index.resolve_title(str(title))  # exact, then fuzzy (typos) as on the rules path
-                    if ids and (grounded(str(title), said_words) or set(ids) & set(w.shown)):
-                        target.extend(i for i in ids if i not in target)
-            for key in ("liked_attributes", "disliked_attributes"):
-                for pair in value.get(key) or []:
-                    spelled = index.has_value(str(pair.get("field")), str(pair.get("value")))
-                    if spelled is None or (key == "disliked_attributes" and not grounded(spelled, said_words)):
-                        continue
-                    getattr(up, key).append(AttributePref(field=str(pair["field"]), value=spelled))
-            constraints = value.get("constraints") or {}
-            for key, target_name in (("exclude", "disliked_attributes"), ("require", "required_attributes")):
-                for pair in constraints.get(key) or []:
-                    spelled = index.has_value(str(pair.get("field")), str(pair.get("value")))
-                    if spelled is not None and grounded(spelled, said_words):
-                        getattr(up, target_name).append(AttributePref(field=str(pair["field"]), value=spelled))
-            numeric = set(index.numeric_fields())
-            for span in constraints.get("ranges") or []:
-                name, low, high = span.get("field"), span.get("min"), span.get("max")
-                numbers = [x for x in (low, high) if x is not None]
-                if name in numeric and numbers and all(_said_number(x, said_words) for x in numbers):
-                    up.ranges[str(name)] = NumericRange(min=low, max=high)
-            for entry in value.get("avoid") or []:
-                concept = " ".join(content_words(str(entry.get("concept") or "")))
-                if concept and grounded(concept, said_words) and len(concept) <= 80:
-                    strength = "soft" if entry.get("strength") == "soft" else "hard"
-                    up.avoid.append(Avoidance(concept=concept, strength=strength))
-            need = str(value.get("need") or "").strip()
-            words = content_words(need)
-            if words and sum(w_ in context for w_ in words) * 2 >= len(words):
-                up.need = need[:300]
-        except (ValidationError, TypeError, ValueError, AttributeError):
-            return None
-        for i in up.liked_ids:
-            if i in w.shown:
-                up.accepted_ids.append(i)
-        for i in list(up.disliked_ids):
-            if i in w.shown:
-                up.disliked_ids.remove(i)
-                up.rejected_ids.append(i)
-        up.notes.append("llm")
-        return up
+    def extract_input(self, state: SessionState, message: str, shown: Sequence[str]) -> ExtractInput:
+        """What the extraction prompt of ``message`` shows: the session's earlier turns (:meth:`history_vars`) and
+        the items shown last; the last four turns' words may ground the ``need``."""
+        return ExtractInput(
+            message=message,
+            conversation=self.history_vars(state),
+            shown=list(shown),
+            recent=[turn.content for turn in state.turns[-4:]],
+        )
 
     def _decide(self, works: list[_Work]) -> None:
         for w in works:
@@ -680,10 +631,7 @@ class Conversation:
 
     def history_vars(self, state: SessionState) -> list[dict[str, str]]:
         """The session's earlier turns as prompt variables (oldest first, the last ``chat_history_turns``)."""
-        return [
-            {"role": "user" if isinstance(m, HumanMessage) else "assistant", "content": str(m.content)}
-            for m in history_messages(stable_window(state.turns, self.settings.chat_history_turns))
-        ]
+        return turn_vars(state.turns, self.settings.chat_history_turns)
 
     def _commit(self, works: list[_Work]) -> None:
         for w in works:
@@ -718,15 +666,6 @@ def _with_notes(reply: str, applied: Sequence[AppliedAvoidance]) -> str:
     """The reply followed by how each avoidance was applied ("Avoiding "gore": left out 3 items (tagged gore).")."""
     notes = " ".join(a.note for a in applied)
     return f"{reply} {notes}" if notes else reply
-
-
-def _said_number(value: Any, words: tuple[str, ...]) -> bool:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return False
-    text = str(int(number)) if number.is_integer() else str(number)
-    return text in words or any(w.startswith(text) and w[len(text) :] in ("s", "") for w in words)
 
 
 def _with_deadline(deltas: Iterator[str], timeout: float | None) -> Iterator[str]:
