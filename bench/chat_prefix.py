@@ -20,9 +20,12 @@ caching on a later turn's prompt reuses the cached prefix of the earlier ones. M
 Prints medians / p90 per mode and the OFF/ON ratios; ``--out FILE`` writes the raw figures as JSON.
 
 ``--interleaved``: one process, one engine (caching on), the arms interleaved prompt by prompt, so that a changing
-machine load hits them alike. For every turn >= 2 the reply prompt in two layouts - the issue's (``chat_reply``
-v1.1, ``bench/legacy/chat_reply.j2``: instructions, earlier turns, then need, items with reasons and message) and
-the append-only transcript (v2.0, what ``Conversation`` sends) - and the turn's extraction prompt are each sent with
+machine load hits them alike. For every turn >= 2 the reply prompt in the layouts ``--arms`` names - ``reply_v1``
+the issue's (``chat_reply`` v1.1, ``bench/legacy/chat_reply.j2``: instructions, earlier turns, then need, items
+with reasons and message), ``reply_main`` main's append-only chat transcript before the few-shot layout (v2.0,
+``bench/legacy/v2.0/chat_reply.j2``, flattened to text for a base model), ``reply`` what ``Conversation`` sends now
+(v2.1: the few-shot transcript for a base model, warmed after each turn) - and the turn's extraction prompt are each
+sent with
 ``max_tokens=1`` twice, in alternating order: as they are ("cache on": the session's earlier prompts are in the
 cache) and with a fresh vLLM ``cache_salt`` ("cache off": no cached block can match, the whole prompt is
 computed). Recorded per probe: the time to its one token and vLLM's ``num_cached_tokens``. The turn itself then
@@ -162,12 +165,12 @@ class LegacyReply:
         return self.template.render(variables).chat_messages()  # type: ignore[no-any-return]
 
 
-LEGACY_TRANSCRIPT = Path(__file__).with_name("legacy") / "chat_reply_v2.0.j2"
+LEGACY_TRANSCRIPT = Path(__file__).with_name("legacy") / "v2.0" / "chat_reply.j2"
 
 
 class LegacyTranscript:
     """The reply prompt as main sent it before the few-shot layout (``chat_reply`` v2.0, ``bench/legacy/
-    chat_reply_v2.0.j2``): the append-only chat transcript (flattened to text for a base model), each item with its
+    v2.0/chat_reply.j2``): the append-only chat transcript (flattened to text for a base model), each item with its
     first four catalog fields in full, rendered from the same session turns."""
 
     def __init__(self, conv: Any) -> None:
