@@ -100,8 +100,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert done.event == "done", [e.event for e in events]
                 timings = dict(done.data["timings"])
                 kinds = [e.event for e in events]
+                replaced = [e.data.get("reason", "") for e in events if e.event == "replace"]
                 out[arm].append({"session": n, "turn": turn + 1, **timings,
-                                 "justification_events": kinds.count("justification")})  # fmt: skip
+                                 "justification_events": kinds.count("justification"),
+                                 "reply_replaced": replaced[0] if replaced else None})  # fmt: skip
                 print(f"[{arm}] session {n + 1} turn {turn + 1}: " + ", ".join(
                     f"{k} {timings.get(k, float('nan')):.2f}" for k in KEYS), file=sys.stderr, flush=True)  # fmt: skip
     described = engine.describe()
@@ -142,6 +144,10 @@ def main() -> None:
                 values = [float(r[key]) for r in rows if key in r]
                 cells.append(f"{cp._median(values):.2f}/{cp._pct(values, 0.9):.2f} s" if values else "-")
             print(f"{arm:>8} {label:>6} " + " ".join(f"{c:>18}" for c in cells))
+    for arm in ARMS:  # the LLM reply kept, or replaced by the template reply (and why)
+        reasons = [r["reply_replaced"] for r in result["turns"][arm]]
+        print(f"{arm}: LLM reply kept in {reasons.count(None)} of {len(reasons)} turns; replaced: "
+              f"{[r for r in reasons if r is not None]}")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({"machine": before, "load_after": after["loadavg"], **result}, indent=2))
 
