@@ -23,7 +23,10 @@ Per user message (several sessions' messages share each engine call, see :meth:`
 Prompts put the stable parts first so that an engine with prefix caching serves the shared prefix of later turns
 from cache. The reply prompt is an append-only transcript (:func:`agent.chat.reply.reply_messages`): the
 instructions, then per earlier turn its message, the items shown for it and the reply as sent, then this turn's
-message and items; each turn's prompt is the previous one plus its reply plus the new turn. The extraction prompt
+message and items; each turn's prompt is the previous one plus its reply plus the new turn - as chat messages for
+an instruct model, as few-shot text (:func:`agent.chat.reply.reply_text`: worked turns built from the collection's
+items, then the transcript) for a base model (``prompt_format``). After a streamed turn, the next prompt's start up
+to the reply as sent is prefilled (:meth:`Conversation.warm_next_reply`, ``chat_reply_warm``). The extraction prompt
 shows the instructions, the earlier turns' texts, then the new message. The earlier turns shown are a window that
 moves in steps (:func:`stable_window`), not one turn at a time, so that consecutive turns' prompts share it byte
 for byte.
