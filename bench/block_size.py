@@ -74,7 +74,7 @@ def session_prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs=2, default=[128, 32], help="the two block sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 32], help="the block sizes (one engine each)")
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--prompt-format", choices=["chat", "fewshot"], default="fewshot")
     parser.add_argument("--out", type=Path)
