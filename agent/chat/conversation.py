@@ -717,7 +717,7 @@ class Conversation:
             log.info("reply prefix warm-up failed: %s", failure_reason(exc))
 
     def _reply_instructions(self, prompt: str | list[dict[str, str]]) -> str:
-        return reply_instructions(prompt, self.reply_examples() if isinstance(prompt, str) else ())
+        return reply_instructions(prompt)
 
     def reply_window(self, state: SessionState) -> list[Turn]:
         """The earlier turns the reply prompt shows: at most ``chat_history_turns``, in a window that moves by its

@@ -129,11 +129,13 @@ def reply_text(
     return registry.render(REPLY_TEMPLATE, variables, layout="fewshot").text
 
 
-def reply_instructions(prompt: str | Sequence[dict[str, str]], examples: Sequence[Exchange] = ()) -> str:
+def reply_instructions(prompt: str | Sequence[dict[str, str]]) -> str:
     """What a reply must not recite: the instructions of a chat-layout prompt (system message, task part), or of a
-    few-shot prompt its header line and the worked examples' replies."""
+    few-shot prompt its header line. Not the worked replies: a base model is meant to reuse their phrasing ("X is a
+    good place to start, with ..."), and one that copies their titles names titles outside the list, which the
+    reply check refuses on its own."""
     if isinstance(prompt, str):
-        return "\n".join([prompt.split("\n\n", 1)[0], *(ex.reply for ex in examples)])
+        return prompt.split("\n\n", 1)[0]
     return instruction_text(prompt)
 
 

@@ -14,7 +14,7 @@ import pytest
 from agent.chat.catalog import CatalogIndex
 from agent.chat.conversation import ChatReply, Conversation, history_messages, stable_window
 from agent.chat.preferences import apply_update, parse_message
-from agent.chat.reply import check_reply, template_reply
+from agent.chat.reply import check_reply, reply_instructions, template_reply
 from agent.errors import EngineError, InputError
 from agent.llm.base import LLMRequest, RequestLike, cut_at_stop
 from agent.pipeline import RecommendedItem, Recommender
@@ -583,6 +583,20 @@ def test_fewshot_reply_prompts_are_an_append_only_transcript(
         assert len(ex.items) == 3 and all(it["title"] in by_title for it in ex.items)
         items = [_item(by_title[it["title"]], it["title"]) for it in ex.items]
         assert check_reply(ex.reply, items, index, ex.message) == (True, "ok")
+    first, second = examples
+    prompt = conv.next_reply_prefix(conv.get(conv.start().session_id))
+    assert isinstance(prompt, str) and prompt.startswith(FEWSHOT_HEADER)
+    instructions = reply_instructions(prompt)
+    assert instructions.startswith(FEWSHOT_HEADER) and first.reply not in instructions
+    items = [_item(by_title[it["title"]], it["title"]) for it in second.items]
+    reused = first.reply  # the worked reply's phrasing with this turn's titles: a reply the check keeps
+    for old, new in zip(first.items, second.items, strict=True):
+        reused = reused.replace(old["title"], new["title"])
+    assert check_reply(reused, items, index, "more", instructions) == (True, "ok")
+    copied = check_reply(first.reply, items, index, "more", instructions)  # the worked reply itself: refused
+    assert not copied[0] and ("does not name" in copied[1] or "not in the list" in copied[1])
+    header = FEWSHOT_HEADER + " " + prompt.split("\n", 1)[0].split(". ", 2)[1]  # reciting the header: refused
+    assert "quotes the prompt" in check_reply(header + " " + reused, items, index, "more", instructions)[1]
     sid = conv.start().session_id
     messages = ["hi", "a mystery set by a harbor", "something with travel", "more like the second one",
                 "poetry", "not that one"]  # fmt: skip
