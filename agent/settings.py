@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     llm_prefix_caching: bool = Field(
         True, description="vLLM automatic prefix caching (later chat turns reuse the cached shared prompt prefix)."
     )
+    llm_block_size: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per KV-cache block of the in-process vLLM engine; the prefix cache reuses whole blocks "
+        "only. None: 32 on the CPU build (its attention kernel takes multiples of 32; vLLM's own CPU default is "
+        "128, which leaves up to 127 tokens of every cached prefix to recompute), vLLM's default on a GPU.",
+    )
     llm_max_logprobs: int = Field(20, ge=1, description="Top-k log-probs the engine returns when scoring labels.")
     llm_timeout_s: float = Field(120.0, gt=0, description="Timeout of one request to an LLM server.")
     llm_max_concurrency: int = Field(16, ge=1, description="Parallel requests sent to an LLM server.")
@@ -226,6 +233,13 @@ class Settings(BaseSettings):
     )
     chat_extract_max_tokens: int = Field(256, ge=16, description="Output budget of the preference extraction.")
     chat_reply_max_tokens: int = Field(120, ge=16, description="Output budget of the chat reply.")
+    chat_reply_warm: bool = Field(
+        True,
+        description="After a streamed turn is done, prefill the next reply prompt up to this turn's reply as sent "
+        "(one max_tokens=1 engine call), so the next turn's prompt finds it in the prefix cache: the prefill the "
+        "next message would pay, done while the user reads. Matters when the reply kept is not what the engine "
+        "decoded (a template reply after a failed check).",
+    )
     # chat avoidances ("not too violent", "no gore"): agent/chat/avoid.py over retrieval/avoid.py
     chat_avoid_threshold: float = Field(
         0.39,

@@ -20,9 +20,12 @@ caching on a later turn's prompt reuses the cached prefix of the earlier ones. M
 Prints medians / p90 per mode and the OFF/ON ratios; ``--out FILE`` writes the raw figures as JSON.
 
 ``--interleaved``: one process, one engine (caching on), the arms interleaved prompt by prompt, so that a changing
-machine load hits them alike. For every turn >= 2 the reply prompt in two layouts - the issue's (``chat_reply``
-v1.1, ``bench/legacy/chat_reply.j2``: instructions, earlier turns, then need, items with reasons and message) and
-the append-only transcript (v2.0, what ``Conversation`` sends) - and the turn's extraction prompt are each sent with
+machine load hits them alike. For every turn >= 2 the reply prompt in the layouts ``--arms`` names - ``reply_v1``
+the issue's (``chat_reply`` v1.1, ``bench/legacy/chat_reply.j2``: instructions, earlier turns, then need, items
+with reasons and message), ``reply_main`` main's append-only chat transcript before the few-shot layout (v2.0,
+``bench/legacy/v2.0/chat_reply.j2``, flattened to text for a base model), ``reply`` what ``Conversation`` sends now
+(v2.1: the few-shot transcript for a base model, warmed after each turn) - and the turn's extraction prompt are each
+sent with
 ``max_tokens=1`` twice, in alternating order: as they are ("cache on": the session's earlier prompts are in the
 cache) and with a fresh vLLM ``cache_salt`` ("cache off": no cached block can match, the whole prompt is
 computed). Recorded per probe: the time to its one token and vLLM's ``num_cached_tokens``. The turn itself then
@@ -64,6 +67,8 @@ SCRIPTS = [
 def stage_overrides(args: argparse.Namespace, caching: bool) -> dict[str, Any]:
     """Settings of a bench run: prefix caching, and the stages that --explain/--rerank/--extract replace."""
     overrides: dict[str, Any] = {"llm_prefix_caching": caching}
+    if getattr(args, "block_size", None):
+        overrides["llm_block_size"] = args.block_size
     for option, key in (("explain", "explain_mode"), ("rerank", "rerank_strategy"), ("extract", "chat_extract")):
         if getattr(args, option, None):
             overrides[key] = getattr(args, option)
@@ -158,6 +163,44 @@ class LegacyReply:
         variables = {"conversation": self.conv.history_vars(w.state), "message": w.message, "items": items,
                      "need": w.state.preferences.need or ""}  # fmt: skip
         return self.template.render(variables).chat_messages()  # type: ignore[no-any-return]
+
+
+LEGACY_TRANSCRIPT = Path(__file__).with_name("legacy") / "v2.0" / "chat_reply.j2"
+
+
+class LegacyTranscript:
+    """The reply prompt as main sent it before the few-shot layout (``chat_reply`` v2.0, ``bench/legacy/
+    v2.0/chat_reply.j2``): the append-only chat transcript (flattened to text for a base model), each item with its
+    first four catalog fields in full, rendered from the same session turns."""
+
+    def __init__(self, conv: Any) -> None:
+        from prompts.template import load_template
+
+        self.conv = conv
+        self.template = load_template(LEGACY_TRANSCRIPT)
+
+    def render(self, name: str, variables: dict[str, Any]) -> Any:  # the registry's render, for reply_messages
+        return self.template.render(variables)
+
+    @staticmethod
+    def item(title: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        return {"title": title, "attributes": dict(list(metadata.items())[:4])}
+
+    def prompt(self, w: Any) -> list[dict[str, str]]:
+        import itertools
+
+        from agent.chat.reply import Exchange, reply_messages
+
+        window = self.conv.reply_window(w.state)
+        ids = list(dict.fromkeys(i for t in window if t.role == "assistant" for i in t.item_ids))
+        found = self.conv.recommender.collection.get_items(ids) if ids else {}
+        earlier = [
+            Exchange(u.content, [self.item(found[i].title, found[i].metadata) for i in a.item_ids if i in found],
+                     a.content)
+            for u, a in itertools.pairwise(window) if u.role == "user" and a.role == "assistant"
+        ]  # fmt: skip
+        items = [self.item(it.title, it.metadata) for it in w.recommendation.items]
+        return reply_messages(self, earlier, w.message, items)  # type: ignore[arg-type]
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:
@@ -287,6 +330,9 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
     store = open_session_store(settings)
     conv = Conversation(Recommender(settings, engine=engine), store, settings)
     legacy = LegacyReply(conv)
+    main_v20 = LegacyTranscript(conv)
+    arms = args.arms.split(",")
+    others = {"reply_v1": legacy.prompt, "reply_main": main_v20.prompt}
     scripts = (SCRIPTS * ((args.sessions + len(SCRIPTS) - 1) // len(SCRIPTS)))[: args.sessions]
     _ = conv.index
     engine.generate(["warm-up"], max_tokens=2)
@@ -318,10 +364,12 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     def reply_prompt(w: Any) -> Any:
         prompt = render_reply(w)
+        shown = {name: others[name](w) for name in arms if name in others}
         if current.get("turn", 0) >= 2:
-            probe_all(current, {"reply_v1": legacy.prompt(w), "reply_v2": prompt})
-        else:  # turn 1: put the legacy prompt in the cache, as the issue's layout had it there
-            probe(encode_request(engine.tokenizer, LLMRequest.of(legacy.prompt(w))), False)
+            probe_all(current, {**shown, **({"reply_v2": prompt} if "reply" in arms else {})})
+        else:  # turn 1: put the other layouts' prompts in the cache, as their chat had them there
+            for other in shown.values():
+                probe(encode_request(engine.tokenizer, LLMRequest.of(other)), False)
         return prompt
 
     conv._reply_prompt = reply_prompt  # type: ignore[method-assign]
@@ -341,7 +389,7 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
             extract = conv.recommender.registry.render(EXTRACT_TEMPLATE, {
                 "conversation": conv.history_vars(state), "message": message,
                 "fields": conv.index.field_names()}).chat_messages()  # fmt: skip
-            if turn >= 2:
+            if turn >= 2 and "extract" in arms:
                 probe_all(current, {"extract": extract})
             else:  # turn 1: in the cache as the turn's own extraction call would leave it (also with --extract rules)
                 probe(encode_request(engine.tokenizer, LLMRequest.of(extract)), False)
@@ -356,10 +404,12 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
                 partial = {"interleaved": True, "engine_start_s": start_s, "rows": rows, "model": engine.model_id,
                            "stopped_early": True, "settings": overrides}  # fmt: skip
                 args.result.write_text(json.dumps(partial))  # what a killed run leaves
+    described = engine.describe()
+    layout = conv.reply_layout()
     store.close()
     engine.close()
     return {"interleaved": True, "engine_start_s": start_s, "rows": rows, "model": engine.model_id,
-            "stopped_early": stopped, "settings": overrides}  # fmt: skip
+            "stopped_early": stopped, "settings": overrides, "engine": described, "reply_layout": layout}  # fmt: skip
 
 
 def report_interleaved(result: dict[str, Any]) -> dict[str, float]:
@@ -372,7 +422,9 @@ def report_interleaved(result: dict[str, Any]) -> dict[str, float]:
     print(f"{'prompt':>22} {'tokens':>7} {'cached (on)':>12} {'TTFT off p50/p90':>20} {'TTFT on p50/p90':>20} "
           f"{'off/on':>7}")  # fmt: skip
     ratios: dict[str, float] = {}
-    names = {"extract": "extraction", "reply_v1": "reply, issue's layout", "reply_v2": "reply, transcript"}
+    names = {"extract": "extraction", "reply_v1": "reply, issue's layout", "reply_main": "reply, main's v2.0",
+             "reply_v2": f"reply, now ({result.get('reply_layout', 'chat')})"}  # fmt: skip
+    print(f"engine: {result.get('engine')}")
     for name, label in names.items():
         got = [r for r in rows if f"{name}_on_s" in r]
         if not got:
@@ -410,6 +462,8 @@ def run_mode(mode: str, args: argparse.Namespace, home: Path | None, model: Path
     cmd += ["--extract", args.extract] if args.extract else []
     cmd += ["--interleaved"] if args.interleaved else []
     cmd += ["--budget-s", str(args.budget_s)] if args.budget_s else []
+    cmd += ["--block-size", str(args.block_size)] if args.block_size else []
+    cmd += ["--arms", args.arms]
     if args.quick:
         cmd += ["--quick", "--home", str(home), "--model", str(model)]
     out = Path(tempfile.mkdtemp()) / "result.json"
@@ -438,6 +492,10 @@ def main() -> None:
                         "(cache_salt), max_tokens=1 probes")  # fmt: skip
     parser.add_argument("--budget-s", type=float, help="--interleaved: start no new round of turns after this "
                         "many seconds of the worker (the run stays inside a time slot)")  # fmt: skip
+    parser.add_argument("--block-size", type=int, help="llm_block_size (default: the settings': 32 on the CPU)")
+    parser.add_argument("--arms", default="extract,reply_main,reply",
+                        help="--interleaved: prompts probed, of extract, reply_v1 (the issue's layout), reply_main "
+                        "(main's chat_reply v2.0 transcript), reply (what Conversation sends now)")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--caching", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)

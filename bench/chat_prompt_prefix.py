@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from fakes import FakeEngine
 
     settings = load_settings(chat_history_turns=args.history_turns, explain_mode="template", chat_extract="rules",
+                             prompt_format=args.prompt_format,
                              chat_reply="llm", session_db_url=str(Path(tempfile.mkdtemp()) / "s.sqlite3"))  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(settings)))
     store = open_session_store(settings)
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     last: dict[str, list[int]] = {}
     last_text, last_reply = "", ""
+    warm_ids: list[int] = []
     for n, message in enumerate(SCRIPT[: args.turns], start=1):
         state = conv.get(sid)
         extract = conv.recommender.registry.render(
@@ -99,6 +101,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 row["prefix"] = "-" if n == 1 else "yes" if follows else "reset"
                 last_text = text
         last_reply = reply.reply
+        if "reply_v2" in last:  # what Conversation.stream's warm-up (chat_reply_warm) leaves in the cache
+            row["reply_v2_warm_shared"] = cp.shared_prefix(warm_ids, last["reply_v2"]) if n > 1 else 0
+            warm_ids = encode_request(tokenizer, LLMRequest.of(conv.next_reply_prefix(conv.get(sid))))
         rows.append(row)
     store.close()
     return rows
@@ -108,6 +113,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=8, choices=range(2, len(SCRIPT) + 1))
     parser.add_argument("--history-turns", type=int, default=6, help="chat_history_turns")
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[128, 32],
+                        help="KV-cache block sizes to count whole blocks for (vLLM's CPU default: 128)")  # fmt: skip
+    parser.add_argument("--prompt-format", choices=["auto", "chat", "fewshot"], default="auto",
+                        help="the reply prompt's layout (the scripted engine cannot tell: auto is chat)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the rows here (JSON)")
     args = parser.parse_args()
     rows = run(args)
@@ -118,12 +127,26 @@ def main() -> None:
         print(f"{r['turn']:>4} | {cell(r, 'reply_v1'):>12} | {cell(r, 'reply_v2'):>12} {r['prefix']:>6} | "
               f"{cell(r, 'extract'):>12}")  # fmt: skip
     later = rows[1:]
+    summary: dict[str, Any] = {}
     for kind in ARMS:
         shared, total = sum(r[f"{kind}_shared"] for r in later), sum(r[f"{kind}_tokens"] for r in later)
         print(f"{kind}: {shared / max(1, total):.0%} of the tokens of turns >= 2 are a cached prefix; "
               f"{total - shared} tokens to compute over turns 2-{rows[-1]['turn']}")  # fmt: skip
+        for size in args.block_sizes:  # vLLM's prefix cache serves whole blocks only
+            new = [r[f"{kind}_tokens"] - r[f"{kind}_shared"] // size * size for r in later]
+            summary[f"{kind}_new_b{size}"] = new
+            print(
+                f"  block size {size:>3}: tokens new to the cache per turn >= 2: {new} "
+                f"(mean {sum(new) / max(1, len(new)):.0f}; prompt mean {total / max(1, len(later)):.0f})"
+            )
+            if kind == "reply_v2":
+                new = [r[f"{kind}_tokens"] - max(r[f"{kind}_shared"], r["reply_v2_warm_shared"]) // size * size
+                       for r in later]  # fmt: skip
+                summary[f"{kind}_warm_new_b{size}"] = new
+                print(f"  block size {size:>3}, after the warm-up: {new} (mean {sum(new) / max(1, len(new)):.0f})")
     if args.out:
-        args.out.write_text(json.dumps({"history_turns": args.history_turns, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"history_turns": args.history_turns, "rows": rows, "summary": summary},
+                                       indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

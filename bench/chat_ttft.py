@@ -64,13 +64,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings.model_copy(update={"session_db_url": str(Path(tempfile.mkdtemp()) / "sessions.sqlite3")})
     store = open_session_store(settings)
     recommender = Recommender(settings, engine=engine)
-    convs = {
-        arm: Conversation(recommender, store, settings.model_copy(update={"chat_justify_later": arm == "after"}))
+    later = {"before": args.before_order == "later", "after": True}
+    convs = {  # the before arm never warms the next prompt (its layout is not the one the warm-up renders)
+        arm: Conversation(recommender, store, settings.model_copy(
+            update={"chat_justify_later": later[arm], "chat_reply_warm": arm == "after" and settings.chat_reply_warm}))
         for arm in ARMS
-    }
+    }  # fmt: skip
     if args.before_layout == "v1.1":
         legacy = cp.LegacyReply(convs["before"])
         convs["before"]._reply_prompt = legacy.prompt  # type: ignore[method-assign]
+    elif args.before_layout == "v2.0-main":
+        transcript = cp.LegacyTranscript(convs["before"])
+        convs["before"]._reply_prompt = transcript.prompt  # type: ignore[method-assign]
     for conv in convs.values():
         _ = conv.index  # the catalog index, outside the timings
     engine.generate(["warm-up"], max_tokens=2)
@@ -95,14 +100,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert done.event == "done", [e.event for e in events]
                 timings = dict(done.data["timings"])
                 kinds = [e.event for e in events]
+                replaced = [e.data.get("reason", "") for e in events if e.event == "replace"]
                 out[arm].append({"session": n, "turn": turn + 1, **timings,
-                                 "justification_events": kinds.count("justification")})  # fmt: skip
+                                 "justification_events": kinds.count("justification"),
+                                 "reply_replaced": replaced[0] if replaced else None})  # fmt: skip
                 print(f"[{arm}] session {n + 1} turn {turn + 1}: " + ", ".join(
                     f"{k} {timings.get(k, float('nan')):.2f}" for k in KEYS), file=sys.stderr, flush=True)  # fmt: skip
+    described = engine.describe()
     store.close()
     engine.close()
     return {"model": engine.model_id, "engine_start_s": start_s, "explain": settings.explain_mode,
-            "before_layout": args.before_layout, "turns": out}  # fmt: skip
+            "before_layout": args.before_layout, "before_order": args.before_order, "engine": described,
+            "reply_layout": convs["after"].reply_layout(), "turns": out}  # fmt: skip
 
 
 def main() -> None:
@@ -110,8 +119,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--explain", choices=["llm", "template"], help="justifications (default: the settings')")
-    parser.add_argument("--before-layout", choices=["v1.1", "v2.0"], default="v1.1",
-                        help="the before arm's reply prompt: the issue's layout or the transcript")  # fmt: skip
+    parser.add_argument("--before-layout", choices=["v1.1", "v2.0", "v2.0-main"], default="v1.1",
+                        help="the before arm's reply prompt: the issue's layout, the current one, or main's chat "
+                        "transcript before the few-shot layout (bench/legacy/v2.0/chat_reply.j2)")  # fmt: skip
+    parser.add_argument("--before-order", choices=["issue", "later"], default="issue",
+                        help="the before arm's order: the issue's (justifications before the reply) or items "
+                        "first like the after arm (then the arms differ in the reply prompt only)")  # fmt: skip
     parser.add_argument("--budget-s", type=float, help="start no new session (both arms) after this many seconds")
     parser.add_argument("--out", type=Path, help="write the raw figures here (JSON)")
     args = parser.parse_args()
@@ -120,6 +133,7 @@ def main() -> None:
     print(f"machine: {before}", flush=True)
     result = run(args)
     after = cp.machine()
+    print(f"engine: {result['engine']}; reply layout (after): {result['reply_layout']}")
     print(f"\nchat turn, one user at a time: {args.sessions} sessions x {args.turns} turns per arm, model "
           f"{result['model']}, justifications {result['explain']}; load average after: {after['loadavg']}")  # fmt: skip
     print(f"{'':>8} {'turns':>6} " + " ".join(f"{k + ' p50/p90':>18}" for k in KEYS))
@@ -130,6 +144,10 @@ def main() -> None:
                 values = [float(r[key]) for r in rows if key in r]
                 cells.append(f"{cp._median(values):.2f}/{cp._pct(values, 0.9):.2f} s" if values else "-")
             print(f"{arm:>8} {label:>6} " + " ".join(f"{c:>18}" for c in cells))
+    for arm in ARMS:  # the LLM reply kept, or replaced by the template reply (and why)
+        reasons = [r["reply_replaced"] for r in result["turns"][arm]]
+        print(f"{arm}: LLM reply kept in {reasons.count(None)} of {len(reasons)} turns; replaced: "
+              f"{[r for r in reasons if r is not None]}")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps({"machine": before, "load_after": after["loadavg"], **result}, indent=2))
 

@@ -219,9 +219,16 @@ def merge_caches(sources: Sequence[Path], dest: Path) -> MergeReport:
     )
 
 
+SERVING_KEYS = ("block_size", "prefix_caching")
+"""Keys of ``engine.describe()`` that say how the engine serves (KV-cache layout, prefix reuse), not which model
+answers: left out of the identity, so a cache recorded before they were reported (or with another block size)
+still replays."""
+
+
 def engine_identity(engine: LLMEngine) -> dict[str, Any]:
-    """What identifies an engine's outputs: its description (backend, model, versions) and model id."""
-    info = {str(k): v for k, v in engine.describe().items()}
+    """What identifies an engine's outputs: its description (backend, model, versions; not :data:`SERVING_KEYS`)
+    and model id."""
+    info = {str(k): v for k, v in engine.describe().items() if k not in SERVING_KEYS}
     info.setdefault("model", engine.model_id)
     info["model_id"] = engine.model_id
     return json.loads(json.dumps(info, default=str))

@@ -24,7 +24,10 @@ Per user message (several sessions' messages share each engine call, see :meth:`
 Prompts put the stable parts first so that an engine with prefix caching serves the shared prefix of later turns
 from cache. The reply prompt is an append-only transcript (:func:`agent.chat.reply.reply_messages`): the
 instructions, then per earlier turn its message, the items shown for it and the reply as sent, then this turn's
-message and items; each turn's prompt is the previous one plus its reply plus the new turn. The extraction prompt
+message and items; each turn's prompt is the previous one plus its reply plus the new turn - as chat messages for
+an instruct model, as few-shot text (:func:`agent.chat.reply.reply_text`: worked turns built from the collection's
+items, then the transcript) for a base model (``prompt_format``). After a streamed turn, the next prompt's start up
+to the reply as sent is prefilled (:meth:`Conversation.warm_next_reply`, ``chat_reply_warm``). The extraction prompt
 shows the instructions, the earlier turns' texts, then the new message. The earlier turns shown are a window that
 moves in steps (:func:`stable_window`), not one turn at a time, so that consecutive turns' prompts share it byte
 for byte.
@@ -55,18 +58,23 @@ from agent.chat.extract import EXTRACT_TEMPLATE, ExtractInput, PreferenceExtract
 from agent.chat.preferences import PreferenceUpdate, apply_update, parse_message
 from agent.chat.reply import (
     REPLY_STOP,
+    REPLY_TEMPLATE,
     Exchange,
     ReplyShaper,
     check_reply,
     clarifying_reply,
     clean_reply,
+    reply_examples,
+    reply_instructions,
     reply_item,
     reply_messages,
+    reply_text,
     template_reply,
     which_one_reply,
 )
 from agent.errors import InputError, RecagentError
-from agent.explain import instruction_text
+from agent.explain_fewshot import resolve_layout
+from agent.llm.base import accepts_stop
 from agent.llm.batching import CallFailure, call_batch, failure_reason
 from agent.pipeline import CandidateRefiner, ExplainWhen, Recommendation, Recommender, RecommendRequest
 from agent.sessions import Preferences, SessionState, SessionStore, Turn
@@ -205,6 +213,7 @@ class Conversation:
         self._index_lock = threading.Lock()
         self._policy: AvoidancePolicy | None = None
         self._extractor: PreferenceExtractor | None = None
+        self._reply_examples: list[Exchange] | None = None
 
     # -- catalog words -------------------------------------------------------------------------------------
     @property
@@ -313,6 +322,7 @@ class Conversation:
                 )
         if work.result is not None:
             yield ChatEvent(event="done", data=work.result.model_dump(mode="json"))
+            self.warm_next_reply(work)
         else:
             err = work.error or _lost(work)
             if raise_errors:
@@ -519,6 +529,9 @@ class Conversation:
         if engine is None:
             return
         prompts = [self._reply_prompt(w) for w in todo]
+        # a few-shot prompt is plain text: the model would write the next "User:" turn without the stop strings
+        stop: dict[str, Any] = {"stop": REPLY_STOP} if any(isinstance(p, str) for p in prompts) else {}
+        stop = stop if accepts_stop(engine) else {}
         outcome = call_batch(
             engine,
             len(todo),
@@ -527,6 +540,7 @@ class Conversation:
                 max_tokens=self.settings.chat_reply_max_tokens,
                 temperature=0.0,
                 seed=self.settings.seed,
+                **stop,
             ),
             timeout=self.settings.rerank_timeout_s,
         )
@@ -536,7 +550,7 @@ class Conversation:
                 w.reply_source = f"template ({res.reason})"
                 continue
             text = clean_reply(res.text)
-            ok, why = check_reply(text, w.recommendation.items, self.index, w.message, instruction_text(prompt))
+            ok, why = check_reply(text, w.recommendation.items, self.index, w.message, self._reply_instructions(prompt))
             if ok:
                 w.reply, w.reply_source = _with_notes(text, w.avoidances), "llm"
             else:
@@ -587,7 +601,7 @@ class Conversation:
         shown = shaper.shown
         if failure is None:
             text = shaper.text
-            ok, why = check_reply(text, w.recommendation.items, self.index, w.message, instruction_text(prompt))
+            ok, why = check_reply(text, w.recommendation.items, self.index, w.message, self._reply_instructions(prompt))
             if ok:
                 w.reply, w.reply_source = _with_notes(text, w.avoidances), "llm"
                 if text == shown and w.reply != shown:  # the avoidance notes follow the streamed text
@@ -601,12 +615,61 @@ class Conversation:
             w.mark("ttft_s")  # nothing was streamed: the first text shown is this one
             yield "replace", {"text": w.reply, "reason": failure or "cleaned"}
 
-    def _reply_prompt(self, w: _Work) -> list[dict[str, str]]:
-        """The reply prompt: an append-only transcript (:func:`agent.chat.reply.reply_messages`) of the window's
-        earlier turns, then this turn's message and items."""
+    def reply_layout(self) -> str:
+        """``chat`` or ``fewshot``: the reply prompt's layout for the engine's model (``prompt_format``; auto: the
+        few-shot layout for a base model, the chat template for an instruct model)."""
+        engine = self.recommender.engine()
+        return resolve_layout(self.settings.prompt_format, engine, self.recommender.registry, REPLY_TEMPLATE)
+
+    def reply_examples(self) -> list[Exchange]:
+        """The few-shot layout's worked turns, built once from the collection's own items
+        (:func:`agent.chat.reply.reply_examples`)."""
+        if self._reply_examples is None:
+            spec = self.recommender.registry.get(REPLY_TEMPLATE).fewshot
+            self._reply_examples = reply_examples(self.index, spec.examples if spec is not None else 0)
+        return self._reply_examples
+
+    def _reply_prompt(self, w: _Work) -> str | list[dict[str, str]]:
+        """The reply prompt: an append-only transcript of the window's earlier turns, then this turn's message and
+        items - chat messages (:func:`agent.chat.reply.reply_messages`) or, for a base model, the few-shot text
+        (:func:`agent.chat.reply.reply_text`)."""
         assert w.state is not None and w.recommendation is not None
         items = [reply_item(it.title, it.metadata) for it in w.recommendation.items]
-        return reply_messages(self.recommender.registry, self.exchanges(w.state), w.message, items)
+        registry = self.recommender.registry
+        if self.reply_layout() == "fewshot":
+            return reply_text(registry, self.reply_examples(), self.exchanges(w.state), w.message, items)
+        return reply_messages(registry, self.exchanges(w.state), w.message, items)
+
+    def next_reply_prefix(self, state: SessionState) -> str | list[dict[str, str]]:
+        """The start of the session's next reply prompt, up to and including its last reply as sent: the
+        transcript of the current window with no open turn (few-shot text cut before the next "User:"; chat
+        messages ending with the last reply, which the engine continues as a prefill). A prefix of the next turn's
+        prompt, whatever its message, since every part renders from stored turns alone."""
+        registry = self.recommender.registry
+        exchanges = self.exchanges(state)
+        if self.reply_layout() == "fewshot":
+            text = reply_text(registry, self.reply_examples(), exchanges, "", [])
+            return text[: text.rindex(_FEWSHOT_TURN)] if _FEWSHOT_TURN in text else text
+        return reply_messages(registry, exchanges, "", [])
+
+    def warm_next_reply(self, w: _Work) -> None:
+        """With ``chat_reply_warm`` (and LLM replies): send the next reply prompt's start
+        (:meth:`next_reply_prefix`) to the engine with ``max_tokens=1``, so its prefix cache holds the transcript
+        up to this turn's reply as it was sent. The reply kept is often not what the engine decoded (a template
+        reply replaces one that fails the check), and the next prompt must show what the user saw: without this,
+        the next turn would prefill that reply on the user's clock. Failures are logged and ignored."""
+        if not self.settings.chat_reply_warm or self.settings.chat_reply != "llm" or w.state is None:
+            return
+        engine = self.recommender.engine()
+        if engine is None or not self.exchanges(w.state):
+            return
+        try:
+            engine.generate([self.next_reply_prefix(w.state)], max_tokens=1, temperature=0.0)
+        except Exception as exc:  # a cache warm-up must never fail a finished turn
+            log.info("reply prefix warm-up failed: %s", failure_reason(exc))
+
+    def _reply_instructions(self, prompt: str | list[dict[str, str]]) -> str:
+        return reply_instructions(prompt)
 
     def reply_window(self, state: SessionState) -> list[Turn]:
         """The earlier turns the reply prompt shows: at most ``chat_history_turns``, in a window that moves by its
@@ -660,6 +723,10 @@ class Conversation:
                 avoidances=w.avoidances,
                 timings=dict(w.timings),
             )
+
+
+_FEWSHOT_TURN = "\n\nUser:"
+"""What opens a turn in the few-shot reply layout (``chat_reply.j2``, block ``fewshot``)."""
 
 
 def _with_notes(reply: str, applied: Sequence[AppliedAvoidance]) -> str:

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from agent.chat.avoid import describe_avoidances
 from agent.chat.catalog import CatalogIndex, norm_tokens, tokenize
 from agent.chat.preferences import describe_constraints
-from agent.explain import quotes_prompt
+from agent.explain import instruction_text, quotes_prompt
+from agent.sentence_check import broken_text
 from agent.sessions import Preferences
+from prompts import clean_data
 
 if TYPE_CHECKING:
     from agent.pipeline import RecommendedItem
@@ -32,8 +34,11 @@ __all__ = [
     "check_reply",
     "clarifying_reply",
     "clean_reply",
+    "reply_examples",
+    "reply_instructions",
     "reply_item",
     "reply_messages",
+    "reply_text",
     "template_reply",
 ]
 
@@ -59,10 +64,29 @@ class Exchange(NamedTuple):
     reply: str
 
 
+REPLY_FIELDS = 3
+"""Catalog fields an item shows in the reply prompt (its first ones: the catalog's own order)."""
+REPLY_VALUES = 3
+"""Values a list field shows there (the first ones)."""
+REPLY_VALUE_CHARS = 40
+"""Characters a text value shows there."""
+
+
 def reply_item(title: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """An item as the reply prompt shows it: its title and its first four catalog fields (what the catalog holds for
-    its id, so an earlier turn's items render the same on every later turn)."""
-    return {"title": title, "attributes": dict(list(metadata.items())[:4])}
+    """An item as the reply prompt shows it: its title and a short line of key details - its first
+    :data:`REPLY_FIELDS` catalog fields, a list field's first :data:`REPLY_VALUES` values, a text value's first
+    :data:`REPLY_VALUE_CHARS` characters. Read from what the catalog holds for its id, so an earlier turn's items
+    render the same on every later turn. Short because every turn's items are new to the engine's prefix cache
+    (they are most of what a turn adds to the prompt); the reply needs a few facts per title, not the whole record."""
+    details: dict[str, Any] = {}
+    for name, value in list(metadata.items())[:REPLY_FIELDS]:
+        if isinstance(value, (list, tuple)):
+            value = [v for v in value if v is not None and v != ""][:REPLY_VALUES]
+        elif isinstance(value, str) and len(value) > REPLY_VALUE_CHARS:
+            value = value[: REPLY_VALUE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+        if value is not None and value != "" and value != []:
+            details[str(name)] = value
+    return {"title": title, "attributes": details}
 
 
 def reply_messages(
@@ -82,6 +106,94 @@ def reply_messages(
         if [m["role"] for m in parts] == ["user", "assistant"]:
             body += parts
     return head + body + [m for m in final if m["role"] != "system"]
+
+
+def reply_text(
+    registry: PromptRegistry,
+    examples: Sequence[Exchange],
+    earlier: Sequence[Exchange],
+    message: str,
+    items: Sequence[Mapping[str, Any]],
+) -> str:
+    """The reply prompt in the ``chat_reply`` template's few-shot layout (base models): plain text - a header, the
+    worked ``examples`` (:func:`reply_examples`: the same for every prompt of a collection), each earlier exchange
+    with the reply as sent, then the turn being answered, open after "Assistant:". Append-only like
+    :func:`reply_messages`: every turn renders from its own stored data, so the next prompt starts with this text
+    followed by " " and this turn's reply."""
+    variables = {
+        "examples": [ex._asdict() for ex in examples],
+        "history": [ex._asdict() for ex in earlier],
+        "message": message,
+        "items": list(items),
+    }
+    return registry.render(REPLY_TEMPLATE, variables, layout="fewshot").text
+
+
+def reply_instructions(prompt: str | Sequence[dict[str, str]]) -> str:
+    """What a reply must not recite: the instructions of a chat-layout prompt (system message, task part), or of a
+    few-shot prompt its header line. Not the worked replies: a base model is meant to reuse their phrasing ("X is a
+    good place to start, with ..."), and one that copies their titles names titles outside the list, which the
+    reply check refuses on its own."""
+    if isinstance(prompt, str):
+        return prompt.split("\n\n", 1)[0]
+    return instruction_text(prompt)
+
+
+EXAMPLE_ITEMS = 3
+"""Items per worked example of the few-shot reply layout."""
+
+
+def _example_value(item: Mapping[str, Any]) -> str:
+    """A short phrase of an item's own details for a worked reply ("Adventure and Animation", "1995")."""
+    details = item.get("attributes") or {}
+    for value in details.values():
+        if isinstance(value, list) and value:
+            return _join([str(v) for v in value[:2]])
+    for value in details.values():
+        if value not in (None, "", []):
+            return str(value)
+    return ""
+
+
+def _example_reply(items: Sequence[Mapping[str, Any]]) -> str:
+    """A worked reply in the shape the check wants: every title as written, in order, with its own details."""
+    parts = []
+    for n, it in enumerate(items):
+        value = _example_value(it)
+        title = str(it["title"])
+        if n == 0:
+            parts.append(f"{title} is a good place to start" + (f", with {value}." if value else "."))
+        elif n == len(items) - 1:
+            parts.append(f"And {title}" + (f" has {value}." if value else " is worth a look."))
+        else:
+            parts.append(f"{title}" + (f" brings {value}." if value else " is another option."))
+    return " ".join(parts) + " Tell me which ones you like, or what to change."
+
+
+def reply_examples(index: CatalogIndex, n: int, per: int = EXAMPLE_ITEMS) -> list[Exchange]:
+    """``n`` worked turns for the few-shot reply layout, built from the collection's own items (generic: no text
+    of a particular dataset): the first items of the catalog's index with clean titles and details, ``per`` to a
+    turn; the first turn asks for one of its first item's values, the second for more like a catalog item not
+    shown. Deterministic for a collection, so every prompt of every session starts with the same text (the
+    engine's prefix cache serves it)."""
+    pool: list[dict[str, Any]] = []
+    for item_id, title in index.title_of.items():
+        if len(pool) >= n * per + 1:
+            break
+        item = reply_item(title, index.metadata.get(item_id, {}))
+        if item["attributes"] and broken_text(clean_data(title)) is None and _example_value(item):
+            pool.append(item)
+    out: list[Exchange] = []
+    for k in range(n):
+        items = pool[k * per : (k + 1) * per]
+        if len(items) < per:
+            break
+        if k % 2 == 0 or len(pool) <= n * per:
+            message = f"something with {_example_value(items[0]).split(' and ')[0]}"
+        else:
+            message = f"more like {pool[n * per]['title']}"
+        out.append(Exchange(message, items, _example_reply(items)))
+    return out
 
 
 def _join(values: Sequence[str]) -> str:

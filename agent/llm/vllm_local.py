@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from agent.errors import EngineError, EngineUnavailableError, ModelError
+from agent.errors import ConfigError, EngineError, EngineUnavailableError, ModelError
 from agent.llm.base import (
     Generation,
     LLMEngine,
@@ -60,6 +60,26 @@ def cpu_kv_cache_bytes(fraction: float | None) -> int:
 
     share = fraction or CPU_DEFAULT_MEMORY_FRACTION
     return max(int(psutil.virtual_memory().total * share), 256 * 2**20)
+
+
+CPU_DEFAULT_BLOCK_SIZE = 32
+CPU_BLOCK_MULTIPLE = 32
+
+
+def resolve_block_size(block_size: int | None, *, on_cpu: bool) -> int | None:
+    """The KV-cache block size asked of vLLM (None: vLLM's own default). The prefix cache reuses whole blocks only,
+    so a smaller block leaves fewer tokens of a cached prefix to recompute; on the CPU build the default is
+    :data:`CPU_DEFAULT_BLOCK_SIZE` (vLLM's own CPU default, 128, leaves up to 127), and its attention kernel takes
+    multiples of 32 only (``CPUAttentionBackend.get_supported_kernel_block_sizes``)."""
+    if block_size is None:
+        return CPU_DEFAULT_BLOCK_SIZE if on_cpu else None
+    if on_cpu and block_size % CPU_BLOCK_MULTIPLE:
+        raise ConfigError(
+            f"llm_block_size={block_size} is not a multiple of {CPU_BLOCK_MULTIPLE}, which the CPU build of vLLM "
+            "requires",
+            hint=f"set RECAGENT_LLM_BLOCK_SIZE to 32, 64 or 128 (or unset it: {CPU_DEFAULT_BLOCK_SIZE} on the CPU)",
+        )
+    return block_size
 
 
 def _on_cpu() -> bool:
@@ -104,6 +124,9 @@ class VLLMEngine(LLMEngine):
             # compact JSON: no free whitespace between tokens (a weak model otherwise pads until max_tokens)
             "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
+        block_size = resolve_block_size(settings.llm_block_size, on_cpu=_on_cpu())
+        if block_size is not None:
+            kwargs["block_size"] = block_size
         if _on_cpu():
             kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(settings.llm_memory_fraction)
         else:
@@ -357,10 +380,18 @@ class VLLMEngine(LLMEngine):
             "model": self.model_id,
             "engine": self.engine_version,
             "dtype": self.dtype,
+            "block_size": self.block_size(),
+            "prefix_caching": self.settings.llm_prefix_caching,
         }
         if self.adapter is not None:
             out.update(adapter=self.adapter["path"], adapter_sha256=self.adapter["sha256"], lora=self._lora is not None)
         return out
+
+    def block_size(self) -> int | None:
+        """The KV-cache block size the engine runs with (vLLM may align the one asked for), None when unknown."""
+        config = getattr(getattr(getattr(self, "llm", None), "llm_engine", None), "vllm_config", None)
+        size = getattr(getattr(config, "cache_config", None), "block_size", None)
+        return int(size) if isinstance(size, int) else None
 
     def is_dead(self) -> bool:
         """True once the engine core has died (every call then fails): the engine must be built again."""
@@ -412,6 +443,7 @@ def get_engine(settings: Settings, model_path: str) -> VLLMEngine:
         settings.llm_enforce_eager,
         settings.llm_max_logprobs,
         settings.llm_prefix_caching,
+        settings.llm_block_size,
     )
     engine = _ENGINES.get(key)
     if engine is None:

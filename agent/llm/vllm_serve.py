@@ -49,6 +49,11 @@ def serve_command(settings: Settings, *, host: str | None = None, port: int | No
     ]
     if settings.llm_enforce_eager:
         cmd.append("--enforce-eager")
+    from agent.llm.vllm_local import _on_cpu, resolve_block_size
+
+    block_size = resolve_block_size(settings.llm_block_size, on_cpu=_on_cpu())
+    if block_size is not None:  # the same KV-cache block size as the in-process engine (prefix-cache granularity)
+        cmd += ["--block-size", str(block_size)]
     if settings.llm_memory_fraction:
         from agent.llm.vllm_local import _on_cpu, cpu_kv_cache_bytes
 

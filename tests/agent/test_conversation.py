@@ -14,7 +14,7 @@ import pytest
 from agent.chat.catalog import CatalogIndex
 from agent.chat.conversation import ChatReply, Conversation, history_messages, stable_window
 from agent.chat.preferences import apply_update, parse_message
-from agent.chat.reply import check_reply, template_reply
+from agent.chat.reply import check_reply, reply_instructions, template_reply
 from agent.errors import EngineError, InputError
 from agent.llm.base import LLMRequest, RequestLike, cut_at_stop
 from agent.pipeline import RecommendedItem, Recommender
@@ -145,12 +145,19 @@ def _is_extract(req: LLMRequest) -> bool:
     return "You track what a user wants" in text_of(req)
 
 
+FEWSHOT_HEADER = "A chat with a recommendation assistant."
+
+
 def _is_reply(req: LLMRequest) -> bool:
-    return "friendly recommendation assistant" in text_of(req)
+    return "friendly recommendation assistant" in text_of(req) or text_of(req).startswith(FEWSHOT_HEADER)
 
 
 def _titles_in_reply_prompt(req: LLMRequest) -> list[str]:
-    """The titles of the turn being answered: the last user message of the transcript."""
+    """The titles of the turn being answered: the last user message of the transcript (chat layout), or the
+    numbered lines of the last turn (few-shot layout: "1. Title (field: value; ...)")."""
+    if req.prompt is not None:
+        last = req.prompt.rsplit("\nUser:", 1)[1]
+        return re.findall(r"^\d+\. (.+?)(?: \(\w+: [^\n]*\))?$", last, flags=re.MULTILINE)
     assert req.messages is not None
     last = [m.content for m in req.messages if m.role == "user"][-1]
     return re.findall(r"^title: (.*)$", last, flags=re.MULTILINE)
@@ -432,8 +439,12 @@ def test_stream_sends_the_reply_while_the_engine_decodes_it(
     streamed = [who for who, _ in log[-2 * len(deltas) :]]
     assert streamed == ["engine", "client"] * len(deltas)
     reply_calls = [c for c in engine.calls if c.requests and "friendly recommendation" in text_of(c.requests[0])]
-    assert [c.method for c in reply_calls] == ["generate", "stream"]  # send() batches, stream() streams
-    prompt = text_of(reply_calls[-1].requests[0])
+    # send() batches, stream() streams, then warms the next prompt's start: up to the reply as it was sent
+    assert [c.method for c in reply_calls] == ["generate", "stream", "generate"]
+    warm = reply_calls[-1]
+    assert warm.max_tokens == 1 and warm.requests[0].messages is not None
+    assert warm.requests[0].messages[-1].role == "assistant" and warm.requests[0].messages[-1].content == done.reply
+    prompt = text_of(reply_calls[-2].requests[0])
     first = prompt.index("poetry and travel")  # the earlier turn and its reply, then this turn's message and items
     assert first < prompt.index("You could enjoy") < prompt.index("more like the first one")
     assert prompt.index("more like the first one") < prompt.rindex("# The recommendations")
@@ -552,3 +563,112 @@ def test_reply_prompts_are_an_append_only_transcript(
         i = prev.index("<<<MESSAGE>>>")
         assert now[:i] == prev[:i] and not now.startswith(prev[: i + 20])
         assert messages[2] not in now and now.index(messages[3]) < now.index(messages[4])  # the latest pair only
+
+
+@pytest.mark.slow
+def test_fewshot_reply_prompts_are_an_append_only_transcript(
+    chat: tuple[Conversation, FakeEngine], index: CatalogIndex
+) -> None:
+    """A base model gets the few-shot layout: plain text with worked turns built from the collection's own items
+    (the same in every prompt), then the transcript; each prompt is the previous one, then " " and the reply as
+    sent, then the new turn; and the warm-up prefix (the transcript up to the last reply) starts the next prompt,
+    also where the history window moves."""
+    conv, engine = chat
+    engine.has_chat_template = lambda: False  # type: ignore[method-assign]  # a base model
+    assert conv.reply_layout() == "fewshot"
+    examples = conv.reply_examples()
+    assert len(examples) == conv.recommender.registry.get("chat_reply").fewshot.examples == 2  # type: ignore[union-attr]
+    by_title = {t: i for i, t in index.title_of.items()}
+    for ex in examples:  # catalog items, and a worked reply the reply check itself accepts
+        assert len(ex.items) == 3 and all(it["title"] in by_title for it in ex.items)
+        items = [_item(by_title[it["title"]], it["title"]) for it in ex.items]
+        assert check_reply(ex.reply, items, index, ex.message) == (True, "ok")
+    first, second = examples
+    prompt = conv.next_reply_prefix(conv.get(conv.start().session_id))
+    assert isinstance(prompt, str) and prompt.startswith(FEWSHOT_HEADER)
+    instructions = reply_instructions(prompt)
+    assert instructions.startswith(FEWSHOT_HEADER) and first.reply not in instructions
+    items = [_item(by_title[it["title"]], it["title"]) for it in second.items]
+    reused = first.reply  # the worked reply's phrasing with this turn's titles: a reply the check keeps
+    for old, new in zip(first.items, second.items, strict=True):
+        reused = reused.replace(old["title"], new["title"])
+    assert check_reply(reused, items, index, "more", instructions) == (True, "ok")
+    copied = check_reply(first.reply, items, index, "more", instructions)  # the worked reply itself: refused
+    assert not copied[0] and ("does not name" in copied[1] or "not in the list" in copied[1])
+    header = FEWSHOT_HEADER + " " + prompt.split("\n", 1)[0].split(". ", 2)[1]  # reciting the header: refused
+    assert "quotes the prompt" in check_reply(header + " " + reused, items, index, "more", instructions)[1]
+    sid = conv.start().session_id
+    messages = ["hi", "a mystery set by a harbor", "something with travel", "more like the second one",
+                "poetry", "not that one"]  # fmt: skip
+    texts: list[str] = []
+    prefixes: list[str] = []
+    replies: list[str] = []
+    for message in messages:
+        engine.calls.clear()
+        reply = conv.send(sid, message)
+        asked = [r for c in engine.calls for r in c.requests if _is_reply(r)]
+        assert len(asked) == (0 if reply.clarifying else 1)
+        text = asked[0].prompt if asked else ""
+        assert text is not None and (not asked or asked[0].messages is None)  # a completion prompt, no chat roles
+        if asked:
+            assert text.startswith(FEWSHOT_HEADER) and text.endswith("\nAssistant:") and "<<<" not in text
+            assert _titles_in_reply_prompt(asked[0]) == _titles(reply)  # the last turn shows its own items only
+            assert all(ex.reply in text for ex in examples)
+            assert all(c.stop and "User:" in c.stop for c in engine.calls if c.requests and _is_reply(c.requests[0]))
+        texts.append(text)
+        replies.append(reply.reply)
+        prefix = conv.next_reply_prefix(conv.get(sid))
+        assert isinstance(prefix, str) and prefix.endswith(" " + reply.reply)
+        prefixes.append(prefix)
+    assert [bool(t) for t in texts] == [False, True, True, True, True, True]
+    for n in (2, 3, 5):  # the whole previous prompt, then the reply as sent, then the new turn
+        prev, now = texts[n - 1], texts[n]
+        assert now.startswith(prev + " " + replies[n - 1] + "\n\nUser: " + messages[n])
+    prev, now = texts[3], texts[4]  # the window moved: the header and the worked turns are still shared
+    head = prev.index("\n\nUser: " + messages[0])
+    assert now[:head] == prev[:head] and messages[2] not in now
+    for n in range(1, len(messages)):  # the warm-up prefix starts the next prompt, window move included
+        assert texts[n].startswith(prefixes[n - 1] + "\n\nUser: " + messages[n])
+
+
+@pytest.mark.slow
+def test_base_model_gets_the_fewshot_reply_and_instruct_model_the_chat_template(
+    books_settings: Settings, embedder: object, tiny_model_dir: Path, tiny_chat_model_dir: Path, tmp_path: Path
+) -> None:
+    """prompt_format=auto on real tiny models: the base model's reply prompt is the few-shot text (no chat roles),
+    the instruct model's is rendered through its chat template; whatever the random weights write, the reply
+    check still decides (a template reply names every title)."""
+    from agent.llm.hf_local import HFEngine
+    from agent.llm.prompting import encode_request
+
+    from testkit import tiny_settings
+
+    seen: dict[str, list[str]] = {"base": [], "instruct": []}
+    for name, model in (("base", tiny_model_dir), ("instruct", tiny_chat_model_dir)):
+        engine = HFEngine(tiny_settings(model), str(model))
+        original = engine.generate
+
+        def record(requests: Any, *a: Any, _name: str = name, _orig: Any = original, _e: Any = engine,
+                   **kw: Any) -> Any:  # fmt: skip
+            for r in requests:
+                request = LLMRequest.of(r)
+                if _is_reply(request):
+                    seen[_name].append(_e.tokenizer.decode(encode_request(_e.tokenizer, request)))
+            return _orig(requests, *a, **kw)
+
+        engine.generate = record  # type: ignore[method-assign]
+        settings = books_settings.model_copy(update={
+            "session_db_url": str(tmp_path / f"{name}.sqlite3"), "chat_extract": "rules", "chat_k": 2,
+            "chat_reply_max_tokens": 16})  # fmt: skip
+        store = open_session_store(settings)
+        conv = Conversation(Recommender(settings, engine=engine, embedder=embedder), store, settings)  # type: ignore[arg-type]
+        assert conv.reply_layout() == ("fewshot" if name == "base" else "chat")
+        sid = conv.start().session_id
+        for message in ("a mystery set by a harbor", "something with travel"):
+            reply = conv.send(sid, message)
+            assert all(t in reply.reply for t in _titles(reply))  # the check decided: every title named
+        store.close()
+    assert len(seen["base"]) == 2 and all(FEWSHOT_HEADER in t and "\nUser: " in t for t in seen["base"])
+    assert not any("<|user|>" in t or "<|system|>" in t for t in seen["base"])  # plain text, no chat roles
+    assert len(seen["instruct"]) == 2 and all("<|system|>" in t and "<|user|>" in t for t in seen["instruct"])
+    assert not any(FEWSHOT_HEADER in t for t in seen["instruct"])

@@ -186,6 +186,28 @@ def test_caching_engine_hits_misses_errors_and_replay(tmp_path: Path) -> None:
         other.generate(["p1"], max_tokens=8)
 
 
+def test_the_kv_block_size_does_not_change_an_engines_identity(tmp_path: Path) -> None:
+    """describe() reports the block size and prefix caching (how the engine serves); outputs recorded by the same
+    model under another block size, or before those keys were reported, still replay."""
+    from eval.llm_cache import engine_identity
+
+    class Served(FakeEngine):
+        def __init__(self, **serving: Any) -> None:
+            super().__init__(generate_fn=lambda req, schema: "out")
+            self.serving = serving
+
+        def describe(self) -> dict[str, Any]:
+            return {**super().describe(), "dtype": "bfloat16", **self.serving}
+
+    before = engine_identity(Served())
+    assert engine_identity(Served(block_size=32, prefix_caching=True)) == before
+    assert engine_identity(Served(block_size=128, prefix_caching=False)) == before
+    assert engine_identity(Served(dtype="float32")) != before  # what the model computes in still counts
+    cache = LLMCache(tmp_path / "c.sqlite3")
+    CachingEngine(Served(block_size=128), cache).generate(["p"], max_tokens=4)
+    assert CachingEngine(None, cache, identity=engine_identity(Served(block_size=32))).generate(["p"], max_tokens=4)
+
+
 def test_outputs_failing_their_schema_in_a_batch_are_recorded_per_request(tmp_path: Path) -> None:
     """A batch where one output does not validate: the valid outputs are cached, the failure is recorded for its
     request alone, and a later batch (or a replay) gets the same outcomes without asking the engine again."""

@@ -147,4 +147,6 @@ def test_bad_inputs_give_clear_errors(vllm_tiny: LLMEngine) -> None:
 def test_engines_report_the_dtype_they_loaded(vllm_tiny: LLMEngine, hf_tiny: LLMEngine) -> None:
     # the tiny fixtures ask for float32 explicitly; describe() says what the engine really runs
     assert vllm_tiny.describe()["dtype"] == "float32"
+    # the KV-cache block size (the prefix cache's grain): 32 on the CPU build, not vLLM's own 128
+    assert vllm_tiny.describe()["block_size"] == 32 and vllm_tiny.describe()["prefix_caching"] is True
     assert hf_tiny.describe()["dtype"] == "float32"

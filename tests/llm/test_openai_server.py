@@ -119,6 +119,7 @@ def test_serve_refuses_public_bind_without_key(tiny_model_dir: Path) -> None:
 
     size = int(cmd[cmd.index("--kv-cache-memory-bytes") + 1])
     assert "--gpu-memory-utilization" not in cmd and size == int(psutil.virtual_memory().total * 0.05)
+    assert cmd[cmd.index("--block-size") + 1] == "32"  # the in-process engine's CPU block size (prefix-cache grain)
 
 
 # ------------------------------------------------------------------------------------------------ streaming
