@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 TEXT_SAMPLES = 20
+MIN_PAIRED_CASES = 5
+"""Fewer cases with a value in both arms (e.g. a link rate, defined only where an arm wrote text) -> no verdict."""
 """Justifications printed verbatim in a report (drawn with the protocol's seed among all that arms asked for)."""
 LIKED_SHOWN = 3
 REQUEST_CHARS = 240
@@ -84,7 +86,9 @@ def text_latency(records: Sequence[Mapping[str, Any]], seed: int) -> dict[str, A
 
 
 def text_comparisons(by_arm: Mapping[str, Sequence[Mapping[str, Any]]], seed: int) -> list[dict[str, Any]]:
-    """Every other arm that asked vs the first that did, per rate metric, on the cases both have a value for."""
+    """Every other arm that asked vs the first that did, per rate metric, on the cases both have a value for (no
+    verdict where fewer than :data:`MIN_PAIRED_CASES` cases have one: a rate of the LLM-written text is undefined
+    for a case where an arm wrote none)."""
     rates = {a: [(r["case_id"], case_rates(r.get("text"))) for r in recs] for a, recs in by_arm.items()}
     arms = [a for a, rows in rates.items() if any(v for _, v in rows)]
     if len(arms) < 2:
@@ -100,8 +104,18 @@ def text_comparisons(by_arm: Mapping[str, Sequence[Mapping[str, Any]]], seed: in
                 continue
             stats = compare_arms(table[arm][metric], table[ref][metric], seed=seed)
             verdict = "tie" if not stats["significant"] else ("higher" if stats["diff"] > 0 else "lower")
-            rows.append({"metric": metric, "arm": arm, "reference": ref, **stats, "verdict": verdict})
+            row = {"metric": metric, "arm": arm, "reference": ref, **stats, "verdict": verdict}
+            rows.append({**row, "verdict": paired_verdict(row)})
     return rows
+
+
+def paired_verdict(row: Mapping[str, Any]) -> str:
+    """The row's verdict, or "not tested" where fewer than :data:`MIN_PAIRED_CASES` cases entered the comparison
+    (also applied when a report renders results stored before this rule)."""
+    cases = row.get("cases")
+    if isinstance(cases, int) and cases < MIN_PAIRED_CASES:
+        return f"not tested (defined in both arms for {cases} case{'' if cases == 1 else 's'} only)"
+    return str(row["verdict"])
 
 
 def sample_justifications(
@@ -238,10 +252,10 @@ def render_text_section(results: Mapping[str, Any]) -> list[str]:
             "95% CI, permutation p):",
             "",
         ]
-        lines += ["| metric | arm | diff | 95% CI | p | verdict |", "|---|---|---|---|---|---|"]
+        lines += ["| metric | arm | cases | diff | 95% CI | p | verdict |", "|---|---|---|---|---|---|---|"]
         lines += [
-            f"| {c['metric']} | {c['arm']} | {c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] "
-            f"| {c['p_value']:.3f} | {c['verdict']} |"
+            f"| {c['metric']} | {c['arm']} | {c.get('cases', '-')} | {c['diff']:+.3f} | "
+            f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p_value']:.3f} | {paired_verdict(c)} |"
             for c in comparisons
         ]
         lines.append("")

@@ -17,9 +17,10 @@
 # 200 each), K (items justified per case, default 5), BATCH (cases per recommend_many call, default 8), ARMS (extra
 # `--variant` specs, space separated), EXTRA (more `eval run` options, e.g. "--judge-url http://host:8000/v1
 # --judge-model NAME" for the judge arm), DATASETS ("movielens redial" by default; one of them to run only that one),
-# PAIRED (cases of the paired chat-vs-fewshot comparison; default: all cases, one run per dataset; smaller: the
-# `fewshot` arm runs on all USERS / TURNS cases and both arms on a separate seeded sample of PAIRED cases, since the
-# earlier prompt costs ~20 s per case on 2 cores), WRAP (a command prefix for each `eval run`, e.g. "flock LOCKFILE"
+# PAIRED (cases of the paired chat-vs-fewshot comparison, default 40; when smaller than USERS / TURNS the
+# `fewshot` arm runs on all cases and both arms on a separate seeded sample of PAIRED cases, since the earlier prompt
+# costs ~15-20 s per case on 2 cores; PAIRED >= the cases: one run per dataset, both arms on all cases),
+# WRAP (a command prefix for each `eval run`, e.g. "flock LOCKFILE"
 # on a machine shared with other engine jobs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,30 +66,33 @@ run_eval() {  # run_eval DATA CASES OUT NAME VARIANT...: one `eval run`, timed i
 
 mkdir -p "$OUT"
 RUNS=()
+PAIRED_NOTE=""
 for name in $DATASETS; do
   case "$name" in
     movielens) data="$DATA"; cases="$USERS" ;;
     redial) data="$REDIAL"; cases="$TURNS" ;;
     *) echo "unknown dataset $name (use movielens and/or redial)" >&2; exit 2 ;;
   esac
-  paired=${PAIRED:-$cases}
+  paired=${PAIRED:-40}
   if [ "$paired" -lt "$cases" ] && [ ${#CHAT[@]} -gt 0 ]; then
     run_eval "$data" "$cases" "$OUT/$name" "$name ($cases cases, new format)" "${NEW[@]}"
     run_eval "$data" "$paired" "$OUT/$name-paired" "$name ($paired cases, paired)" "${VARIANTS[@]}"
     RUNS+=("$OUT/$name" "$OUT/$name-paired")
+    PAIRED_NOTE=" The few-shot arm alone runs on all cases; the earlier prompt and the few-shot arm are compared on a \
+separate seeded sample of $paired cases per dataset (the sections of $paired cases)."
   else
     run_eval "$data" "$cases" "$OUT/$name" "$name" "${VARIANTS[@]}"
     RUNS+=("$OUT/$name")
   fi
 done
 
-SIZES="USERS=$USERS TURNS=$TURNS K=$K BATCH=$BATCH${PAIRED:+ PAIRED=$PAIRED}"
+PAIRED=${PAIRED:-40}
+SIZES="USERS=$USERS TURNS=$TURNS K=$K BATCH=$BATCH PAIRED=$PAIRED"
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 TIMES=$(tr '\n' ';' < "$OUT/timings.txt" | sed 's/;$//')
 PREAMBLE="Produced by \`bash eval/reports/justifications.sh\` (\`make report-text\`; $SIZES) on \
 $(date -u +%Y-%m-%d), $(nproc) CPU cores, load average $LOAD at the end; arms: $FORMATS. Run times: $TIMES \
 (this and earlier invocations of the same OUT). Every arm keeps the fused retrieval order, so the arms justify the \
-same items.${PAIRED:+ The few-shot arm alone runs on all cases; the earlier prompt and the few-shot arm are compared \
-on a separate seeded sample of $PAIRED cases per dataset (the sections marked paired).}"
+same items.$PAIRED_NOTE"
 "$PY" -m recagent eval text-report "${RUNS[@]}" --out "$DOCS/justifications.md" \
   --title "Justifications: what the LLM writes" --preamble "$PREAMBLE"

@@ -223,6 +223,12 @@ def test_paired_text_comparisons_and_eval_compare(tmp_path: Path) -> None:
     assert rows["text.user_link_rate"]["diff"] == -1.0 and rows["text.user_link_rate"]["verdict"] == "lower"
     assert rows["text.grounding_rate"]["diff"] == 0.0 and rows["text.grounding_rate"]["verdict"] == "tie"
     assert text_comparisons({"a": a}, 0) == []
+    # a rate defined in both arms for too few cases (an arm that wrote almost nothing) gets no verdict
+    few = [_record(f"c{i}", "f", _counts(5, 5 if i < 2 else 0, 0, ["s"] if i < 2 else [])) for i in range(12)]
+    rows = {r["metric"]: r for r in text_comparisons({"a": a, "f": few}, 0)}
+    assert rows["text.user_link_rate"]["cases"] == 2
+    assert rows["text.user_link_rate"]["verdict"].startswith("not tested")
+    assert rows["text.grounding_rate"]["cases"] == 12 and rows["text.grounding_rate"]["verdict"] == "lower"
     for name, records in (("ra", a), ("rb", b)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
