@@ -187,19 +187,22 @@ def choose_config(log: DialogueLog, cases: Sequence[EvalCase], folds: int, seed:
     return CONFIG_GRID[best], rows
 
 
+def refuse_held_out(log: DialogueLog, held_out: frozenset[str], what: str, hint: str) -> None:
+    """FoldLeakError when ``log`` holds a dialogue of ``held_out`` (``what``: the sentence's start, e.g. "a fold-level
+    arm asked for sources fitted on")."""
+    leaked = sorted(log.dialog_ids & held_out)
+    if leaked:
+        raise FoldLeakError(f"{what} {len(leaked)} held-out dialogues (e.g. {', '.join(leaked[:3])})", hint=hint)
+
+
 ListsFor = Callable[[DialogueLog, Sequence[EvalCase]], dict[str, dict[str, Scored]]]
 
 
 def _lists_for(content_lists: Mapping[str, dict[str, Scored]], fold: frozenset[str], config: DialogueSourceConfig,
                k: int, allowed: frozenset[str] | None, attributes: AttributeIndex | None) -> ListsFor:  # fmt: skip
     def lists_for(log: DialogueLog, wanted: Sequence[EvalCase]) -> dict[str, dict[str, Scored]]:
-        leaked = sorted(log.dialog_ids & fold)
-        if leaked:
-            raise FoldLeakError(
-                f"a fold-level arm asked for sources fitted on {len(leaked)} held-out dialogues (e.g. "
-                f"{', '.join(leaked[:3])})",
-                hint="fit only on the fold's training log (FoldContext.training) or a part of it",
-            )
+        refuse_held_out(log, fold, "a fold-level arm asked for sources fitted on",
+                        "fit only on the fold's training log (FoldContext.training) or a part of it")  # fmt: skip
         learned = dialogue_lists(log, config, wanted, k, allowed, attributes)
         return {c.case_id: {**content_lists[c.case_id], **learned[c.case_id]} for c in wanted}
 

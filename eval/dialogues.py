@@ -120,22 +120,28 @@ def cut_dialogue(dialogue: dict[str, Any]) -> list[dict[str, Any]]:
 def iter_dialogue_turns(path: Path, report: CutReport) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, turn row)`` for every turn of every dialogue in ``path``; ``report`` counts dialogues,
     skipped (malformed) dialogues and turns."""
+    for number, row in dialogue_lines(path):
+        report.dialogues += 1
+        try:
+            turns = cut_dialogue(row) if isinstance(row, dict) else None
+        except ValueError:
+            turns = None
+        if turns is None:
+            report.skipped += 1
+            continue
+        report.turns += len(turns)
+        for turn in turns:
+            yield number, turn
+
+
+def dialogue_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON)`` for every non-blank line of a raw dialogue file (one dialogue per line); a line
+    that is not JSON stops the read with an InputError naming it."""
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path} line {number} is not JSON: {exc.msg}", hint="one dialogue per line") from exc
-            report.dialogues += 1
-            try:
-                turns = cut_dialogue(row) if isinstance(row, dict) else None
-            except ValueError:
-                turns = None
-            if turns is None:
-                report.skipped += 1
-                continue
-            report.turns += len(turns)
-            for turn in turns:
-                yield number, turn

@@ -43,7 +43,7 @@ from agent.sessions import Turn
 from agent.settings import Settings
 from eval.compare import bootstrap_ratio_ci, paired_ratio_diff_ci
 from eval.datasets import REDIAL_MAPPING, TitleIndex
-from eval.dialogues import is_dialogue_file, utterances
+from eval.dialogues import dialogue_lines, is_dialogue_file, utterances
 from eval.provenance import git_commit
 from prompts import PromptRegistry
 from retrieval.catalog import read_catalog
@@ -170,23 +170,16 @@ def read_cases(path: Path, items: Mapping[str, Item]) -> tuple[list[Case], Label
 
     report = LabelReport()
     cases: list[Case] = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                dialogue = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} line {number} is not JSON: {exc.msg}", hint="one dialogue per line") from exc
-            report.dialogues += 1
-            try:
-                found = _dialogue_cases(dialogue, ids, report) if isinstance(dialogue, dict) else None
-            except ValueError:
-                found = None
-            if found is None:
-                report.skipped += 1
-                continue
-            cases += found
+    for _, dialogue in dialogue_lines(path):
+        report.dialogues += 1
+        try:
+            found = _dialogue_cases(dialogue, ids, report) if isinstance(dialogue, dict) else None
+        except ValueError:
+            found = None
+        if found is None:
+            report.skipped += 1
+            continue
+        cases += found
     for case in cases:
         report.liked += len(case.liked)
         report.disliked += len(case.disliked)

@@ -19,7 +19,7 @@ from agent.errors import InputError
 from agent.sessions import open_session_store
 from agent.sessions.log import iter_sessions, session_log
 from agent.settings import Settings
-from eval.crs_folds import FoldArmResult, FoldContext, FoldLeakError
+from eval.crs_folds import FoldArmResult, FoldContext, refuse_held_out
 from eval.datasets import EvalCase
 from eval.dialogue_log import read_dialogue_log
 from retrieval.candidates import CandidateGenerator, Scored
@@ -183,13 +183,8 @@ def fit_dialogue_ranker(recommender: Recommender, log: DialogueLog, model: Dialo
 
 
 def _refuse_held_out(log: DialogueLog, held_out: frozenset[str]) -> None:
-    leaked = sorted(log.dialog_ids & held_out)
-    if leaked:
-        raise FoldLeakError(
-            f"the live conversation ranker was asked to fit on {len(leaked)} held-out dialogues (e.g. "
-            f"{', '.join(leaked[:3])})",
-            hint="fit it on the fold's training log only (FoldContext.training)",
-        )
+    refuse_held_out(log, held_out, "the live conversation ranker was asked to fit on",
+                    "fit it on the fold's training log only (FoldContext.training)")  # fmt: skip
 
 
 def serving_generator(recommender: Recommender, model: DialogueModel) -> CandidateGenerator:
