@@ -11,7 +11,6 @@ unchanged. Both orders are scored on the same samples (iEvaLM-CRS recall) with a
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from eval.compare import paired_bootstrap_ci
 from eval.crs import IEVALM_KS, per_gold_hits
 from eval.crs_folds import FUSED_DEFAULT
 from eval.datasets import EvalCase, file_sha256, load_dataset
-from eval.provenance import git_commit
+from eval.provenance import git_commit, load_average
 from eval.report import markdown_to_html
 
 __all__ = ["draw_samples", "llm_arm", "read_rankings", "reranked"]
@@ -148,7 +147,7 @@ def llm_arm(
         "fallbacks": fallbacks,
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_per_turn_p50": round(per_turn[len(per_turn) // 2], 3) if per_turn else None,
-        "loadavg_end": _loadavg(),
+        "loadavg_end": load_average(),
     }
     doc = {"meta": meta, "results": rows, "paired": paired}
     (out / "llm_arm.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
@@ -166,13 +165,6 @@ def _request(kind: Any, case: EvalCase, candidates: list[str]) -> Any:
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text(encoding="utf-8").split()[:3])
-    except OSError:
-        return os.environ.get("LOADAVG")
 
 
 def render_llm(doc: dict[str, Any]) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "load_interaction_dataset",
     "load_turns",
     "normalise_title",
+    "turn_catalog_format",
 ]
 
 REDIAL_MAPPING = ColumnMapping(
@@ -239,6 +240,16 @@ class TitleIndex:
 
 
 # ------------------------------------------------------------------------------------------------ conversations
+def turn_catalog_format(
+    catalog: Path, catalog_format: str = "auto", mapping: ColumnMapping | None = None
+) -> tuple[str, ColumnMapping | None]:
+    """How a dialogue dataset's catalog is read (format, mapping): ReDial's ``movies.json`` through
+    :data:`REDIAL_MAPPING` unless a mapping is given, any other file as given."""
+    if mapping is None and catalog.suffix == ".json" and catalog.name == "movies.json":
+        return "json", REDIAL_MAPPING
+    return catalog_format, mapping
+
+
 def load_turns(
     turns: Path,
     catalog: Path,
@@ -253,8 +264,7 @@ def load_turns(
     entity: [...]}``, or from raw ReDial dialogues (``{messages, movieMentions, ...}``, cut into such turns by
     :mod:`eval.dialogues`): the query is the last ``context_turns`` utterances, movies mentioned in ``entity`` (or
     ``context``) that match the catalog become ``liked`` seeds (and are never recommended), gold = ``rec``."""
-    if mapping is None and catalog.suffix == ".json" and catalog.name == "movies.json":
-        mapping, catalog_format = REDIAL_MAPPING, "json"
+    catalog_format, mapping = turn_catalog_format(catalog, catalog_format, mapping)
     read = read_catalog(catalog, format=catalog_format, mapping=mapping)
     items = {item.id: item for item in read.items}
     index = TitleIndex(read.items)

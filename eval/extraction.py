@@ -42,9 +42,9 @@ from agent.llm.base import LLMEngine
 from agent.sessions import Turn
 from agent.settings import Settings
 from eval.compare import bootstrap_ratio_ci, paired_ratio_diff_ci
-from eval.datasets import REDIAL_MAPPING, TitleIndex
+from eval.datasets import TitleIndex, turn_catalog_format
 from eval.dialogues import dialogue_lines, is_dialogue_file, utterances
-from eval.provenance import git_commit
+from eval.provenance import git_commit, load_average
 from prompts import PromptRegistry
 from retrieval.catalog import read_catalog
 from retrieval.types import Item
@@ -317,10 +317,6 @@ def run_arm(
     return ArmResult(arm, updates, llm_only, raw, failures, layout, time.perf_counter() - started)
 
 
-def _loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def _catalog(data: Path, catalog: Path | None) -> tuple[Path, dict[str, Item]]:
     dialogues = data / "dialogues.jsonl" if data.is_dir() else data
     source = catalog or dialogues.parent / "movies.json"
@@ -330,8 +326,8 @@ def _catalog(data: Path, catalog: Path | None) -> tuple[Path, dict[str, Item]]:
         )
     if not source.is_file():
         raise InputError(f"no catalog {source} beside the dialogues", hint="give the catalog with --catalog FILE")
-    mapping = REDIAL_MAPPING if source.name == "movies.json" else None
-    read = read_catalog(source, format="json" if mapping else "auto", mapping=mapping)
+    catalog_format, mapping = turn_catalog_format(source)
+    read = read_catalog(source, format=catalog_format, mapping=mapping)
     return dialogues, {item.id: item for item in read.items}
 
 
@@ -372,7 +368,7 @@ def run_extraction_eval(
     meta: dict[str, Any] = {
         "commit": git_commit(),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": load_average(),
         "cpu": f"{os.cpu_count()} cores",
     }
     if messages < 1:
@@ -431,7 +427,7 @@ def run_extraction_eval(
                             "disliked": sorted(items[m].title if m in items else m for m in got_disliked),
                             "raw": res.raw[ci][:400]}  # fmt: skip
         samples.append(row)
-    meta["loadavg_end"] = _loadavg()
+    meta["loadavg_end"] = load_average()
     return {
         "meta": meta,
         "data": str(dialogues),

@@ -3,6 +3,7 @@ same case renders the same prompt every run (cache hits, replay). Shared by the 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,16 @@ from typing import Any
 from retrieval.embed import Embedder
 from retrieval.store import ItemCollection, Store
 
-__all__ = ["DeterministicStore", "git_commit"]
+__all__ = ["DeterministicStore", "git_commit", "load_average"]
+
+
+def load_average() -> str | None:
+    """The 1-, 5- and 15-minute load averages ("0.90 1.47 1.72"), recorded with a run's timings; None where the
+    system does not report them."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return None
 
 
 def git_commit(root: Path | None = None) -> str | None:
